@@ -1,0 +1,159 @@
+"""Shared LSH machinery: rotations, hashing, sort / undo-sort, masks, round combining.
+
+Every LSH backend calls these functions, so for one seed all backends see the same buckets and
+the same sorted order; backends differ only in how they compute attention within chunks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import LSHConfig
+
+# Score given to a token attending to itself: strongly discouraged but finite, so a token with no
+# other target (the first causal position) still attends to itself (trax, Hugging Face).
+SELF_MASK = {torch.float32: -1e5, torch.float64: -1e5, torch.bfloat16: -1e5, torch.float16: -1e3}
+# Score given to a key in the future of a causal query; far below SELF_MASK so self always wins.
+CAUSAL_MASK = {torch.float32: -1e9, torch.float64: -1e9, torch.bfloat16: -1e9, torch.float16: -1e4}
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def mask_values(dtype: torch.dtype) -> tuple[float, float]:
+    """(self-mask, causal-mask) constants that are finite in `dtype`."""
+    return SELF_MASK[dtype], CAUSAL_MASK[dtype]
+
+
+def check_inputs(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig) -> int:
+    """Validate attend() inputs; return the chunk length for their sequence length."""
+    if not isinstance(cfg, LSHConfig):
+        raise ValueError(f"cfg must be an LSHConfig, got {type(cfg).__name__}")
+    check_dense_inputs(qk, v)
+    return cfg.resolve_chunk_len(qk.shape[2])
+
+
+def check_dense_inputs(qk: torch.Tensor, v: torch.Tensor) -> None:
+    if qk.dim() != 4:
+        raise ValueError(f"qk must be (batch, heads, seq, d_head), got qk.shape={tuple(qk.shape)}")
+    if v.shape != qk.shape:
+        raise ValueError(f"v.shape={tuple(v.shape)} does not match qk.shape={tuple(qk.shape)}")
+    if v.dtype != qk.dtype:
+        raise ValueError(f"v.dtype={v.dtype} does not match qk.dtype={qk.dtype}")
+    if qk.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"qk.dtype={qk.dtype} is not supported; use one of {SUPPORTED_DTYPES}")
+    if v.device != qk.device:
+        raise ValueError(f"v.device={v.device} does not match qk.device={qk.device}")
+
+
+def random_rotations(cfg: LSHConfig, heads: int, d_head: int, device=None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """R ~ N(0, 1) of shape (heads, d_head, n_hashes, n_buckets // 2), seeded by cfg.seed.
+
+    Drawn on the CPU and then moved, so that one seed gives the same rotations on every device.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    rot = torch.randn((heads, d_head, cfg.n_hashes, cfg.n_buckets // 2), generator=gen,
+                      dtype=torch.float32)
+    return rot.to(device=device, dtype=dtype)
+
+
+def hash_buckets(qk: torch.Tensor, cfg: LSHConfig) -> torch.Tensor:
+    """bucket = argmax([x R ; -x R]) per round: (batch, heads, n_hashes, seq) int64.
+
+    Hashing runs in float32 whatever the input dtype, so half-precision inputs hash like fp32 ones
+    (a bf16 projection can flip the argmax between near-tied directions).
+    """
+    _, heads, _, d_head = qk.shape
+    rot = random_rotations(cfg, heads, d_head, device=qk.device)
+    with torch.no_grad():
+        projected = torch.einsum("bhnd,hdrk->bhrnk", qk.detach().float(), rot)
+        return torch.cat([projected, -projected], dim=-1).argmax(dim=-1)
+
+
+@dataclass
+class SortedOrder:
+    """The (round, bucket, position) sort of one call, shared by forward and backward.
+
+    perm[b, h, r, i]: the original position at sorted slot i of round r.
+    rank[b, h, r, p]: the sorted slot of original position p in round r (perm's inverse).
+    """
+
+    buckets: torch.Tensor  # (B, H, R, N) int64
+    perm: torch.Tensor  # (B, H, R, N) int64
+    rank: torch.Tensor  # (B, H, R, N) int64
+    chunk_len: int
+
+    @property
+    def n_chunks(self) -> int:
+        return self.perm.shape[-1] // self.chunk_len
+
+
+def sort_by_buckets(buckets: torch.Tensor, chunk_len: int) -> SortedOrder:
+    """Stable sort of every round by (bucket, position)."""
+    seq_len = buckets.shape[-1]
+    positions = torch.arange(seq_len, device=buckets.device)
+    # bucket * seq + position is unique per round, so a plain sort of it is the stable sort.
+    keys = buckets * seq_len + positions
+    perm = keys.argsort(dim=-1)
+    rank = torch.empty_like(perm)
+    rank.scatter_(-1, perm, positions.expand_as(perm).contiguous())
+    return SortedOrder(buckets=buckets, perm=perm, rank=rank, chunk_len=chunk_len)
+
+
+def gather_sorted(x: torch.Tensor, order: SortedOrder) -> torch.Tensor:
+    """x (B, H, N, D) -> x in each round's sorted order: (B, H, R, N, D). Differentiable."""
+    b, h, r, n = order.perm.shape
+    idx = order.perm.reshape(b, h, r * n, 1).expand(b, h, r * n, x.shape[-1])
+    return x.gather(2, idx).reshape(b, h, r, n, x.shape[-1])
+
+
+def undo_sort(x_sorted: torch.Tensor, order: SortedOrder) -> torch.Tensor:
+    """Inverse of gather_sorted along the sequence axis: (B, H, R, N, ...) back to original order."""
+    idx = order.rank
+    if x_sorted.dim() == 5:
+        idx = idx.unsqueeze(-1).expand_as(x_sorted)
+    return x_sorted.gather(3, idx)
+
+
+def window_chunks(n_chunks: int) -> int:
+    """How many chunks a query chunk attends to: itself and the previous one (circularly within
+    the round), or only itself when a round is one chunk (its 'previous' chunk would be itself)."""
+    return 1 if n_chunks == 1 else 2
+
+
+def dedup_counts(rank_rows: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+                 chunk_len: int, n_chunks: int) -> torch.Tensor:
+    """N_ij of paper Eq. 16: in how many rounds key j lies in query i's window.
+
+    rank_rows: (G, R, N) sorted slot of every original position in every round, one row per
+    query row of the block; q_pos: (G, ..., C) and k_pos: (G, ..., K) original positions of the
+    block's queries and their window keys. Returns int32 counts (G, ..., C, K); every pair that is
+    in a window in the current round counts that round, so counts there are >= 1.
+    """
+    g = rank_rows.shape[0]
+    counts = None
+    for r in range(rank_rows.shape[1]):
+        rank = rank_rows[:, r]
+        q_chunk = (rank.gather(1, q_pos.reshape(g, -1)).view(q_pos.shape) // chunk_len).unsqueeze(-1)
+        k_chunk = (rank.gather(1, k_pos.reshape(g, -1)).view(k_pos.shape) // chunk_len).unsqueeze(-2)
+        in_window = k_chunk == q_chunk
+        if n_chunks > 1:
+            in_window |= k_chunk == (q_chunk - 1) % n_chunks
+        counts = in_window.to(torch.int32) if counts is None else counts + in_window
+    return counts
+
+
+def combine_rounds(out_rounds: torch.Tensor, lse_rounds: torch.Tensor) -> torch.Tensor:
+    """o = sum_r exp(lse_r - logsumexp_r lse_r) o_r.
+
+    out_rounds: (B, H, R, N, D) in original order; lse_rounds: (B, H, R, N) in accum_dtype.
+    """
+    if out_rounds.shape[2] == 1:
+        return out_rounds[:, :, 0]
+    weights = torch.softmax(lse_rounds, dim=2).unsqueeze(-1)
+    return (out_rounds.to(weights.dtype) * weights).sum(dim=2).to(out_rounds.dtype)
+
+
+def accum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics are kept in float32 (float64 for float64 inputs)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
