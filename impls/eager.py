@@ -165,11 +165,18 @@ class _ChunkedLSHAttention(torch.autograd.Function):
         return dq.view(shape).to(q.dtype), dk.view(shape).to(k.dtype), dv.view(shape).to(v.dtype), None
 
 
-def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig) -> torch.Tensor:
-    """The contract's LSH attention; (batch, heads, seq, d_head) -> same shape. Differentiable."""
+def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
+                  buckets: torch.Tensor | None = None) -> torch.Tensor:
+    """The contract's LSH attention; (batch, heads, seq, d_head) -> same shape. Differentiable.
+
+    buckets: optional precomputed hash_buckets(qk, cfg), e.g. replayed by a reversible layer's
+    backward so that its recomputation attends exactly as the forward did.
+    """
     chunk_len = check_inputs(qk, v, cfg)
     batch, heads, seq_len, d_head = qk.shape
-    order = sort_by_buckets(hash_buckets(qk, cfg), chunk_len)
+    if buckets is None:
+        buckets = hash_buckets(qk, cfg)
+    order = sort_by_buckets(buckets, chunk_len)
     bh_rows = batch * heads
     # Keys are the unit-normalised queries; the normalisation stays in torch so its gradient is
     # autograd's, and the chunked kernel sees q and k as independent inputs.
@@ -192,5 +199,6 @@ class EagerBackend:
     def available(self) -> tuple[bool, str]:
         return True, ""
 
-    def attend(self, qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig) -> torch.Tensor:
-        return lsh_attention(qk, v, cfg)
+    def attend(self, qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
+               buckets: torch.Tensor | None = None) -> torch.Tensor:
+        return lsh_attention(qk, v, cfg, buckets=buckets)

@@ -57,17 +57,36 @@ def random_rotations(cfg: LSHConfig, heads: int, d_head: int, device=None,
     return rot.to(device=device, dtype=dtype)
 
 
+# Projections materialised at once while hashing (elements). With n_buckets = 2 * seq / chunk_len
+# the projection is seq x n_buckets/2 per round, quadratic in seq if built whole.
+HASH_BLOCK_ELEMENTS = 1 << 22
+
+
 def hash_buckets(qk: torch.Tensor, cfg: LSHConfig) -> torch.Tensor:
     """bucket = argmax([x R ; -x R]) per round: (batch, heads, n_hashes, seq) int64.
 
     Hashing runs in float32 whatever the input dtype, so half-precision inputs hash like fp32 ones
-    (a bf16 projection can flip the argmax between near-tied directions).
+    (a bf16 projection can flip the argmax between near-tied directions). The concatenation is
+    never built: argmax([p; -p]) is argmax(p) where max(p) >= -min(p) (ties go to the first half,
+    as argmax's first-occurrence rule does on the concatenation), else n_buckets/2 + argmin(p).
     """
-    _, heads, _, d_head = qk.shape
-    rot = random_rotations(cfg, heads, d_head, device=qk.device)
+    batch, heads, seq_len, d_head = qk.shape
+    n_rounds, half = cfg.n_hashes, cfg.n_buckets // 2
+    rot = random_rotations(cfg, heads, d_head, device=qk.device).reshape(heads, d_head, n_rounds * half)
+    buckets = torch.empty(batch, heads, n_rounds, seq_len, dtype=torch.int64, device=qk.device)
+    rows_per_block = max(1, HASH_BLOCK_ELEMENTS // (n_rounds * half))
     with torch.no_grad():
-        projected = torch.einsum("bhnd,hdrk->bhrnk", qk.detach().float(), rot)
-        return torch.cat([projected, -projected], dim=-1).argmax(dim=-1)
+        x = qk.detach()
+        for b in range(batch):
+            for h in range(heads):
+                for s0 in range(0, seq_len, rows_per_block):
+                    s1 = min(seq_len, s0 + rows_per_block)
+                    proj = (x[b, h, s0:s1].float() @ rot[h]).view(s1 - s0, n_rounds, half)
+                    top, top_idx = proj.max(dim=-1)
+                    bottom, bottom_idx = proj.min(dim=-1)
+                    block = torch.where(top >= -bottom, top_idx, bottom_idx + half)
+                    buckets[b, h, :, s0:s1] = block.transpose(0, 1)
+    return buckets
 
 
 @dataclass
@@ -90,6 +109,9 @@ class SortedOrder:
 
 def sort_by_buckets(buckets: torch.Tensor, chunk_len: int) -> SortedOrder:
     """Stable sort of every round by (bucket, position)."""
+    if buckets.dim() != 4 or buckets.dtype != torch.int64:
+        raise ValueError(f"buckets must be (batch, heads, n_hashes, seq) int64, got "
+                         f"shape={tuple(buckets.shape)} dtype={buckets.dtype}")
     seq_len = buckets.shape[-1]
     positions = torch.arange(seq_len, device=buckets.device)
     # bucket * seq + position is unique per round, so a plain sort of it is the stable sort.

@@ -20,6 +20,7 @@ class AttentionBackend(Protocol):
         ...
 
     def attend(self, qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig) -> torch.Tensor:
+        """LSH backends also accept `buckets=` (precomputed impls.lsh.hash_buckets(qk, cfg))."""
         ...
 
 

@@ -1,0 +1,1 @@
+"""The measuring machine: suites -> cases -> runner -> measurements -> results -> report / gate."""
