@@ -10,7 +10,19 @@ def _register_builtin_backends() -> None:
     from .dense import DenseBackend, SdpaBackend
     from .eager import EagerBackend
 
+    def compiled():
+        from .compiled import CompiledBackend  # imports torch._dynamo machinery: only when asked
+
+        return CompiledBackend()
+
+    def triton():
+        from .triton_lsh import TritonBackend  # imports triton: only when asked
+
+        return TritonBackend()
+
     register_backend("eager", EagerBackend)
+    register_backend("compiled", compiled)
+    register_backend("triton", triton)
     register_backend("dense", DenseBackend)
     register_backend("sdpa", SdpaBackend)
 
