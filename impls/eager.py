@@ -93,8 +93,9 @@ class _Plan:
             bh = (torch.arange(r0, r1, device=self.perm.device) // self.n_rounds).view(-1, 1, 1)
             yield r0, r1, bh, q_pos, k_pos
 
-    def probabilities(self, q_blk, k_blk, bh, q_pos, k_pos):
-        """Scores -> masked -> (probabilities, lse, mask of constant-filled entries)."""
+    def masked_scores(self, q_blk, k_blk, bh, q_pos, k_pos):
+        """Scores q.k of a block with the self / causal masks and the dedup correction applied,
+        in the accumulation dtype; also returns the mask of constant-filled entries."""
         scores = torch.matmul(q_blk, k_blk.transpose(-1, -2)).to(self.acc)
         q_p, k_p = q_pos.unsqueeze(-1), k_pos.unsqueeze(-2)
         masked = q_p == k_p
@@ -102,13 +103,20 @@ class _Plan:
         if self.causal:
             future = k_p > q_p
             scores.masked_fill_(future, self.causal_value)
-            masked = masked | future
+            masked |= future
         if self.dedup:
             counts = dedup_counts(self.rank[bh.view(-1)], q_pos, k_pos, self.chunk_len, self.n_chunks)
-            scores -= counts.to(self.acc).log()
-        lse = torch.logsumexp(scores, dim=-1)
-        probs = torch.exp(scores - lse.unsqueeze(-1))
-        return probs, lse, masked
+            scores.sub_(counts.to(self.acc).log_())
+        return scores, masked
+
+    def probabilities(self, q_blk, k_blk, bh, q_pos, k_pos):
+        """Softmax of the masked scores and its log-sum-exp: one exp pass, in place."""
+        probs, _ = self.masked_scores(q_blk, k_blk, bh, q_pos, k_pos)
+        row_max = probs.amax(dim=-1, keepdim=True)
+        probs.sub_(row_max).exp_()
+        row_sum = probs.sum(dim=-1, keepdim=True)
+        probs.div_(row_sum)
+        return probs, (row_max + row_sum.log()).squeeze(-1)
 
 
 class _ChunkedLSHAttention(torch.autograd.Function):
@@ -118,20 +126,23 @@ class _ChunkedLSHAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, plan: _Plan):
         bh_rows, seq_len, d = q.shape
         n_rounds = plan.n_rounds
-        out = q.new_empty(bh_rows * n_rounds, seq_len, d)
+        out = q.new_empty(bh_rows * n_rounds, seq_len, d)  # (rows, N, D), original order
         lse_out = torch.empty(bh_rows * n_rounds, seq_len, dtype=plan.acc, device=q.device)
         row_ids = torch.arange(bh_rows * n_rounds, device=q.device).view(-1, 1, 1)
         for r0, r1, bh, q_pos, k_pos in plan.blocks():
-            probs, lse, _ = plan.probabilities(q[bh, q_pos], k[bh, k_pos], bh, q_pos, k_pos)
+            probs, lse = plan.probabilities(q[bh, q_pos], k[bh, k_pos], bh, q_pos, k_pos)
             out[row_ids[r0:r1], q_pos] = torch.matmul(probs.to(v.dtype), v[bh, k_pos])
             lse_out[row_ids[r0:r1], q_pos] = lse
-        ctx.save_for_backward(q, k, v)
+        # out and lse are saved too: backward rebuilds probabilities as exp(score - lse) and gets
+        # sum_j P_ij dP_ij as dO_i . O_i (both cheaper than recomputing a softmax). out is the
+        # tensor autograd keeps for combine_rounds anyway, so saving it costs no memory.
+        ctx.save_for_backward(q, k, v, out, lse_out)
         ctx.plan = plan
         return out.view(bh_rows, n_rounds, seq_len, d), lse_out.view(bh_rows, n_rounds, seq_len)
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        q, k, v = ctx.saved_tensors
+        q, k, v, out, lse_out = ctx.saved_tensors
         plan: _Plan = ctx.plan
         bh_rows, seq_len, d = q.shape
         rows = bh_rows * plan.n_rounds
@@ -147,11 +158,14 @@ class _ChunkedLSHAttention(torch.autograd.Function):
         row_ids = torch.arange(rows, device=q.device).view(-1, 1, 1)
         for r0, r1, bh, q_pos, k_pos in plan.blocks():
             q_blk, k_blk, v_blk = q[bh, q_pos], k[bh, k_pos], v[bh, k_pos]
-            probs, _, masked = plan.probabilities(q_blk, k_blk, bh, q_pos, k_pos)
-            d_out = grad_out[row_ids[r0:r1], q_pos]
-            d_probs = torch.matmul(d_out, v_blk.transpose(-1, -2)).to(plan.acc)
-            row_dot = (probs * d_probs).sum(-1, keepdim=True)
-            d_scores = probs * (d_probs - row_dot + grad_lse[row_ids[r0:r1], q_pos].unsqueeze(-1))
+            rows_blk = row_ids[r0:r1]
+            probs, masked = plan.masked_scores(q_blk, k_blk, bh, q_pos, k_pos)
+            probs.sub_(lse_out[rows_blk, q_pos].unsqueeze(-1)).exp_()
+            d_out = grad_out[rows_blk, q_pos]
+            row_dot = (d_out.to(plan.acc) * out[rows_blk, q_pos].to(plan.acc)).sum(-1)
+            # dL/ds_ij = P_ij (dP_ij - sum_k P_ik dP_ik + dL/dlse_i), with dP = dO V^T.
+            d_scores = torch.matmul(d_out, v_blk.transpose(-1, -2)).to(plan.acc)
+            d_scores.sub_((row_dot - grad_lse[rows_blk, q_pos]).unsqueeze(-1)).mul_(probs)
             # Constant-filled (masked) scores do not depend on q or k.
             d_scores.masked_fill_(masked, 0.0)
             d_scores = d_scores.to(q.dtype)
