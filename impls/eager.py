@@ -5,11 +5,11 @@ Shape of the computation, per (batch x head) row and hash round r:
   the keys of their own chunk and of the previous chunk (circular within the round) -> output and
   log-sum-exp scattered back to original positions -> rounds combined by their log-sum-exp.
 
-Memory: the chunked attention is a custom autograd.Function that works on blocks of chunks and
-saves only its inputs, the sort permutation and the per-round log-sum-exp; the backward recomputes
+Memory: the chunked attention is a custom autograd.Function that works on blocks of rows and
+chunks and saves only its inputs, the per-round outputs and log-sum-exp; the backward recomputes
 each block's scores (flash-attention style). No seq x seq tensor and no R-fold sorted copies of
 q, k, v are ever built: the live set is O(seq * d * R) for the per-round outputs plus one block
-of scores (SCORE_BLOCK_ELEMENTS), independent of seq.
+of rows in sorted order and one block of scores (SCORE_BLOCK_ELEMENTS).
 """
 from __future__ import annotations
 
@@ -35,46 +35,49 @@ from .lsh import (
 SCORE_BLOCK_ELEMENTS = 1 << 22
 
 
-def _blocks(rows: int, n_chunks: int, chunk_len: int, window: int) -> Iterator[tuple[int, int, int, int]]:
-    """(row0, row1, chunk0, chunk1) blocks covering rows x chunks within the score budget."""
-    per_chunk = chunk_len * window * chunk_len
-    chunks_per_block = max(1, SCORE_BLOCK_ELEMENTS // per_chunk)
-    if chunks_per_block >= n_chunks:
-        rows_per_block = max(1, chunks_per_block // n_chunks)
+def _row_blocks(rows: int, n_chunks: int, per_chunk: int) -> Iterator[tuple[int, int, int]]:
+    """(row0, row1, chunks per step): rows processed together, and how many chunks per step."""
+    chunks_per_step = max(1, SCORE_BLOCK_ELEMENTS // per_chunk)
+    if chunks_per_step >= n_chunks:
+        rows_per_block = max(1, chunks_per_step // n_chunks)
         for r0 in range(0, rows, rows_per_block):
-            yield r0, min(rows, r0 + rows_per_block), 0, n_chunks
+            yield r0, min(rows, r0 + rows_per_block), n_chunks
     else:
         for r0 in range(rows):
-            for c0 in range(0, n_chunks, chunks_per_block):
-                yield r0, r0 + 1, c0, min(n_chunks, c0 + chunks_per_block)
+            yield r0, r0 + 1, chunks_per_step
 
 
-def _window_slots(perm_rows: torch.Tensor, c0: int, c1: int, chunk_len: int, n_chunks: int,
-                  window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Original positions of a block's queries (G, cb, C) and of their keys (G, cb, W*C).
+def _chunks(x: torch.Tensor, c0: int, c1: int, chunk_len: int) -> torch.Tensor:
+    """Chunks c0..c1-1 of a sorted (G, N, ...) tensor as (G, c1-c0, C, ...)."""
+    part = x[:, c0 * chunk_len:c1 * chunk_len]
+    return part.reshape(x.shape[0], c1 - c0, chunk_len, *x.shape[2:])
 
-    perm_rows: (G, N) original position at each sorted slot. Keys of chunk c are chunk c then
-    chunk c-1 (mod n_chunks): the same order in forward and backward, so gradients line up.
-    """
-    g = perm_rows.shape[0]
-    cb = c1 - c0
-    q_pos = perm_rows[:, c0 * chunk_len:c1 * chunk_len].view(g, cb, chunk_len)
-    if window == 1:
-        return q_pos, q_pos
+
+def _prev_chunks(x: torch.Tensor, c0: int, c1: int, chunk_len: int, n_chunks: int) -> torch.Tensor:
+    """Chunks (c - 1) mod n_chunks for c in c0..c1-1: the circular look-back within a round."""
     if c0 > 0:
-        prev = perm_rows[:, (c0 - 1) * chunk_len:(c1 - 1) * chunk_len]
+        return _chunks(x, c0 - 1, c1 - 1, chunk_len)
+    wrapped = torch.cat([x[:, (n_chunks - 1) * chunk_len:], x[:, :(c1 - 1) * chunk_len]], dim=1)
+    return wrapped.reshape(x.shape[0], c1 - c0, chunk_len, *x.shape[2:])
+
+
+def _add_prev_chunks(acc: torch.Tensor, grads: torch.Tensor, c0: int, c1: int, chunk_len: int,
+                     n_chunks: int) -> None:
+    """acc[chunk (c - 1) mod n_chunks] += grads[c]: the adjoint of _prev_chunks."""
+    flat = grads.reshape(acc.shape[0], -1, *acc.shape[2:])
+    if c0 > 0:
+        acc[:, (c0 - 1) * chunk_len:(c1 - 1) * chunk_len] += flat
     else:
-        prev = torch.cat([perm_rows[:, (n_chunks - 1) * chunk_len:], perm_rows[:, :(c1 - 1) * chunk_len]], 1)
-    k_pos = torch.cat([q_pos, prev.view(g, cb, chunk_len)], dim=2)
-    return q_pos, k_pos
+        acc[:, (n_chunks - 1) * chunk_len:] += flat[:, :chunk_len]
+        acc[:, :(c1 - 1) * chunk_len] += flat[:, chunk_len:]
 
 
 class _Plan:
     """Everything about one call that forward and backward share (no tensors that need grad)."""
 
     def __init__(self, perm, rank, n_rounds, chunk_len, causal, dedup, dtype):
-        self.perm = perm  # (BH, R, N)
-        self.rank = rank  # (BH, R, N)
+        self.perm = perm  # (BH, R, N): original position at each sorted slot
+        self.rank = rank  # (BH, R, N): sorted slot of each original position
         self.n_rounds = n_rounds
         self.chunk_len = chunk_len
         self.n_chunks = perm.shape[-1] // chunk_len
@@ -84,14 +87,27 @@ class _Plan:
         self.acc = accum_dtype(dtype)
         self.self_value, self.causal_value = mask_values(self.acc if dtype == torch.float64 else dtype)
 
-    def blocks(self):
+    def row_blocks(self):
+        """Yield (row slice, bh index per row, perm rows, rank rows, chunks per step)."""
         rows = self.perm.shape[0] * self.n_rounds
         seq_len = self.perm.shape[-1]
         perm_rows = self.perm.reshape(rows, seq_len)
-        for r0, r1, c0, c1 in _blocks(rows, self.n_chunks, self.chunk_len, self.window):
-            q_pos, k_pos = _window_slots(perm_rows[r0:r1], c0, c1, self.chunk_len, self.n_chunks, self.window)
-            bh = (torch.arange(r0, r1, device=self.perm.device) // self.n_rounds).view(-1, 1, 1)
-            yield r0, r1, bh, q_pos, k_pos
+        rank_rows = self.rank.reshape(rows, seq_len)
+        per_chunk = self.chunk_len * self.window * self.chunk_len
+        for r0, r1, step in _row_blocks(rows, self.n_chunks, per_chunk):
+            bh = torch.arange(r0, r1, device=self.perm.device) // self.n_rounds
+            yield slice(r0, r1), bh, perm_rows[r0:r1], rank_rows[r0:r1], step
+
+    def steps(self, step: int):
+        for c0 in range(0, self.n_chunks, step):
+            yield c0, min(self.n_chunks, c0 + step)
+
+    def window_of(self, x_sorted: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+        """Keys (or values, positions) each chunk attends to: own chunk, then the previous one."""
+        own = _chunks(x_sorted, c0, c1, self.chunk_len)
+        if self.window == 1:
+            return own
+        return torch.cat([own, _prev_chunks(x_sorted, c0, c1, self.chunk_len, self.n_chunks)], dim=2)
 
     def masked_scores(self, q_blk, k_blk, bh, q_pos, k_pos):
         """Scores q.k of a block with the self / causal masks and the dedup correction applied,
@@ -105,78 +121,96 @@ class _Plan:
             scores.masked_fill_(future, self.causal_value)
             masked |= future
         if self.dedup:
-            counts = dedup_counts(self.rank[bh.view(-1)], q_pos, k_pos, self.chunk_len, self.n_chunks)
+            counts = dedup_counts(self.rank[bh], q_pos, k_pos, self.chunk_len, self.n_chunks)
             scores.sub_(counts.to(self.acc).log_())
         return scores, masked
 
-    def probabilities(self, q_blk, k_blk, bh, q_pos, k_pos):
-        """Softmax of the masked scores and its log-sum-exp: one exp pass, in place."""
-        probs, _ = self.masked_scores(q_blk, k_blk, bh, q_pos, k_pos)
-        row_max = probs.amax(dim=-1, keepdim=True)
-        probs.sub_(row_max).exp_()
-        row_sum = probs.sum(dim=-1, keepdim=True)
-        probs.div_(row_sum)
-        return probs, (row_max + row_sum.log()).squeeze(-1)
+
+def _to_sorted(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Gather (G, N[, D]) rows into sorted order: out[g, s] = x[g, order[g, s]]."""
+    if x.dim() == 3:
+        order = order.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    return x.gather(1, order)
 
 
 class _ChunkedLSHAttention(torch.autograd.Function):
-    """Per-round chunked attention in original order: returns out (BH, R, N, D) and lse (BH, R, N)."""
+    """Per-round chunked attention: returns out (BH, R, N, D) and lse (BH, R, N), original order.
+
+    Per block of (batch x head x round) rows: gather q, k, v into the round's sorted order once,
+    attend chunk against (own, previous) chunk with contiguous slices, and gather the results back
+    to original order with the inverse permutation. Gathers only: no scatter with collisions, so
+    the backward accumulates dk / dv of the two windows a key is in with contiguous adds.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, plan: _Plan):
         bh_rows, seq_len, d = q.shape
-        n_rounds = plan.n_rounds
-        out = q.new_empty(bh_rows * n_rounds, seq_len, d)  # (rows, N, D), original order
-        lse_out = torch.empty(bh_rows * n_rounds, seq_len, dtype=plan.acc, device=q.device)
-        row_ids = torch.arange(bh_rows * n_rounds, device=q.device).view(-1, 1, 1)
-        for r0, r1, bh, q_pos, k_pos in plan.blocks():
-            probs, lse = plan.probabilities(q[bh, q_pos], k[bh, k_pos], bh, q_pos, k_pos)
-            out[row_ids[r0:r1], q_pos] = torch.matmul(probs.to(v.dtype), v[bh, k_pos])
-            lse_out[row_ids[r0:r1], q_pos] = lse
-        # out and lse are saved too: backward rebuilds probabilities as exp(score - lse) and gets
-        # sum_j P_ij dP_ij as dO_i . O_i (both cheaper than recomputing a softmax). out is the
-        # tensor autograd keeps for combine_rounds anyway, so saving it costs no memory.
+        out = q.new_empty(bh_rows * plan.n_rounds, seq_len, d)
+        lse_out = torch.empty(bh_rows * plan.n_rounds, seq_len, dtype=plan.acc, device=q.device)
+        for rows, bh, perm, rank, step in plan.row_blocks():
+            q_s, k_s, v_s = (_to_sorted(x[bh], perm) for x in (q, k, v))
+            out_s, lse_s = torch.empty_like(q_s), lse_out.new_empty(perm.shape)
+            for c0, c1 in plan.steps(step):
+                scores, _ = plan.masked_scores(_chunks(q_s, c0, c1, plan.chunk_len), plan.window_of(k_s, c0, c1),
+                                               bh, _chunks(perm, c0, c1, plan.chunk_len), plan.window_of(perm, c0, c1))
+                row_max = scores.amax(dim=-1, keepdim=True)
+                probs = scores.sub_(row_max).exp_()
+                row_sum = probs.sum(dim=-1, keepdim=True)
+                probs.div_(row_sum)
+                span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
+                out_s[:, span] = torch.matmul(probs.to(v.dtype), plan.window_of(v_s, c0, c1)).flatten(1, 2)
+                lse_s[:, span] = (row_max + row_sum.log()).flatten(1)
+            out[rows] = _to_sorted(out_s, rank)
+            lse_out[rows] = _to_sorted(lse_s, rank)
+        # out and lse are saved: backward rebuilds probabilities as exp(score - lse) and gets
+        # sum_j P_ij dP_ij as dO_i . O_i, both cheaper than a second softmax. out is the tensor
+        # autograd keeps for combine_rounds anyway, so saving it costs no memory.
         ctx.save_for_backward(q, k, v, out, lse_out)
         ctx.plan = plan
-        return out.view(bh_rows, n_rounds, seq_len, d), lse_out.view(bh_rows, n_rounds, seq_len)
+        return out.view(bh_rows, plan.n_rounds, seq_len, d), lse_out.view(bh_rows, plan.n_rounds, seq_len)
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
         q, k, v, out, lse_out = ctx.saved_tensors
         plan: _Plan = ctx.plan
         bh_rows, seq_len, d = q.shape
-        rows = bh_rows * plan.n_rounds
-        grad_out = (torch.zeros_like(q).unsqueeze(1).expand(-1, plan.n_rounds, -1, -1)
-                    if grad_out is None else grad_out).reshape(rows, seq_len, d)
-        grad_lse = (torch.zeros(rows, seq_len, dtype=plan.acc, device=q.device)
-                    if grad_lse is None else grad_lse.reshape(rows, seq_len))
-        # Accumulate in flat (BH*N, D) views: index_add_ sums the contributions of every round and
-        # of the two chunks (own, previous) in which a key appears.
-        dq = torch.zeros(bh_rows * seq_len, d, dtype=plan.acc, device=q.device)
-        dk = torch.zeros_like(dq)
-        dv = torch.zeros_like(dq)
-        row_ids = torch.arange(rows, device=q.device).view(-1, 1, 1)
-        for r0, r1, bh, q_pos, k_pos in plan.blocks():
-            q_blk, k_blk, v_blk = q[bh, q_pos], k[bh, k_pos], v[bh, k_pos]
-            rows_blk = row_ids[r0:r1]
-            probs, masked = plan.masked_scores(q_blk, k_blk, bh, q_pos, k_pos)
-            probs.sub_(lse_out[rows_blk, q_pos].unsqueeze(-1)).exp_()
-            d_out = grad_out[rows_blk, q_pos]
-            row_dot = (d_out.to(plan.acc) * out[rows_blk, q_pos].to(plan.acc)).sum(-1)
-            # dL/ds_ij = P_ij (dP_ij - sum_k P_ik dP_ik + dL/dlse_i), with dP = dO V^T.
-            d_scores = torch.matmul(d_out, v_blk.transpose(-1, -2)).to(plan.acc)
-            d_scores.sub_((row_dot - grad_lse[rows_blk, q_pos]).unsqueeze(-1)).mul_(probs)
-            # Constant-filled (masked) scores do not depend on q or k.
-            d_scores.masked_fill_(masked, 0.0)
-            d_scores = d_scores.to(q.dtype)
-            q_index = (bh * seq_len + q_pos).reshape(-1)
-            k_index = (bh * seq_len + k_pos).reshape(-1)
-            dq.index_add_(0, q_index, torch.matmul(d_scores, k_blk).reshape(-1, d).to(plan.acc))
-            dk.index_add_(0, k_index, torch.matmul(d_scores.transpose(-1, -2), q_blk).reshape(-1, d).to(plan.acc))
-            dv.index_add_(0, k_index, torch.matmul(probs.to(v.dtype).transpose(-1, -2), d_out)
-                          .reshape(-1, d).to(plan.acc))
-        shape = (bh_rows, seq_len, d)
-        return dq.view(shape).to(q.dtype), dk.view(shape).to(k.dtype), dv.view(shape).to(v.dtype), None
+        rows_total = bh_rows * plan.n_rounds
+        grad_out = (torch.zeros_like(out) if grad_out is None else grad_out.reshape(rows_total, seq_len, d))
+        grad_lse = (torch.zeros_like(lse_out) if grad_lse is None else grad_lse.reshape(rows_total, seq_len))
+        dq = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
+        dk, dv = torch.zeros_like(dq), torch.zeros_like(dq)
+        for rows, bh, perm, rank, step in plan.row_blocks():
+            q_s, k_s, v_s = (_to_sorted(x[bh], perm) for x in (q, k, v))
+            d_out_s = _to_sorted(grad_out[rows], perm)
+            lse_s = _to_sorted(lse_out[rows], perm)
+            # sum_j P_ij dP_ij = dO_i . O_i, minus dL/dlse_i which enters every d_score the same way.
+            row_term = ((d_out_s.to(plan.acc) * _to_sorted(out[rows], perm).to(plan.acc)).sum(-1)
+                        - _to_sorted(grad_lse[rows], perm))
+            dq_s, dk_s, dv_s = (torch.zeros(q_s.shape, dtype=plan.acc, device=q.device) for _ in range(3))
+            for c0, c1 in plan.steps(step):
+                span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
+                q_c = _chunks(q_s, c0, c1, plan.chunk_len)
+                k_w, v_w = plan.window_of(k_s, c0, c1), plan.window_of(v_s, c0, c1)
+                d_out_c = _chunks(d_out_s, c0, c1, plan.chunk_len)
+                scores, masked = plan.masked_scores(q_c, k_w, bh, _chunks(perm, c0, c1, plan.chunk_len),
+                                                    plan.window_of(perm, c0, c1))
+                probs = scores.sub_(_chunks(lse_s, c0, c1, plan.chunk_len).unsqueeze(-1)).exp_()
+                # dL/ds_ij = P_ij (dP_ij - sum_k P_ik dP_ik + dL/dlse_i), with dP = dO V^T.
+                d_scores = torch.matmul(d_out_c, v_w.transpose(-1, -2)).to(plan.acc)
+                d_scores.sub_(_chunks(row_term, c0, c1, plan.chunk_len).unsqueeze(-1)).mul_(probs)
+                d_scores.masked_fill_(masked, 0.0)  # constant-filled scores depend on neither q nor k
+                d_scores = d_scores.to(q.dtype)
+                dq_s[:, span] += torch.matmul(d_scores, k_w).flatten(1, 2)
+                dk_w = torch.matmul(d_scores.transpose(-1, -2), q_c).to(plan.acc)
+                dv_w = torch.matmul(probs.to(v.dtype).transpose(-1, -2), d_out_c).to(plan.acc)
+                for acc, grads in ((dk_s, dk_w), (dv_s, dv_w)):
+                    acc[:, span] += grads[:, :, :plan.chunk_len].flatten(1, 2)
+                    if plan.window == 2:
+                        _add_prev_chunks(acc, grads[:, :, plan.chunk_len:], c0, c1, plan.chunk_len, plan.n_chunks)
+            # Back to original order, summed over the rounds (rows) of each (batch x head).
+            for acc, grads_s in ((dq, dq_s), (dk, dk_s), (dv, dv_s)):
+                acc.index_add_(0, bh, _to_sorted(grads_s, rank))
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
 
 
 def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
