@@ -6,6 +6,10 @@ import sys
 import pytest
 import torch
 
+# pytester's in-process sessions drop the modules they import when they end, and triton (which
+# flop_counter imports) aborts the process when imported a second time: import it here, once.
+import torch.utils.flop_counter
+
 from harness.memory import (
     CPU_METHOD,
     NvmlSampler,
@@ -186,3 +190,53 @@ def test_parse_size(text, expected):
 def test_parse_size_rejects_bad_input_naming_it(bad):
     with pytest.raises(ValueError, match="size="):
         parse_size(bad)
+
+
+# --- the max_memory marker (harness.pytest_plugin), run in throwaway pytest sessions ----------------
+
+MARKED_TESTS = '''
+import pytest
+import torch
+
+@pytest.mark.max_memory("1 MiB")
+def test_below_limit():
+    kept = torch.zeros(128 * 1024)  # 512 KiB
+    assert kept.sum() == 0
+
+@pytest.mark.max_memory("1 MiB")
+def test_above_limit():
+    first = torch.zeros(128 * 1024)
+    second = torch.zeros(256 * 1024)  # 512 KiB + 1 MiB live together
+    del first, second
+
+@pytest.mark.max_memory("1 MiB")
+def test_freed_temporaries_still_count():
+    for _ in range(3):
+        torch.ones(512 * 1024).sum()  # 2 MiB each, freed at once: the peak is 2 MiB
+
+@pytest.mark.max_memory(limit=2 * 1024 * 1024 + 4)
+def test_int_limit_keyword():
+    torch.ones(512 * 1024).sum()  # 2 MiB + the 4-byte sum
+
+@pytest.mark.max_memory("lots")
+def test_bad_limit():
+    pass
+'''
+
+
+def test_max_memory_marker_fails_only_tests_over_their_limit(pytester):
+    pytester.makepyfile(test_marked=MARKED_TESTS)
+    result = pytester.runpytest_inprocess("-p", "harness.pytest_plugin", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=3)
+    result.stdout.fnmatch_lines([
+        "*test_above_limit*",
+        (f"*peak memory 1.50 MiB ({3 * 512 * 1024} B, cpu-tensor-tracker on cpu) exceeds max_memory "
+         f"1.00 MiB ({1024 * 1024} B)*"),
+    ])
+    result.stdout.fnmatch_lines(["*test_freed_temporaries_still_count*", "*peak memory 2.00 MiB*"])
+    result.stdout.fnmatch_lines(["*test_bad_limit*", "*max_memory: size must be a number*got size='lots'*"])
+    outcomes = {r.nodeid.split("::")[-1]: r.outcome for r in result.reprec.getreports("pytest_runtest_logreport")
+                if r.when == "call"}
+    assert outcomes == {"test_below_limit": "passed", "test_above_limit": "failed",
+                        "test_freed_temporaries_still_count": "failed", "test_int_limit_keyword": "passed",
+                        "test_bad_limit": "failed"}
