@@ -13,6 +13,7 @@ Loaded by tests/conftest.py (`pytest_plugins = ["harness.pytest_plugin"]`), or w
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 from collections.abc import Callable
 from typing import Any
@@ -85,7 +86,12 @@ def pytest_runtest_call(item: pytest.Item):
     if marker is None:
         return (yield)
     limit, mem_device = _max_memory_args(marker)
-    with track_peak_memory(mem_device) as peak:
+    region = contextlib.ExitStack()
+    try:
+        peak = region.enter_context(track_peak_memory(mem_device))
+    except ValueError as exc:  # e.g. device="cuda" where there is none
+        pytest.fail(f"max_memory: {exc}", pytrace=False)
+    with region:
         result = yield
     item.user_properties.append(("mem_peak_bytes", peak.peak_bytes))
     if peak.peak_bytes > limit:

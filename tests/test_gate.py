@@ -204,3 +204,31 @@ def test_gate_is_a_subcommand_of_the_cli(tmp_path, baseline, capsys):
     results = write_results(tmp_path / "via-cli", BASE_ROWS)
     assert cli.main(["gate", str(results), "--baseline", str(baseline)]) == 0
     assert "gate PASSED" in capsys.readouterr().out
+
+
+# --- the committed CPU gate: suites/gate.toml and reports/baselines/cpu.json -------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_baseline_covers_exactly_the_gate_suite():
+    from harness.spec import load_suite
+
+    suite_ids = {case.case_id for case in load_suite(REPO / "suites" / "gate.toml").cases}
+    baseline = json.loads((REPO / "reports" / "baselines" / "cpu.json").read_text())
+    assert baseline["device_class"] == "cpu"
+    assert set(baseline["cases"]) == suite_ids
+
+
+def test_gate_suite_memory_is_deterministic():
+    # The runner's own measurement (harness.worker.run_case), twice in this process: the exact CPU
+    # figure must not depend on allocator state, earlier tests or timing.
+    from harness.spec import load_suite
+    from harness.worker import run_case
+
+    cases = sorted(load_suite(REPO / "suites" / "gate.toml").cases, key=lambda c: (c.seq_len, c.n_hashes or 0))
+    for case in cases[:2]:
+        first, second = run_case(case), run_case(case)
+        assert first["status"] == second["status"] == "ok", first["reason"]
+        assert first["mem_method"] == "cpu-tensor-tracker"
+        assert first["mem_peak_bytes"] == second["mem_peak_bytes"] > 0

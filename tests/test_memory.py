@@ -221,13 +221,17 @@ def test_int_limit_keyword():
 @pytest.mark.max_memory("lots")
 def test_bad_limit():
     pass
+
+@pytest.mark.max_memory("1 MiB", device="tpu")
+def test_bad_device():
+    pass
 '''
 
 
 def test_max_memory_marker_fails_only_tests_over_their_limit(pytester):
     pytester.makepyfile(test_marked=MARKED_TESTS)
     result = pytester.runpytest_inprocess("-p", "harness.pytest_plugin", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, failed=3)
+    result.assert_outcomes(passed=2, failed=4)
     result.stdout.fnmatch_lines([
         "*test_above_limit*",
         (f"*peak memory 1.50 MiB ({3 * 512 * 1024} B, cpu-tensor-tracker on cpu) exceeds max_memory "
@@ -235,8 +239,9 @@ def test_max_memory_marker_fails_only_tests_over_their_limit(pytester):
     ])
     result.stdout.fnmatch_lines(["*test_freed_temporaries_still_count*", "*peak memory 2.00 MiB*"])
     result.stdout.fnmatch_lines(["*test_bad_limit*", "*max_memory: size must be a number*got size='lots'*"])
+    result.stdout.fnmatch_lines(["*test_bad_device*", "*max_memory: device must name a torch device*'tpu'*"])
     outcomes = {r.nodeid.split("::")[-1]: r.outcome for r in result.reprec.getreports("pytest_runtest_logreport")
                 if r.when == "call"}
     assert outcomes == {"test_below_limit": "passed", "test_above_limit": "failed",
                         "test_freed_temporaries_still_count": "failed", "test_int_limit_keyword": "passed",
-                        "test_bad_limit": "failed"}
+                        "test_bad_limit": "failed", "test_bad_device": "failed"}
