@@ -1,0 +1,465 @@
+"""The HTML report: one self-contained file (plotly.js inlined once, data as compact JSON) that opens
+offline. `write_report` is what the runner calls after a run; `register` adds `reformer-bench report`.
+
+Sections: summary (environment, suites, counts by status, headline findings), scaling plots, grids,
+the paper's reference figures, the comparison with a baseline, failures, every case, FLOP formulas.
+Everything that comes from a results file is escaped (html.escape in the page, pandas' escaping in
+tables, report_figures.text in chart strings).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import html
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+from plotly.offline import get_plotlyjs
+
+from .report_analysis import (
+    ERROR_TOLERANCE,
+    MATCH_KEYS,
+    MEMORY_TOLERANCE,
+    TIME_TOLERANCE,
+    compare,
+    headline_findings,
+    scaling_groups,
+    status_counts,
+)
+from .report_data import ResultsError, ResultSet, load_frame
+from .report_figures import (
+    PAPER_TABLE2,
+    Figure,
+    attention_name,
+    comparison_figure,
+    fidelity_figures,
+    grid_figures,
+    scaling_figure,
+    table2_frame,
+    template_layout,
+)
+
+MAX_SETTINGS_SHOWN = 4
+REASON_CHARS_IN_CASES = 80
+
+#: (row key, column title with unit, divisor, format). Columns with no value in any row are left out.
+CASE_COLUMNS = (
+    ("case_id", "case", None, None), ("suite", "suite", None, None), ("backend", "backend", None, None),
+    ("backend_kind", "kind", None, None), ("mode", "mode", None, None), ("seq_len", "L (tokens)", 1, "int"),
+    ("batch", "batch", 1, "int"), ("heads", "heads", 1, "int"), ("d_head", "d_head", 1, "int"),
+    ("n_buckets", "n_buckets", 1, "int"), ("n_hashes", "n_hashes", 1, "int"), ("chunk_len", "chunk_len", 1, "int"),
+    ("causal", "causal", None, None), ("dedup", "dedup", None, None), ("dtype", "dtype", None, None),
+    ("device", "device", None, None), ("status", "status", None, None),
+    ("time_median_s", "time median (ms)", 1e-3, "g"), ("time_iqr_s", "time IQR (ms)", 1e-3, "g"),
+    ("time_min_s", "time min (ms)", 1e-3, "g"), ("repeats", "repeats", 1, "int"),
+    ("compile_time_s", "compile (s)", 1, "g"), ("compilations", "compilations", 1, "int"),
+    ("mem_peak_bytes", "peak memory (MiB)", 2 ** 20, "g"), ("mem_method", "memory method", None, None),
+    ("nvml_peak_used_bytes", "NVML peak (MiB)", 2 ** 20, "g"), ("rss_peak_bytes", "peak RSS (MiB)", 2 ** 20, "g"),
+    ("flops_analytic", "FLOPs analytic (GFLOP)", 1e9, "g"), ("flops_counted", "FLOPs counted (GFLOP)", 1e9, "g"),
+    ("achieved_flops_per_s", "achieved (GFLOP/s)", 1e9, "g"), ("rel_error", "rel. error vs dense", 1, "g"),
+    ("attn_mass_recall", "attn-mass recall", 1, "g"), ("worker_setup_s", "worker setup (s)", 1, "g"),
+    ("wall_s", "wall (s)", 1, "g"), ("reason", "reason", None, None), ("run", "results dir", None, None),
+)
+
+
+# --- the public entry points ---------------------------------------------------------------------------
+
+def write_report(result_dirs: list[Path], out_path: Path, baseline_dirs: list[Path] | None = None) -> Path:
+    """Render the report of result_dirs (compared against baseline_dirs if given) to out_path.
+
+    Raises ResultsError (a ValueError with a one-line message naming file and line) on bad input.
+    """
+    sets, frame = load_frame([Path(p) for p in result_dirs])
+    baseline = load_frame([Path(p) for p in baseline_dirs])[1] if baseline_dirs else None
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(render_html(sets, frame, baseline), encoding="utf-8")
+    return out_path
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add `report RESULTS... -o report.html [--baseline RESULTS...]` to the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "report", help="write the HTML report of one or more results directories",
+        description="Write one self-contained HTML report (opens offline) of results directories "
+                    "written by `reformer-bench run`; with --baseline, add ratio columns and a regression table.")
+    parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="results directories")
+    parser.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="HTML file to write")
+    parser.add_argument("--baseline", nargs="+", type=Path, default=None, metavar="RESULTS",
+                        help="results directories to compare against")
+    parser.set_defaults(func=report_command)
+    return parser
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """The `report` subcommand: 0 on success; 2 and one line on stderr for bad input."""
+    try:
+        path = write_report(args.results, args.output, args.baseline)
+    except (ResultsError, OSError) as exc:
+        print(f"reformer-bench report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="reformer-bench")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+# --- the page ----------------------------------------------------------------------------------------
+
+def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFrame | None = None) -> str:
+    """The whole report page as one string."""
+    groups = scaling_groups(frame)
+    figures: list[Figure] = []
+    scaling_html = []
+    for index, group in enumerate(groups):
+        for metric in ("time", "memory"):
+            figure = scaling_figure(group, metric, f"scaling-{metric}-{index}")
+            if figure:
+                figures.append(figure)
+                scaling_html.append(_figure_html(figure))
+    grid_list = grid_figures(frame) + fidelity_figures(frame)
+    figures.extend(grid_list)
+
+    compared = compare(baseline, frame) if baseline is not None else None
+    comparison_fig = comparison_figure(compared) if compared is not None else None
+    if comparison_fig:
+        figures.append(comparison_fig)
+
+    suites = sorted({s.suite for s in sets})
+    title = f"reformer-bench report — {', '.join(suites)}"
+    sections = [
+        ("summary", "Summary", _summary_html(sets, frame, groups)),
+        ("scaling", "Scaling", "".join(scaling_html) or _empty(
+            "No suite in these results sweeps the sequence length (at least two lengths in one setting).")),
+        ("grids", "Buckets, hash rounds and fidelity", "".join(_figure_html(f) for f in grid_list) or _empty(
+            "No suite here sweeps n_hashes (with measured fidelity) or n_buckets x n_hashes at one length.")),
+    ]
+    paper = _table2_html(frame)
+    if paper:
+        sections.append(("paper", "The paper's Table 2", paper))
+    if compared is not None:
+        sections.append(("comparison", "Candidate vs baseline",
+                         (_figure_html(comparison_fig) if comparison_fig else "") + _comparison_html(compared)))
+    sections += [
+        ("failures", "Failures", _failures_html(frame)),
+        ("cases", "All cases", _cases_html(frame)),
+        ("flops", "How FLOPs are counted", _flops_html()),
+    ]
+    nav = " · ".join(f'<a href="#{key}">{html.escape(name)}</a>' for key, name, _ in sections)
+    body = "".join(f'<section id="{key}"><h2>{html.escape(name)}</h2>{content}</section>'
+                   for key, name, content in sections)
+    payload = {"template": template_layout(),
+               "figures": [{"id": "fig-" + f.key, "data": f.figure.get("data", []), "layout": f.figure.get("layout", {})}
+                           for f in figures]}
+    generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>"
+        f"<header><h1>{html.escape(title)}</h1><p class=\"meta\">{len(frame)} cases from "
+        f"{len(sets)} results director{'y' if len(sets) == 1 else 'ies'} · generated {generated}</p>"
+        f"<nav>{nav}</nav></header><main>{body}</main>"
+        f"<script type=\"application/json\" id=\"report-data\">{_json_for_script(payload)}</script>"
+        f"<script>{PAGE_JS}</script></body></html>\n"
+    )
+
+
+def _json_for_script(payload) -> str:
+    """Compact JSON that cannot end its <script> element early: every "<" is written as \\u003c."""
+    return json.dumps(_finite(payload), separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _figure_html(figure: Figure) -> str:
+    return (f'<figure><figcaption class="title">{html.escape(figure.title)}</figcaption>'
+            f'<div class="chart" id="fig-{html.escape(figure.key)}"></div>'
+            f'<figcaption>{html.escape(figure.caption)}</figcaption></figure>')
+
+
+def _empty(message: str) -> str:
+    return f'<p class="empty">{html.escape(message)}</p>'
+
+
+def _table(frame: pd.DataFrame, sortable: bool = True, index: bool = False, box: str = "table-box",
+           wrap: bool = False) -> str:
+    """pandas' HTML (which escapes cell text), inside a scrolling box; wrap: long cells break lines."""
+    table = frame.to_html(index=index, escape=True, na_rep="—", border=0,
+                          classes=["data"] + (["sortable"] if sortable else []) + (["wrap"] if wrap else []))
+    return f'<div class="{box}">{table}</div>'
+
+
+# --- sections ----------------------------------------------------------------------------------------
+
+def _summary_html(sets: list[ResultSet], frame: pd.DataFrame, groups) -> str:
+    findings = headline_findings(frame, groups)
+    parts = ["<h3>Headline findings</h3>"]
+    if not findings:
+        parts.append(_empty("Nothing to compare yet: findings need a sweep over the sequence length with "
+                            "a dense baseline, or a sweep over n_hashes with measured fidelity."))
+    by_setting: dict[str, list[str]] = {}
+    for setting, sentence in findings:
+        by_setting.setdefault(setting, []).append(sentence)
+    for number, (setting, sentences) in enumerate(by_setting.items()):
+        items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
+        block = f'<p class="setting">{html.escape(setting)}</p><ul class="findings">{items}</ul>'
+        # Past the first few settings the list folds away, so the summary stays one screen.
+        parts.append(block if number < MAX_SETTINGS_SHOWN else f"<details><summary>{html.escape(setting)}"
+                     f"</summary><ul class=\"findings\">{items}</ul></details>")
+    parts.append("<h3>Cases by status</h3>")
+    if frame.empty:
+        parts.append(_empty("The results files hold no cases yet."))
+    else:
+        parts.append(_table(status_counts(frame).rename_axis(None), sortable=False, index=True))
+    cut_short = [where for s in sets for where in s.cut_short]
+    if cut_short:
+        parts.append(f'<p class="warn">Skipped {len(cut_short)} line(s) whose write was cut short '
+                     f'(a killed sweep): {html.escape(", ".join(cut_short))}</p>')
+    parts.append("<h3>Runs and environment</h3>")
+    parts.append(_table(_environment_frame(sets), sortable=False, index=True, box="table-box tall"))
+    return "".join(parts)
+
+
+def _environment_frame(sets: list[ResultSet]) -> pd.DataFrame:
+    """One column per results directory: run.json's own values, its environment's, then any other
+    table (the suite settings) as one "key=value, ..." line."""
+    columns = {}
+    for result_set in sets:
+        values = {"results dir": str(result_set.path), "cases": len(result_set.rows)}
+        tables = {}
+        for key, value in result_set.run.items():
+            if isinstance(value, dict):
+                tables[key] = value
+            else:
+                values[key] = value
+        values.update(tables.pop("environment", None) or tables.pop("env", None) or {})
+        for key, table in tables.items():
+            values[key] = ", ".join(f"{k}={_plain(v)}" for k, v in table.items())
+        columns[result_set.path.name] = {k: _plain(v) for k, v in values.items()}
+    names = list(columns)
+    if len(set(names)) < len(names):  # same directory names from different parents
+        columns = {f"{i + 1}: {name}": col for i, (name, col) in enumerate(columns.items())}
+    return pd.DataFrame(columns)
+
+
+def _plain(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _format_column(values: pd.Series, divisor, fmt) -> pd.Series:
+    def one(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return None
+        if fmt == "int":
+            return f"{int(v):,}"
+        if fmt == "g":
+            return f"{v / divisor:.4g}"
+        return str(v)
+    return values.map(one)
+
+
+def _cases_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    shown, dropped = {}, []
+    for key, title, divisor, fmt in CASE_COLUMNS:
+        if key not in frame.columns or frame[key].isna().all() or (frame[key].astype(str) == "").all():
+            dropped.append(title)
+            continue
+        column = frame[key]
+        if key == "reason":
+            column = column.map(lambda r: None if not r else (
+                r if len(r) <= REASON_CHARS_IN_CASES else r[:REASON_CHARS_IN_CASES - 1] + "…"))
+        shown[title] = _format_column(column, divisor, fmt)
+    return pd.DataFrame(shown), dropped
+
+
+def _cases_html(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return _empty("No cases.")
+    table, dropped = _cases_frame(frame)
+    note = (f'<p class="note">Click a column title to sort. Left out (no value in any case): '
+            f'{html.escape(", ".join(dropped))}.</p>' if dropped else
+            '<p class="note">Click a column title to sort.</p>')
+    return note + _table(table)
+
+
+def _failures_html(frame: pd.DataFrame) -> str:
+    failed = frame[frame["status"] != "ok"]
+    if failed.empty:
+        return _empty("Every case succeeded.")
+    columns = ["case_id", "suite", "backend", "mode", "seq_len", "batch", "n_buckets", "n_hashes", "status"]
+    table = failed[columns + (["stage"] if "stage" in failed.columns else []) + ["reason"]].copy()
+    for key in ("seq_len", "batch", "n_buckets", "n_hashes"):
+        table[key] = _format_column(table[key], 1, "int")
+    return _table(table.rename(columns={"case_id": "case", "seq_len": "L (tokens)"}), wrap=True)
+
+
+def _comparison_html(compared: pd.DataFrame) -> str:
+    show = compared.copy()
+    for key in ("seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes", "chunk_len"):
+        show[key] = _format_column(show[key], 1, "int")
+    formats = {"time_median_s_base": 1e-3, "time_median_s_cand": 1e-3, "mem_peak_bytes_base": 2 ** 20,
+               "mem_peak_bytes_cand": 2 ** 20, "rel_error_base": 1, "rel_error_cand": 1,
+               "time_ratio": 1, "mem_ratio": 1, "error_ratio": 1}
+    for key, divisor in formats.items():
+        show[key] = _format_column(show[key], divisor, "g")
+    names = {"status_base": "status (base)", "status_cand": "status (cand)",
+             "time_median_s_base": "time base (ms)", "time_median_s_cand": "time cand (ms)",
+             "time_ratio": "time ×", "mem_peak_bytes_base": "memory base (MiB)",
+             "mem_peak_bytes_cand": "memory cand (MiB)", "mem_ratio": "memory ×",
+             "rel_error_base": "rel. error base", "rel_error_cand": "rel. error cand", "error_ratio": "rel. error ×",
+             "present": "in"}
+    # Keys with one value for every case go into a sentence instead of a column of repeats.
+    constant = {k: show[k].iloc[0] for k in MATCH_KEYS if show[k].nunique(dropna=False) == 1}
+    keys = [k for k in MATCH_KEYS if k not in constant]
+    table = show[["verdict"] + keys + list(names)].rename(
+        columns=names | {"seq_len": "L (tokens)", "verdict": "regression"})
+    regressions = table[show["verdict"] != ""]
+    rule = (f"A case regresses when it failed where the baseline succeeded, its median time grew by more than "
+            f"{TIME_TOLERANCE:.0%} and by more than the two runs' IQRs together, its peak memory grew by more "
+            f"than {MEMORY_TOLERANCE:.0%}, or its relative error grew by more than {ERROR_TOLERANCE:.0%}. "
+            "Ratios are candidate / baseline.")
+    same = ", ".join(f"{k}={v if v not in (None, '') else '—'}" for k, v in constant.items())
+    parts = [f'<p class="note">{html.escape(rule)}' + (f" Every case has {html.escape(same)}." if same else "")
+             + "</p>", f"<h3>Regressions ({len(regressions)})</h3>"]
+    parts.append(_table(regressions) if len(regressions) else _empty("No regressions."))
+    parts.append(f"<h3>Every case, with ratios ({len(table)})</h3>")
+    parts.append(_table(table))
+    return "".join(parts)
+
+
+def _table2_html(frame: pd.DataFrame) -> str:
+    measured = table2_frame(frame)
+    if measured is None:
+        return ""
+    def shaped(table: pd.DataFrame) -> pd.DataFrame:
+        table = table.rename(index=attention_name, columns=attention_name)
+        table.index.name, table.columns.name = "trained with", "evaluated with"
+        return table.map(lambda v: f"{v:.1f}%" if pd.notna(v) else None)
+    paper = pd.DataFrame(PAPER_TABLE2).T.sort_index(ascending=False)
+    paper = paper[sorted(paper.columns, key=lambda c: (c != 0, -c))]
+    ours = measured.sort_index(ascending=False)
+    ours = ours[sorted(ours.columns, key=lambda c: (c != 0, -c))]
+    return ("<h3>Measured here: duplication-task accuracy</h3>" + _table(shaped(ours), False, True)
+            + "<h3>The paper's numbers (Kitaev et al. 2020, Table 2; their hardware and training)</h3>"
+            + _table(shaped(paper), False, True))
+
+
+def _flops_html() -> str:
+    try:
+        from . import flops
+    except ImportError as exc:  # the report must render even where the FLOP module cannot be imported
+        return _empty(f"harness.flops could not be imported ({type(exc).__name__}).")
+    formulas = getattr(flops, "FORMULAS", None)
+    if isinstance(formulas, dict) and formulas:
+        items = "".join(f"<dt>{html.escape(str(k))}</dt><dd><pre>{html.escape(str(v))}</pre></dd>"
+                        for k, v in formulas.items())
+        return f"<dl>{items}</dl>"
+    return f"<pre class=\"formulas\">{html.escape((flops.__doc__ or '').strip())}</pre>"
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d1d1f;margin:0;background:#fff}
+header{padding:18px 28px 10px;border-bottom:1px solid #ddd;background:#fafafa}
+h1{font-size:22px;margin:0 0 4px;overflow-wrap:anywhere}
+h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #eee;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 8px}
+.meta{color:#555;margin:0 0 6px}
+nav a{color:#0b5cad;text-decoration:none}
+main{padding:0 28px 40px;max-width:1400px}
+figure{margin:14px 0 26px}
+figcaption{color:#444;font-size:13px;max-width:1100px}
+figcaption.title{font-weight:600;color:#1d1d1f;font-size:14px}
+.chart{width:100%;min-height:360px}
+.findings li{margin:3px 0}
+.setting{font-weight:600;margin:10px 0 2px}
+details summary{cursor:pointer;color:#0b5cad;margin:6px 0}
+.empty{color:#666;font-style:italic}
+.note{color:#555;font-size:13px}
+.warn{color:#8a4b00}
+.table-box{max-height:560px;overflow:auto;border:1px solid #e3e3e3;margin:6px 0 14px;width:fit-content;max-width:100%}
+.table-box.tall{max-height:none}
+table.wrap td{white-space:normal;min-width:60px}
+table.wrap td:last-child{min-width:320px;text-align:left}
+table.data{border-collapse:collapse;font-size:12.5px;white-space:nowrap}
+table.data th,table.data td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right}
+table.data td:first-child,table.data th:first-child{text-align:left}
+table.data thead th{position:sticky;top:0;background:#f3f3f3;z-index:1}
+table.sortable thead th{cursor:pointer}
+table.sortable thead th[data-dir=asc]::after{content:" ▲"}
+table.sortable thead th[data-dir=desc]::after{content:" ▼"}
+pre.formulas{background:#f7f7f7;padding:10px;overflow:auto;font-size:12.5px}
+"""
+
+# Renders every figure from the JSON payload and records what a browser test checks in
+# window.__reportChecks: figures, rendered, withData, empty (ids), errors, done, renderMs.
+PAGE_JS = r"""
+(function () {
+  var payload = JSON.parse(document.getElementById('report-data').textContent);
+  var checks = {figures: payload.figures.length, rendered: 0, withData: 0, empty: [], errors: [], done: false};
+  window.__reportChecks = checks;
+  function points(trace) {
+    var values = trace.type === 'heatmap' ? [].concat.apply([], (trace.z || []).map(function (r) { return Array.from(r); }))
+                                          : Array.from(trace.y || []);
+    return values.filter(function (v) { return v !== null && v !== undefined && isFinite(v); }).length;
+  }
+  var config = {responsive: true, displaylogo: false, modeBarButtonsToRemove: ['select2d', 'lasso2d']};
+  var jobs = payload.figures.map(function (f) {
+    var div = document.getElementById(f.id);
+    var layout = Object.assign({}, f.layout, {template: payload.template});
+    return Plotly.newPlot(div, f.data, layout, config).then(function (gd) {
+      checks.rendered += 1;
+      var n = gd.data.reduce(function (s, t) { return s + points(t); }, 0);
+      if (n > 0 && gd.querySelector('.main-svg')) { checks.withData += 1; } else { checks.empty.push(f.id); }
+    }).catch(function (e) { checks.errors.push(f.id + ': ' + e); });
+  });
+  Promise.all(jobs).then(function () { checks.renderMs = performance.now(); checks.done = true; });
+
+  function key(cell) {
+    var t = cell.textContent.trim();
+    if (t === '\u2014' || t === '') return null;
+    var n = Number(t.replace(/,/g, ''));
+    return isNaN(n) ? t.toLowerCase() : n;
+  }
+  document.querySelectorAll('table.sortable thead th').forEach(function (th, col) {
+    th.addEventListener('click', function () {
+      var table = th.closest('table'), body = table.tBodies[0];
+      var dir = th.getAttribute('data-dir') === 'asc' ? 'desc' : 'asc';
+      table.querySelectorAll('thead th').forEach(function (h) { h.removeAttribute('data-dir'); });
+      th.setAttribute('data-dir', dir);
+      var index = Array.prototype.indexOf.call(th.parentNode.children, th);
+      var rows = Array.from(body.rows).map(function (r) { return [key(r.cells[index]), r]; });
+      rows.sort(function (a, b) {
+        if (a[0] === null) return b[0] === null ? 0 : 1;
+        if (b[0] === null) return -1;
+        var c = (typeof a[0] === typeof b[0]) ? (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)
+                                              : (typeof a[0] === 'number' ? -1 : 1);
+        return dir === 'asc' ? c : -c;
+      });
+      rows.forEach(function (r) { body.appendChild(r[1]); });
+    });
+  });
+})();
+"""
+
+if __name__ == "__main__":
+    sys.exit(main())

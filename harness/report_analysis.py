@@ -1,0 +1,304 @@
+"""What the report computes from the rows: scaling groups, fitted exponents, headline findings, and the
+baseline-vs-candidate comparison. Pure pandas; no HTML or plotting here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+#: Rows that differ only in these keys (and in the swept ones) share a plot.
+# dedup is not one of them: dense rows have dedup = null; it is part of the series name instead.
+CONTEXT_KEYS = ("suite", "mode", "device", "dtype", "causal", "heads", "d_head")
+#: The exponent is fitted over this many of the largest measured lengths: small lengths are dominated
+#: by fixed per-call overheads and would pull the slope towards 0.
+FIT_POINTS = 4
+#: Below this many lengths a "fitted" exponent is just the ratio of two noisy points: none is reported.
+MIN_FIT_LENGTHS = 3
+#: A timing whose interquartile range exceeds this share of its median is flagged as noisy.
+NOISY_IQR_SHARE = 0.5
+#: Comparison thresholds (candidate / baseline). Time also has to move by more than the two IQRs together.
+TIME_TOLERANCE = 0.10
+MEMORY_TOLERANCE = 0.01
+ERROR_TOLERANCE = 0.10
+#: The keys that identify "the same case" in two runs of a suite.
+MATCH_KEYS = ("suite", "backend", "mode", "seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes",
+              "chunk_len", "causal", "dedup", "dtype", "device")
+MODE_NAMES = {"forward": "forward", "forward_backward": "forward + backward", "train_step": "training step"}
+
+
+def fit_exponent(lengths, values, points: int = FIT_POINTS, min_lengths: int = MIN_FIT_LENGTHS) -> float | None:
+    """Empirical exponent k of values ~ c * lengths**k: the least-squares slope of log(values) on
+    log(lengths) over the `points` largest lengths with a positive value. None with fewer than
+    `min_lengths` distinct lengths.
+    """
+    pairs = sorted((float(x), float(y)) for x, y in zip(lengths, values)
+                   if x and y and x > 0 and y > 0 and math.isfinite(x) and math.isfinite(y))
+    pairs = pairs[-points:]
+    if len({x for x, _ in pairs}) < max(2, min_lengths):
+        return None
+    log_x, log_y = np.log([x for x, _ in pairs]), np.log([y for _, y in pairs])
+    return float(np.polyfit(log_x, log_y, 1)[0])
+
+
+@dataclass
+class Series:
+    """One line of a scaling plot: measured points (median over duplicates) and failed lengths."""
+
+    name: str
+    kind: str                      # backend_kind of its rows: lsh | dense | peer
+    ok: pd.DataFrame               # one row per seq_len: seq_len, time_median_s, time_iqr_s, mem_peak_bytes, ...
+    failed: pd.DataFrame           # rows (status != ok) at lengths with no successful row
+    time_exponent: float | None = None
+    memory_exponent: float | None = None
+
+
+@dataclass
+class ScalingGroup:
+    """Rows that share a context and sweep seq_len; token_budget is batch * seq_len when that is fixed."""
+
+    context: dict
+    rows: pd.DataFrame
+    token_budget: int | None
+    series: list[Series] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return context_title(self.context, self.token_budget)
+
+
+def context_title(context: dict, token_budget: int | None = None) -> str:
+    """e.g. "smoke · forward + backward · cpu float32 · causal · 4 heads x 64"."""
+    parts = [str(context.get("suite") or "")]
+    if context.get("mode"):
+        parts.append(MODE_NAMES.get(context["mode"], str(context["mode"])))
+    parts.append(" ".join(str(context[k]) for k in ("device", "dtype") if _present(context.get(k))))
+    if context.get("causal") is True:
+        parts.append("causal")
+    if _present(context.get("heads")) and _present(context.get("d_head")):
+        parts.append(f"{int(context['heads'])} heads x {int(context['d_head'])}")
+    if token_budget:
+        parts.append(f"{token_budget:,} tokens per batch")
+    elif _present(context.get("batch")):
+        parts.append(f"batch {int(context['batch'])}")
+    return " · ".join(p for p in parts if p)
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _groups(frame: pd.DataFrame, keys) -> list[tuple[dict, pd.DataFrame]]:
+    keys = [k for k in keys if k in frame.columns]
+    if frame.empty:
+        return []
+    return [(dict(zip(keys, key if isinstance(key, tuple) else (key,))), rows)
+            for key, rows in frame.groupby(keys, dropna=False, sort=False)]
+
+
+def scaling_groups(frame: pd.DataFrame) -> list[ScalingGroup]:
+    """Groups with at least two sequence lengths. batch joins the context unless batch * seq_len is the
+    same for every row (a fixed token budget, as in the paper's Figure 5)."""
+    groups = []
+    for context, rows in _groups(frame, CONTEXT_KEYS):
+        tokens = (rows["batch"] * rows["seq_len"]).dropna().unique()
+        if len(tokens) == 1 and rows["batch"].nunique() > 1:
+            candidates = [(context, rows, int(tokens[0]))]
+        else:
+            candidates = [(context | {"batch": b}, r, None) for b, r in rows.groupby("batch", dropna=False)]
+        for ctx, sub, budget in candidates:
+            if sub["seq_len"].nunique() >= 2:
+                group = ScalingGroup(ctx, sub, budget)
+                group.series = _series(sub)
+                groups.append(group)
+    return groups
+
+
+def distinct_series_names(rows: pd.DataFrame) -> pd.Series:
+    """The `series` column, refined by chunk length then bucket count where a name repeats at one length."""
+    names = rows["series"].astype(str)
+    for key, fmt in (("chunk_len", "chunk {:g}"), ("n_buckets", "{:g} buckets")):
+        repeated = pd.DataFrame({"n": names, "L": rows["seq_len"]}).duplicated(keep=False)
+        if not repeated.any() or rows.loc[repeated, key].nunique() < 2:
+            continue
+        suffix = rows[key].map(lambda v, fmt=fmt: fmt.format(v) if _present(v) else "default")
+        names = names.where(~repeated, names + " · " + suffix)
+    return names
+
+
+def _series(rows: pd.DataFrame) -> list[Series]:
+    rows = rows.assign(_name=distinct_series_names(rows))
+    out = []
+    for name, sub in rows.groupby("_name", sort=True):
+        ok = (sub[sub["status"] == "ok"]
+              .groupby("seq_len", as_index=False)
+              .agg({c: "median" for c in ("time_median_s", "time_iqr_s", "mem_peak_bytes", "rel_error",
+                                          "batch", "flops_analytic")} | {"case_id": "first"}))
+        failed = sub[(sub["status"] != "ok") & ~sub["seq_len"].isin(ok["seq_len"])]
+        failed = failed.drop_duplicates("seq_len").sort_values("seq_len")
+        kind = str(sub["backend_kind"].dropna().iloc[0]) if sub["backend_kind"].notna().any() else "lsh"
+        series = Series(str(name), kind, ok.sort_values("seq_len"), failed)
+        series.time_exponent = fit_exponent(ok["seq_len"], ok["time_median_s"])
+        series.memory_exponent = fit_exponent(ok["seq_len"], ok["mem_peak_bytes"])
+        out.append(series)
+    # Dense baselines first so their colours stay the same whatever LSH series a suite has.
+    return sorted(out, key=lambda s: (s.kind != "dense", s.kind != "peer", s.name))
+
+
+# --- headline findings ------------------------------------------------------------------------------
+
+def crossover(lsh: Series, dense: Series) -> str | None:
+    """One sentence on where lsh becomes faster than dense, from the lengths both were run at.
+
+    A length where dense failed (OOM, timeout...) and lsh succeeded counts as lsh being faster.
+    """
+    lsh_time = dict(zip(lsh.ok["seq_len"], lsh.ok["time_median_s"]))
+    dense_time = dict(zip(dense.ok["seq_len"], dense.ok["time_median_s"]))
+    dense_failed = set(dense.failed["seq_len"])
+    lengths = sorted(L for L in lsh_time if L in dense_time or L in dense_failed)
+    if len(lengths) < 2:
+        return None
+    faster = [L in dense_failed or lsh_time[L] < dense_time[L] for L in lengths]
+    span = f"measured {int(lengths[0]):,}-{int(lengths[-1]):,} tokens"
+    if all(faster):
+        return f"{lsh.name} is faster than {dense.name} at every measured length ({span})"
+    if not faster[-1]:
+        return f"{dense.name} is faster than {lsh.name} at the longest measured length ({span})"
+    start = len(faster)
+    while start > 0 and faster[start - 1]:
+        start -= 1
+    return f"{lsh.name} is faster than {dense.name} from {int(lengths[start]):,} tokens on ({span})"
+
+
+def headline_findings(frame: pd.DataFrame, groups: list[ScalingGroup] | None = None) -> list[tuple[str, str]]:
+    """(setting, sentence) pairs computed from the data: crossovers, memory/time exponents, failures,
+    fidelity trends. The setting is a context title such as "smoke · forward · cpu float32 · ..."."""
+    groups = scaling_groups(frame) if groups is None else groups
+    findings = []
+    for group in groups:
+        where = group.title
+        dense = [s for s in group.series if s.kind == "dense"]
+        hashing = [s for s in group.series if s.kind != "dense"]
+        for lsh in hashing:
+            for baseline in dense:
+                sentence = crossover(lsh, baseline)
+                if sentence:
+                    findings.append((where, sentence + "."))
+        for metric, attr in (("peak memory", "memory_exponent"), ("time", "time_exponent")):
+            slopes = [f"{s.name} {format_exponent(getattr(s, attr))}" for s in group.series
+                      if getattr(s, attr) is not None]
+            if len(slopes) >= 2:
+                findings.append((where, (f"{metric} grows as L^k with k = {', '.join(slopes)} "
+                                         f"(log-log slope over the {FIT_POINTS} largest lengths).")))
+        for series in group.series:
+            if series.failed.empty:
+                continue
+            first = series.failed.iloc[0]
+            if series.ok.empty and (series.failed["status"] == "unavailable").all():
+                findings.append((where, f"{series.name} did not run: {first['reason'] or 'unavailable'}."))
+            else:
+                findings.append((where, (f"{series.name} fails from {int(first['seq_len']):,} tokens "
+                                         f"({first['status']}).")))
+    findings.extend(_fidelity_findings(frame))
+    findings.extend(_noise_findings(frame))
+    return findings
+
+
+def _noise_findings(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    timed = frame[(frame["status"] == "ok") & frame["time_median_s"].notna() & frame["time_iqr_s"].notna()]
+    noisy = timed[timed["time_iqr_s"] > NOISY_IQR_SHARE * timed["time_median_s"]]
+    if noisy.empty:
+        return []
+    return [("Measurement quality", (
+        f"{len(noisy)} of {len(timed)} timed cases have an interquartile range above "
+        f"{NOISY_IQR_SHARE:.0%} of their median time (a busy machine, or too few repeats): read their "
+        f"times and time exponents with care."))]
+
+
+def format_exponent(value: float) -> str:
+    """Two decimals, and never "-0.00"."""
+    text = f"{value:.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
+def _fidelity_findings(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """Per setting and backend, relative error at the fewest and the most hash rounds, at the longest
+    length measured with at least two hash counts (median over bucket counts there)."""
+    findings = []
+    ok = frame[(frame["status"] == "ok") & frame["rel_error"].notna() & frame["n_hashes"].notna()]
+    for context, rows in _groups(ok, CONTEXT_KEYS + ("backend", "dedup", "batch")):
+        swept = rows.groupby("seq_len")["n_hashes"].nunique()
+        swept = swept[swept >= 2]
+        if swept.empty:
+            continue
+        length = swept.index.max()
+        at_length = rows[rows["seq_len"] == length]
+        by_hashes = at_length.groupby("n_hashes")["rel_error"].median()
+        lo, hi = by_hashes.index.min(), by_hashes.index.max()
+        configs = at_length.groupby(["n_buckets", "chunk_len"], dropna=False).ngroups
+        over = f", median over {configs} bucket settings" if configs > 1 else ""
+        findings.append((context_title(context), (
+            f"{context['backend']} relative error vs dense goes from {by_hashes[lo]:.3g} "
+            f"({int(lo)} hash{'es' if lo > 1 else ''}) to {by_hashes[hi]:.3g} ({int(hi)} hashes) "
+            f"at {int(length):,} tokens{over}.")))
+    return findings
+
+
+def status_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cases per suite and status (a table: rows = suite, columns = status)."""
+    from .report_data import STATUSES
+
+    counts = pd.crosstab(frame["suite"], frame["status"]) if not frame.empty else pd.DataFrame()
+    counts = counts.reindex(columns=[s for s in STATUSES if s in counts.columns])
+    counts["total"] = counts.sum(axis=1)
+    return counts
+
+
+# --- comparing two runs -------------------------------------------------------------------------------
+
+def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
+    """One row per case in either run: both runs' status, time, memory and error, candidate/baseline
+    ratios, and `verdict` (why it is a regression; empty when it is not, or the case is in one run only).
+    """
+    keys = list(MATCH_KEYS)
+    metrics = ["status", "time_median_s", "time_iqr_s", "mem_peak_bytes", "rel_error"]
+
+    def side(frame):
+        # Keys with NaN do not match in a merge; a string form compares null with null.
+        keyed = frame[keys + metrics].copy()
+        for key in keys:
+            keyed[key] = keyed[key].map(lambda v: "" if not _present(v) else str(v))
+        return keyed.drop_duplicates(keys, keep="last")
+
+    merged = side(baseline).merge(side(candidate), on=keys, how="outer", suffixes=("_base", "_cand"),
+                                  indicator=True)
+    merged["time_ratio"] = merged["time_median_s_cand"] / merged["time_median_s_base"]
+    merged["mem_ratio"] = merged["mem_peak_bytes_cand"] / merged["mem_peak_bytes_base"]
+    merged["error_ratio"] = merged["rel_error_cand"] / merged["rel_error_base"]
+    merged["verdict"] = [_verdict(row) for row in merged.to_dict("records")]
+    merged = merged.rename(columns={"_merge": "present"})
+    merged["present"] = merged["present"].map(
+        {"both": "both", "left_only": "baseline only", "right_only": "candidate only"}).astype(str)
+    for key in ("seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes", "chunk_len"):
+        merged[key] = pd.to_numeric(merged[key], errors="coerce")
+    return merged.sort_values(keys).reset_index(drop=True)
+
+
+def _verdict(row: dict) -> str:
+    if row["_merge"] != "both":
+        return ""
+    reasons = []
+    if row["status_base"] == "ok" and row["status_cand"] != "ok":
+        reasons.append(f"now {row['status_cand']}")
+    ratio = row["time_ratio"]
+    if _present(ratio) and ratio > 1 + TIME_TOLERANCE:
+        noise = sum(v for v in (row["time_iqr_s_base"], row["time_iqr_s_cand"]) if _present(v))
+        if row["time_median_s_cand"] - row["time_median_s_base"] > noise:
+            reasons.append(f"time x{ratio:.2f}")
+    if _present(row["mem_ratio"]) and row["mem_ratio"] > 1 + MEMORY_TOLERANCE:
+        reasons.append(f"memory x{row['mem_ratio']:.2f}")
+    if _present(row["error_ratio"]) and row["error_ratio"] > 1 + ERROR_TOLERANCE:
+        reasons.append(f"rel error x{row['error_ratio']:.2f}")
+    return "; ".join(reasons)

@@ -1,0 +1,387 @@
+"""Plotly figures of the report, returned as plain dicts (data + layout, no template) for the page to
+embed as JSON: scaling plots, n_buckets x n_hashes heatmaps, fidelity against n_hashes, the paper's
+Figure 5 overlay, the paper's Table 2 next to a task suite, and the comparison of two runs.
+
+Every string that comes from a results file goes through `text()` first: plotly renders a subset of
+HTML in names and titles, and `&lt;` is how a literal "<" gets through.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from .report_analysis import (
+    FIT_POINTS,
+    MIN_FIT_LENGTHS,
+    MODE_NAMES,
+    ScalingGroup,
+    Series,
+    context_title,
+    format_exponent,
+)
+
+# Kitaev, Kaiser, Levskaya (2020), Figure 5 (right): seconds per step at a fixed 32,768 tokens per batch
+# (seq_len x batch), read off the plot, so about +-10%. On the authors' hardware, not this machine's.
+PAPER_FIGURE5_FULL = {1024: 0.17, 2048: 0.3, 4096: 0.5, 8192: 1.0, 16384: 1.9, 32768: 3.5}
+PAPER_FIGURE5_LSH = {8: {1024: 0.32, 32768: 0.44}, 1: {1024: 0.10, 32768: 0.075}}
+PAPER_FIGURE5_TOKENS = 32768
+
+# Kitaev et al. (2020), Table 2: accuracy (%) on the duplication task of a 1-layer model, by the
+# attention it was trained with (rows) and evaluated with (columns). 0 = full attention.
+PAPER_TABLE2 = {
+    0: {0: 100.0, 8: 94.8, 4: 92.5, 2: 76.9, 1: 52.5},
+    4: {0: 0.8, 8: 100.0, 4: 99.9, 2: 99.4, 1: 91.9},
+    2: {0: 0.8, 8: 100.0, 4: 99.9, 2: 97.1, 1: 86.8},
+    1: {0: 0.8, 8: 99.9, 4: 99.6, 2: 94.8, 1: 77.9},
+}
+
+HASH_COLORS = {1: "#e6550d", 2: "#31a354", 4: "#3182bd", 8: "#756bb1", 16: "#8c564b"}
+DENSE_COLORS = {"dense": "#222222", "sdpa": "#8a8a8a"}
+OTHER_COLORS = ("#d62728", "#17becf", "#bcbd22", "#e377c2", "#7f7f7f")
+BACKEND_DASH = {"eager": "solid", "compiled": "dash", "triton": "dot"}
+FAIL_SYMBOLS = {"oom": "x", "timeout": "hourglass", "error": "triangle-up", "crashed": "triangle-down",
+                "unavailable": "circle-open", "nonfinite": "diamond"}
+PAPER_COLOR = "#b0b0b0"
+
+
+@dataclass
+class Figure:
+    """One chart: a title and caption (plain text; the page escapes them) and the plotly figure dict."""
+
+    key: str
+    title: str
+    caption: str
+    figure: dict
+
+
+def text(value) -> str:
+    """A results-file string made safe for plotly's HTML-ish text rendering (and shown literally)."""
+    return html.escape(str(value), quote=True)
+
+
+def to_dict(fig: go.Figure) -> dict:
+    """The figure as JSON-ready dict, without the template (the page applies one shared template)."""
+    spec = json.loads(pio.to_json(fig, validate=False, engine="json"))
+    spec.get("layout", {}).pop("template", None)
+    return spec
+
+
+def template_layout() -> dict:
+    """The layout template every figure uses, embedded once in the page."""
+    return json.loads(pio.to_json(go.Figure(layout={"template": "plotly_white"}), engine="json"))["layout"]["template"]
+
+
+# --- units -------------------------------------------------------------------------------------------
+
+def time_unit(values) -> tuple[str, float]:
+    """(unit, divisor) for seconds: s, ms or µs so that the largest value reads as 1..1000."""
+    top = max((v for v in values if pd.notna(v)), default=1.0)
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if top >= scale:
+            return unit, scale
+    return "µs", 1e-6
+
+
+def memory_unit(values) -> tuple[str, float]:
+    top = max((v for v in values if pd.notna(v)), default=1.0)
+    for unit, scale in (("GiB", 2.0 ** 30), ("MiB", 2.0 ** 20), ("KiB", 2.0 ** 10)):
+        if top >= scale:
+            return unit, scale
+    return "bytes", 1.0
+
+
+def series_style(series: Series, backend: str, index: int) -> dict:
+    """Colour by hash count (the same in every figure), dash by backend; dense baselines in greys."""
+    if series.kind == "dense":
+        return {"color": DENSE_COLORS.get(backend, OTHER_COLORS[index % len(OTHER_COLORS)]), "dash": "solid"}
+    n_hashes = _hashes_of(series.name)
+    color = HASH_COLORS.get(n_hashes, OTHER_COLORS[index % len(OTHER_COLORS)])
+    return {"color": color, "dash": BACKEND_DASH.get(backend, "dashdot")}
+
+
+def _hashes_of(name: str) -> int | None:
+    for part in name.split():
+        if part.startswith("LSH-") and part[4:].isdigit():
+            return int(part[4:])
+    return None
+
+
+# --- scaling -----------------------------------------------------------------------------------------
+
+def scaling_figure(group: ScalingGroup, metric: str, key: str) -> Figure | None:
+    """metric "time" or "memory": log-log against length, one line per series, fitted exponent k in the
+    legend, failed lengths as labelled markers in a band above the measured values."""
+    column = "time_median_s" if metric == "time" else "mem_peak_bytes"
+    # A backend that never ran here (unavailable at every length) says nothing about scaling; the
+    # findings and the failures table name it.
+    plotted = [s for s in group.series
+               if not (s.ok.empty and (s.failed["status"] == "unavailable").all())]
+    values = [v for s in plotted for v in s.ok[column].dropna()]
+    if not values:
+        return None
+    unit, scale = (time_unit if metric == "time" else memory_unit)(values)
+    fig = go.Figure()
+    lengths = sorted(group.rows["seq_len"].dropna().unique())
+    for index, series in enumerate(plotted):
+        backend = str(series.name.split()[0])
+        style = series_style(series, backend, index)
+        exponent = series.time_exponent if metric == "time" else series.memory_exponent
+        name = text(series.name) + (f" (k={format_exponent(exponent)})" if exponent is not None else "")
+        ok = series.ok.dropna(subset=[column])
+        if len(ok):
+            error = None
+            if metric == "time" and ok["time_iqr_s"].notna().any():
+                error = {"type": "data", "array": (ok["time_iqr_s"].fillna(0) / 2 / scale).tolist(),
+                         "thickness": 1, "width": 2, "visible": True}
+            fig.add_trace(go.Scatter(
+                x=ok["seq_len"].tolist(), y=(ok[column] / scale).tolist(), mode="lines+markers", name=name,
+                legendgroup=text(series.name), line=style, marker={"size": 7}, error_y=error,
+                customdata=[text(c) for c in ok["case_id"]],
+                hovertemplate=f"{text(series.name)}<br>L=%{{x:,}} tokens<br>%{{y:.4g}} {unit}"
+                              f"<br>%{{customdata}}<extra></extra>"))
+    band = max(values) / scale * 2.5
+    failed_any = False
+    for index, series in enumerate(plotted):
+        if series.failed.empty:
+            continue
+        failed_any = True
+        style = series_style(series, series.name.split()[0], index)
+        statuses = series.failed["status"].tolist()
+        fig.add_trace(go.Scatter(
+            x=series.failed["seq_len"].tolist(), y=[band] * len(statuses), mode="markers+text",
+            name=f"{text(series.name)}: failed", legendgroup=text(series.name), showlegend=True,
+            marker={"symbol": [FAIL_SYMBOLS.get(s, "x") for s in statuses], "size": 12,
+                    "color": style["color"], "line": {"width": 2, "color": style["color"]}},
+            text=[s.upper() for s in statuses], textposition="top center",
+            textfont={"size": 10, "color": style["color"]},
+            customdata=[text(_short(r)) for r in series.failed["reason"].fillna("")],
+            hovertemplate=f"{text(series.name)}<br>L=%{{x:,}} tokens<br>%{{text}}: %{{customdata}}"
+                          "<extra></extra>"))
+    shapes, annotations = [], []
+    if failed_any:
+        shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": band / 1.5, "y1": band / 1.5,
+                       "line": {"dash": "dot", "color": "#999", "width": 1}})
+        annotations.append({"xref": "paper", "x": 1, "y": math.log10(band / 1.5), "yref": "y",
+                            "text": "above: failed, no measurement", "showarrow": False, "xanchor": "right",
+                            "yanchor": "top", "font": {"size": 10, "color": "#666"}})
+    if group.token_budget and group.token_budget == PAPER_FIGURE5_TOKENS and metric == "time":
+        _add_paper_figure5(fig, scale)
+    measure = MODE_NAMES.get(str(group.context.get("mode")), "call")
+    y_title = (f"time per {measure}, median ({unit})" if metric == "time"
+               else f"peak memory ({unit})")
+    tick_text = ([f"{int(L):,}×{group.token_budget // int(L)}" for L in lengths] if group.token_budget
+                 else [f"{int(L):,}" for L in lengths])
+    fig.update_layout(
+        xaxis={"type": "log", "title": {"text": "sequence length (tokens)" + (
+            " × batch" if group.token_budget else "")}, "tickvals": [float(L) for L in lengths],
+            "ticktext": tick_text},
+        # dtick "D2": labels at 1, 2 and 5 of each decade only; "~g" prints 0.05, not 50m.
+        yaxis={"type": "log", "title": {"text": y_title}, "dtick": "D2", "tickformat": "~g"},
+        legend={"title": {"text": "series (k = fitted exponent)"}},
+        margin={"l": 70, "r": 20, "t": 30, "b": 55}, height=420, shapes=shapes, annotations=annotations,
+        hovermode="closest")
+    title = f"{'Time' if metric == 'time' else 'Peak memory'} vs sequence length — {group.title}"
+    caption = (f"Log-log. k: least-squares slope of log({'time' if metric == 'time' else 'memory'}) on "
+               f"log(length) over the {FIT_POINTS} largest measured lengths, so the value grows as L^k "
+               f"(given where at least {MIN_FIT_LENGTHS} lengths were measured). "
+               + ("Error bars: interquartile range of the timed repeats. " if metric == "time" else
+                  "Memory: peak live tensor bytes on CPU, allocator peak on GPU, inputs included. ")
+               + ("Markers in the band at the top: cases that failed (hover for the reason). "
+                  if failed_any else ""))
+    if group.token_budget == PAPER_FIGURE5_TOKENS and metric == "time":
+        caption += ("Grey dashed: the paper's Figure 5 (Kitaev et al. 2020), read off the plot, on the "
+                    "authors' own hardware — a shape to compare with, not a target for this machine.")
+    return Figure(key, title, caption, to_dict(fig))
+
+
+def _add_paper_figure5(fig: go.Figure, scale: float) -> None:
+    group = "paper: Kitaev et al. 2020, Fig. 5"
+    fig.add_trace(go.Scatter(
+        x=list(PAPER_FIGURE5_FULL), y=[v / scale for v in PAPER_FIGURE5_FULL.values()], mode="lines+markers",
+        name="paper: full attention", legendgroup=group, legendgrouptitle={"text": "paper (their hardware)"},
+        line={"color": PAPER_COLOR, "dash": "dash", "width": 2}, marker={"symbol": "square-open"},
+        hovertemplate="paper Fig. 5, full attention<br>L=%{x:,}<br>≈%{y:.3g}<extra></extra>"))
+    for n_hashes, points in PAPER_FIGURE5_LSH.items():
+        fig.add_trace(go.Scatter(
+            x=list(points), y=[v / scale for v in points.values()], mode="lines+markers",
+            name=f"paper: LSH-{n_hashes}", legendgroup=group,
+            line={"color": HASH_COLORS[n_hashes], "dash": "dash", "width": 1}, opacity=0.5,
+            marker={"symbol": "square-open"},
+            hovertemplate=f"paper Fig. 5, LSH-{n_hashes}<br>L=%{{x:,}}<br>≈%{{y:.3g}}<extra></extra>"))
+
+
+def _case_label(row: dict) -> str:
+    """Short name of a compared case: "eager LSH-4 L=4,096 forward" (+ buckets and batch when set)."""
+    def known(key):
+        value = row.get(key)
+        return value is not None and value != "" and pd.notna(value)
+    parts = [str(row["backend"]) + (f" LSH-{int(row['n_hashes'])}" if known("n_hashes") else "")]
+    if known("seq_len"):
+        parts.append(f"L={int(row['seq_len']):,}")
+    if known("n_buckets"):
+        parts.append(f"{int(row['n_buckets'])} buckets")
+    if known("batch") and int(row["batch"]) != 1:
+        parts.append(f"batch {int(row['batch'])}")
+    parts.append(MODE_NAMES.get(str(row.get("mode")), str(row.get("mode"))))
+    return " ".join(parts)
+
+
+def _short(reason: str, limit: int = 160) -> str:
+    reason = " ".join(str(reason).split())
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+
+
+# --- grids and fidelity --------------------------------------------------------------------------------
+
+GRID_KEYS = ("suite", "mode", "device", "dtype", "causal", "heads", "d_head", "backend", "dedup", "seq_len",
+             "batch")
+
+
+def grid_figures(frame: pd.DataFrame) -> list[Figure]:
+    """n_buckets x n_hashes heatmaps of time and relative error, where a group sweeps both."""
+    figures = []
+    for index, (context, rows) in enumerate(_grid_groups(frame)):
+        if rows["n_buckets"].nunique() < 2 or rows["n_hashes"].nunique() < 2:
+            continue
+        buckets = sorted(rows["n_buckets"].dropna().unique())
+        hashes = sorted(rows["n_hashes"].dropna().unique())
+        where = context_title(context) + f" · {context['backend']} · L={int(context['seq_len']):,}"
+        for metric, column, label in (("time", "time_median_s", "time"), ("error", "rel_error", "relative error")):
+            ok = rows[rows["status"] == "ok"]
+            if ok[column].notna().sum() == 0:
+                continue
+            unit, scale = time_unit(ok[column].dropna()) if metric == "time" else ("", 1.0)
+            z, cell_text = [], []
+            for n in hashes:
+                z_row, t_row = [], []
+                for b in buckets:
+                    cell = rows[(rows["n_hashes"] == n) & (rows["n_buckets"] == b)]
+                    good = cell[cell["status"] == "ok"][column].dropna()
+                    if len(good):
+                        z_row.append(float(good.median()) / scale)
+                        t_row.append(f"{good.median() / scale:.3g}")
+                    else:
+                        z_row.append(None)
+                        t_row.append(cell["status"].iloc[0].upper() if len(cell) else "")
+                z.append(z_row)
+                cell_text.append(t_row)
+            fig = go.Figure(go.Heatmap(
+                x=[f"{int(b)}" for b in buckets], y=[f"{int(n)}" for n in hashes], z=z, text=cell_text,
+                texttemplate="%{text}", colorscale="Viridis" if metric == "time" else "Magma",
+                reversescale=metric == "error",
+                colorbar={"title": {"text": f"{label}" + (f" ({unit})" if unit else "")}},
+                hovertemplate="n_buckets=%{x}<br>n_hashes=%{y}<br>%{text}<extra></extra>"))
+            fig.update_layout(xaxis={"title": {"text": "n_buckets (buckets per hash round)"}, "type": "category"},
+                              yaxis={"title": {"text": "n_hashes (hash rounds)"}, "type": "category"},
+                              height=360, margin={"l": 70, "r": 20, "t": 20, "b": 55})
+            caption = ("Median time per call" if metric == "time" else
+                       "Relative error ||out - dense|| / ||dense|| against exact dense attention") + \
+                ". Empty cells are failed cases (status shown)."
+            figures.append(Figure(f"grid-{metric}-{index}", f"{label.capitalize()}: n_buckets × n_hashes — "
+                                  f"{where}", caption, to_dict(fig)))
+    return figures
+
+
+FIDELITY_KEYS = tuple(k for k in GRID_KEYS if k != "seq_len")
+LINE_COLORS = ("#3182bd", "#e6550d", "#31a354", "#756bb1", "#8c564b", "#d62728", "#17becf", "#bcbd22")
+
+
+def fidelity_figures(frame: pd.DataFrame) -> list[Figure]:
+    """Relative error (solid, left axis) and attention-mass recall (dotted, right axis) against n_hashes:
+    one figure per setting and backend, one colour per (length, bucket setting)."""
+    figures = []
+    ok = frame[(frame["status"] == "ok") & frame["n_hashes"].notna()]
+    for index, (context, rows) in enumerate(_grid_groups(ok, FIDELITY_KEYS)):
+        if rows["rel_error"].notna().sum() == 0 or rows.groupby("seq_len")["n_hashes"].nunique().max() < 2:
+            continue
+        where = context_title(context) + f" · {context['backend']}"
+        fig = go.Figure()
+        lines = rows.groupby(["seq_len", "n_buckets", "chunk_len"], dropna=False)
+        for number, ((length, buckets, chunk), line) in enumerate(lines):
+            by_hashes = line.groupby("n_hashes")[["rel_error", "attn_mass_recall"]].median().reset_index()
+            if len(by_hashes) < 2:
+                continue
+            label = (f"L={int(length):,}, " + (f"{int(buckets)} buckets" if pd.notna(buckets) else "auto buckets")
+                     + (f", chunk {int(chunk)}" if pd.notna(chunk) else ""))
+            color = LINE_COLORS[number % len(LINE_COLORS)]
+            fig.add_trace(go.Scatter(x=by_hashes["n_hashes"].tolist(), y=by_hashes["rel_error"].tolist(),
+                                     mode="lines+markers", name=label, legendgroup=label, line={"color": color},
+                                     hovertemplate=label + "<br>n_hashes=%{x}<br>rel. error %{y:.4g}<extra></extra>"))
+            if by_hashes["attn_mass_recall"].notna().any():
+                fig.add_trace(go.Scatter(x=by_hashes["n_hashes"].tolist(),
+                                         y=by_hashes["attn_mass_recall"].tolist(), yaxis="y2",
+                                         mode="lines+markers", line={"dash": "dot", "color": color},
+                                         marker={"symbol": "circle-open"}, name=label + " (recall)",
+                                         legendgroup=label, showlegend=False,
+                                         hovertemplate=label + "<br>n_hashes=%{x}<br>recall %{y:.4f}<extra></extra>"))
+        if not fig.data:
+            continue
+        fig.update_layout(
+            xaxis={"title": {"text": "n_hashes (hash rounds)"}, "type": "log",
+                   "tickvals": sorted(rows["n_hashes"].unique().tolist()), "tickformat": "d"},
+            yaxis={"title": {"text": "relative error vs dense (solid)"}, "rangemode": "tozero"},
+            yaxis2={"title": {"text": "attention-mass recall (dotted)"}, "overlaying": "y",
+                    "side": "right", "range": [0, 1.05], "tick0": 0, "dtick": 0.2, "showgrid": False},
+            legend={"x": 1.08, "title": {"text": "length, buckets"}}, height=420,
+            margin={"l": 70, "r": 20, "t": 20, "b": 55})
+        figures.append(Figure(
+            f"fidelity-{index}", f"Fidelity vs hash rounds — {where}",
+            "Solid, left axis: relative error ||out - dense|| / ||dense||. Dotted, right axis: attention-mass "
+            "recall, the share of the exact attention weight that falls on keys LSH lets each query see "
+            "(1 = all). Same inputs and rotation seed for every point.", to_dict(fig)))
+    return figures
+
+
+def _grid_groups(frame: pd.DataFrame, keys=GRID_KEYS):
+    keys = [k for k in keys if k in frame.columns]
+    lsh = frame[frame["n_hashes"].notna()]
+    if lsh.empty:
+        return []
+    return [(dict(zip(keys, key)), rows) for key, rows in lsh.groupby(keys, dropna=False, sort=False)]
+
+
+# --- the paper's Table 2 ---------------------------------------------------------------------------------
+
+def table2_frame(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """Measured duplication-task accuracy (%) by train x eval attention, when rows carry `task`,
+    `train_n_hashes`, `eval_n_hashes` (0 = full attention) and `task_accuracy` (a fraction)."""
+    needed = {"task", "train_n_hashes", "eval_n_hashes", "task_accuracy"}
+    if not needed <= set(frame.columns):
+        return None
+    rows = frame[(frame["task"] == "duplication") & frame["task_accuracy"].notna()]
+    if rows.empty:
+        return None
+    table = rows.pivot_table(index="train_n_hashes", columns="eval_n_hashes", values="task_accuracy",
+                             aggfunc="median") * 100
+    return table
+
+
+def attention_name(n_hashes) -> str:
+    return "full attention" if not n_hashes else f"LSH-{int(n_hashes)}"
+
+
+def comparison_figure(compared: pd.DataFrame) -> Figure | None:
+    """Candidate / baseline time and memory ratio per case (log axis; 1 = unchanged)."""
+    both = compared[compared["present"] == "both"]
+    if both.empty or both[["time_ratio", "mem_ratio"]].notna().sum().sum() == 0:
+        return None
+    labels = [text(_case_label(r)) for r in both.to_dict("records")]
+    fig = go.Figure()
+    for column, name, color in (("time_ratio", "time", "#3182bd"), ("mem_ratio", "peak memory", "#e6550d")):
+        fig.add_trace(go.Bar(x=labels, y=both[column].tolist(), name=f"{name} ratio", marker_color=color,
+                             hovertemplate="%{x}<br>candidate / baseline = %{y:.3f}<extra></extra>"))
+    fig.update_layout(barmode="group", yaxis={"type": "log", "title": {"text": "candidate / baseline (×)"},
+                                              "tickformat": "~g"},
+                      xaxis={"tickangle": -40, "automargin": True}, height=440,
+                      shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 1, "y1": 1,
+                               "line": {"color": "#444", "width": 1}}],
+                      margin={"l": 70, "r": 20, "t": 20, "b": 40})
+    return Figure("comparison-ratios", "Candidate vs baseline, per case",
+                  "Ratio of the candidate's median time and peak memory to the baseline's; above 1 is slower "
+                  "or larger. Cases present in only one run are listed in the table below.", to_dict(fig))

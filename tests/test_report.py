@@ -1,0 +1,362 @@
+"""The HTML report from synthetic results directories (README "Results format"): reading and its errors,
+fitted exponents, findings, figures, escaping, size, comparison with a baseline, the CLI.
+
+The synthetic metrics follow known power laws (dense time ~ L^2, LSH time ~ L), so every figure the
+report computes is checked against the value implied by the constants below, not against a copy of
+the report's output. The browser checks are in test_report_browser.py.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from plotly.offline import get_plotlyjs
+
+from harness.report import main, render_html, write_report
+from harness.report_analysis import compare, crossover, fit_exponent, headline_findings, scaling_groups
+from harness.report_data import ROW_KEYS, ResultsError, load_frame, load_result_set
+from harness.report_figures import PAPER_FIGURE5_FULL, grid_figures, scaling_figure
+
+ENV = {"git_commit": "0123abc", "python": "3.11.2", "torch": "2.13.0", "triton": "3.9.0",
+       "device_name": "synthetic CPU", "driver": None, "cpu_model": "synthetic CPU", "torch_threads": 2}
+
+#: Power-law constants: time_s = coef * L**exp, memory = coef * L**exp.
+DENSE_TIME = (2e-9, 2.0)
+LSH_TIME_PER_HASH = (4e-6, 1.0)
+DENSE_MEM = (16.0, 2.0)
+LSH_MEM_PER_HASH = (2048.0, 1.0)
+
+
+def row(**values) -> dict:
+    """A results row with every README key; unspecified metrics null."""
+    base = {key: None for key in ROW_KEYS}
+    base.update(suite="synthetic", backend_kind="lsh", mode="forward", batch=1, heads=4, d_head=64,
+                causal=False, dedup=False, dtype="float32", device="cpu", status="ok", reason="")
+    base.update(values)
+    base.setdefault("case_id", "")
+    if not base["case_id"]:
+        base["case_id"] = "-".join(str(base[k]) for k in ("backend", "seq_len", "batch", "n_buckets", "n_hashes"))
+    if base["backend_kind"] == "dense":
+        base.update(n_buckets=None, n_hashes=None, chunk_len=None, dedup=None)
+    return base
+
+
+def scaling_rows(suite="synthetic", lengths=(1024, 2048, 4096, 8192, 16384), hashes=(1, 4),
+                 dense_oom_from=16384, time_scale=1.0) -> list[dict]:
+    """Dense vs eager LSH over lengths; dense runs out of memory from dense_oom_from tokens."""
+    rows = []
+    for L in lengths:
+        if dense_oom_from is not None and L >= dense_oom_from:
+            rows.append(row(suite=suite, backend="dense", backend_kind="dense", seq_len=L, status="oom",
+                            reason="CPU tensor memory 4.0 GiB over mem_limit 2 GiB"))
+        else:
+            rows.append(row(suite=suite, backend="dense", backend_kind="dense", seq_len=L,
+                            time_median_s=time_scale * DENSE_TIME[0] * L ** DENSE_TIME[1],
+                            time_iqr_s=time_scale * DENSE_TIME[0] * L ** DENSE_TIME[1] * 0.02,
+                            mem_peak_bytes=DENSE_MEM[0] * L ** DENSE_MEM[1], flops_analytic=4.0 * L * L * 64))
+        for n in hashes:
+            rows.append(row(suite=suite, backend="eager", seq_len=L, n_hashes=n, chunk_len=64,
+                            n_buckets=2 * L // 64,
+                            time_median_s=time_scale * n * LSH_TIME_PER_HASH[0] * L ** LSH_TIME_PER_HASH[1],
+                            time_iqr_s=time_scale * n * LSH_TIME_PER_HASH[0] * L * 0.02,
+                            mem_peak_bytes=n * LSH_MEM_PER_HASH[0] * L ** LSH_MEM_PER_HASH[1],
+                            rel_error=0.4 / n ** 0.5, attn_mass_recall=1 - 0.3 / n,
+                            flops_analytic=4.0 * n * L * 128 * 64))
+    rows.append(row(suite=suite, backend="triton", seq_len=lengths[0], n_hashes=hashes[0], chunk_len=64,
+                    n_buckets=2 * lengths[0] // 64, status="unavailable", reason="triton needs a GPU"))
+    return rows
+
+
+def grid_rows(suite="synthetic-grid", seq_len=2048) -> list[dict]:
+    """n_buckets x n_hashes at one length; one cell times out."""
+    rows = []
+    for buckets in (16, 32, 64):
+        for n in (1, 2, 4, 8):
+            if buckets == 64 and n == 8:
+                rows.append(row(suite=suite, backend="eager", seq_len=seq_len, n_buckets=buckets, n_hashes=n,
+                                chunk_len=None, status="timeout", reason="timed out after 300 s"))
+                continue
+            rows.append(row(suite=suite, backend="eager", seq_len=seq_len, n_buckets=buckets, n_hashes=n,
+                            chunk_len=2 * seq_len // buckets, time_median_s=1e-4 * n * (1 + 64 / buckets),
+                            mem_peak_bytes=1e6 * n, rel_error=0.5 / n ** 0.5 * (buckets / 64) ** 0.3,
+                            attn_mass_recall=1 - 0.4 / n))
+    return rows
+
+
+def paper_speed_rows(suite="paper_speed") -> list[dict]:
+    """The fixed 32,768-token budget of the paper's Figure 5: batch = 32768 / seq_len."""
+    rows = []
+    for L in (1024, 2048, 4096, 8192, 16384, 32768):
+        batch = 32768 // L
+        rows.append(row(suite=suite, backend="dense", backend_kind="dense", mode="forward_backward",
+                        seq_len=L, batch=batch, time_median_s=0.1 * L / 1024,
+                        mem_peak_bytes=batch * 16.0 * L * L))
+        for n in (1, 2, 4, 8):
+            rows.append(row(suite=suite, backend="eager", mode="forward_backward", seq_len=L, batch=batch,
+                            n_hashes=n, chunk_len=64, n_buckets=2 * L // 64, time_median_s=0.05 * n,
+                            mem_peak_bytes=batch * n * 2048.0 * L))
+    return rows
+
+
+def write_results_dir(path: Path, rows: list[dict], suite: str | None = None, run: dict | None = None) -> Path:
+    """A results directory as `reformer-bench run` writes it: run.json and results.jsonl."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    suite = suite or (rows[0]["suite"] if rows else "synthetic")
+    run = run or {"suite": suite, "suite_file": f"suites/{suite}.toml", "environment": ENV,
+                  "started_at": "2026-01-01T00:00:00Z"}
+    (path / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    with open(path / "results.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+# --- reading results directories -------------------------------------------------------------------------
+
+def test_reads_rows_with_every_key_and_nulls_as_nan(tmp_path):
+    path = write_results_dir(tmp_path / "run", scaling_rows())
+    sets, frame = load_frame([path])
+    assert len(frame) == len(scaling_rows())
+    assert set(ROW_KEYS) <= set(frame.columns)
+    dense_oom = frame[(frame["backend"] == "dense") & (frame["status"] == "oom")]
+    assert dense_oom["time_median_s"].isna().all()
+    assert sets[0].suite == "synthetic"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "run.json").unlink(), r"run\.json: missing"),
+    (lambda d: (d / "run.json").write_text("{nope"), r"run\.json: not valid JSON"),
+    (lambda d: (d / "results.jsonl").unlink(), r"results\.jsonl: missing"),
+])
+def test_broken_directory_names_the_file(tmp_path, damage, message):
+    path = write_results_dir(tmp_path / "run", scaling_rows())
+    damage(path)
+    with pytest.raises(ResultsError, match=message):
+        load_result_set(path)
+
+
+def test_missing_directory_is_named(tmp_path):
+    with pytest.raises(ResultsError, match=re.escape(str(tmp_path / "absent"))):
+        load_result_set(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("line, message", [
+    ('not json at all', "not valid JSON"),
+    ('{"case_id": "x", "backend": "eager", "seq_len": 1, "status": "exploded"}', "status='exploded'"),
+    ('{"case_id": "x", "backend": "eager", "seq_len": "long", "status": "ok"}', "seq_len='long'"),
+    ('{"backend": "eager", "seq_len": 1, "status": "ok"}', "missing key 'case_id'"),
+    ('[1, 2]', "expected a JSON object"),
+])
+def test_bad_row_names_file_and_line(tmp_path, line, message):
+    path = write_results_dir(tmp_path / "run", scaling_rows()[:2])
+    with open(path / "results.jsonl", "a") as f:
+        f.write(line + "\n")
+    with pytest.raises(ResultsError) as info:
+        load_result_set(path)
+    assert "results.jsonl:3: " in str(info.value) and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_write_cut_short_by_a_kill_is_skipped_and_reported(tmp_path):
+    rows = scaling_rows()[:3]
+    path = write_results_dir(tmp_path / "run", rows)
+    lines = (path / "results.jsonl").read_text().splitlines()
+    # What the runner leaves after a kill mid-write and a --resume: a partial line, then fresh rows.
+    lines.insert(1, lines[1][: len(lines[1]) // 2])
+    (path / "results.jsonl").write_text("\n".join(lines) + "\n")
+    result_set = load_result_set(path)
+    assert [r["case_id"] for r in result_set.rows] == [r["case_id"] for r in rows]
+    assert result_set.cut_short == [f"{path / 'results.jsonl'}:2"]
+    assert "cut short" in render_html([result_set], load_frame([path])[1])
+
+
+def test_empty_results_file_still_renders(tmp_path):
+    path = write_results_dir(tmp_path / "run", [], suite="nothing-yet")
+    out = write_report([path], tmp_path / "r.html")
+    assert "The results files hold no cases yet." in out.read_text()
+
+
+# --- fits and findings ---------------------------------------------------------------------------------
+
+def test_fit_exponent_recovers_power_laws_and_needs_two_lengths():
+    lengths = [512, 1024, 2048, 4096, 8192]
+    for exponent in (1.0, 2.0, 1.5):
+        assert fit_exponent(lengths, [3.0 * L ** exponent for L in lengths]) == pytest.approx(exponent)
+    # Only the largest FIT_POINTS lengths count: a flat start (fixed overhead) does not bend the slope.
+    values = [1.0, 1.0] + [L ** 2 / 1e6 for L in lengths[2:]]
+    assert fit_exponent(lengths, values, points=3) == pytest.approx(2.0)
+    assert fit_exponent([1024, 2048], [1.0, 4.0]) is None  # two points: a ratio, not a fit
+    assert fit_exponent([1024, 2048], [1.0, 4.0], min_lengths=2) == pytest.approx(2.0)
+    assert fit_exponent([1024, 2048, 4096], [1.0, 4.0, float("nan")]) is None
+
+
+def test_crossover_is_where_the_power_laws_cross(tmp_path):
+    lengths = (1024, 2048, 4096, 8192, 16384)
+    _, frame = load_frame([write_results_dir(tmp_path / "run", scaling_rows(lengths=lengths, hashes=(1, 4)))])
+    (group,) = scaling_groups(frame)
+    series = {s.name: s for s in group.series}
+    for n_hashes in (1, 4):
+        # n * a * L < b * L^2  <=>  L > n * a / b; dense OOMs at 16,384, which counts as LSH faster.
+        threshold = n_hashes * LSH_TIME_PER_HASH[0] / DENSE_TIME[0]
+        expected = min(L for L in lengths if L > threshold)
+        sentence = crossover(series[f"eager LSH-{n_hashes}"], series["dense"])
+        assert f"from {expected:,} tokens" in sentence, sentence
+
+
+def test_findings_state_exponents_failures_and_fidelity(tmp_path):
+    _, frame = load_frame([write_results_dir(tmp_path / "run", scaling_rows())])
+    text = " ".join(sentence for _, sentence in headline_findings(frame))
+    assert f"dense {DENSE_MEM[1]:.2f}" in text and f"eager LSH-1 {LSH_MEM_PER_HASH[1]:.2f}" in text
+    assert "dense fails from 16,384 tokens (oom)" in text
+    assert "triton LSH-1 did not run: triton needs a GPU" in text
+    # rel_error = 0.4 / sqrt(n) in the fixture: 1 hash -> 0.4, 4 hashes -> 0.2.
+    assert "from 0.4 (1 hash) to 0.2 (4 hashes) at 16,384 tokens" in text
+
+
+def test_noisy_timings_are_flagged(tmp_path):
+    rows = scaling_rows()
+    quiet = load_frame([write_results_dir(tmp_path / "q", rows)])[1]
+    assert not any(setting == "Measurement quality" for setting, _ in headline_findings(quiet))
+    for r in rows[:3]:
+        r["time_iqr_s"] = r["time_median_s"] and r["time_median_s"] * 2
+    noisy = load_frame([write_results_dir(tmp_path / "n", rows)])[1]
+    timed = sum(1 for r in rows if r["time_median_s"])
+    (sentence,) = [s for setting, s in headline_findings(noisy) if setting == "Measurement quality"]
+    assert sentence.startswith(f"{sum(1 for r in rows[:3] if r['time_median_s'])} of {timed} timed cases")
+
+
+def test_token_budget_group_is_one_plot_with_the_paper_overlay(tmp_path):
+    _, frame = load_frame([write_results_dir(tmp_path / "p", paper_speed_rows()),
+                           write_results_dir(tmp_path / "s", scaling_rows())])
+    groups = {g.context["suite"]: g for g in scaling_groups(frame)}
+    assert groups["paper_speed"].token_budget == 32768 and groups["synthetic"].token_budget is None
+    paper = scaling_figure(groups["paper_speed"], "time", "t").figure
+    names = [t["name"] for t in paper["data"]]
+    assert "paper: full attention" in names
+    full = next(t for t in paper["data"] if t["name"] == "paper: full attention")
+    assert dict(zip(full["x"], full["y"])) == pytest.approx(PAPER_FIGURE5_FULL)  # seconds: unit is s here
+    assert paper["layout"]["yaxis"]["title"]["text"].endswith("(s)")
+    assert paper["layout"]["xaxis"]["ticktext"][0] == "1,024×32"
+    other = scaling_figure(groups["synthetic"], "time", "t").figure
+    assert not any(str(t.get("name", "")).startswith("paper") for t in other["data"])
+
+
+def test_scaling_figure_marks_failures_and_puts_exponents_in_the_legend(tmp_path):
+    _, frame = load_frame([write_results_dir(tmp_path / "run", scaling_rows())])
+    (group,) = scaling_groups(frame)
+    time_fig = scaling_figure(group, "time", "t").figure
+    memory_fig = scaling_figure(group, "memory", "m").figure
+    names = [t["name"] for t in time_fig["data"]]
+    assert f"dense (k={DENSE_TIME[1]:.2f})" in names and f"eager LSH-4 (k={LSH_TIME_PER_HASH[1]:.2f})" in names
+    failed = next(t for t in time_fig["data"] if t["name"] == "dense: failed")
+    assert failed["x"] == [16384] and failed["text"] == ["OOM"]
+    assert not any("triton" in n for n in names)  # never ran here: named in the findings instead
+    assert time_fig["layout"]["xaxis"]["type"] == "log" and time_fig["layout"]["yaxis"]["type"] == "log"
+    assert re.search(r"\((s|ms|µs)\)$", time_fig["layout"]["yaxis"]["title"]["text"])
+    assert re.search(r"\((GiB|MiB|KiB|bytes)\)$", memory_fig["layout"]["yaxis"]["title"]["text"])
+
+
+def test_grid_heatmap_has_a_cell_per_setting_and_names_the_failed_one(tmp_path):
+    _, frame = load_frame([write_results_dir(tmp_path / "run", grid_rows())])
+    figures = {f.key.split("-")[1]: f.figure for f in grid_figures(frame)}
+    heat = figures["time"]["data"][0]
+    assert heat["x"] == ["16", "32", "64"] and heat["y"] == ["1", "2", "4", "8"]
+    assert heat["z"][3][2] is None and heat["text"][3][2] == "TIMEOUT"
+    # time_median_s = 1e-4 * n * (1 + 64 / buckets) in the fixture, shown in ms.
+    assert heat["z"][0][0] == pytest.approx(1e-4 * 1 * (1 + 64 / 16) / 1e-3)
+
+
+# --- the page ----------------------------------------------------------------------------------------------
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def test_user_strings_are_escaped_everywhere(tmp_path):
+    rows = scaling_rows(suite=HOSTILE)
+    rows[0]["reason"] = '<img src=x onerror="alert(2)">'
+    rows[0]["status"] = "error"
+    out = write_report([write_results_dir(tmp_path / "run", rows, suite=HOSTILE)], tmp_path / "r.html")
+    page = out.read_text().replace(get_plotlyjs(), "")
+    assert HOSTILE not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    payload = page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0]
+    assert "<" not in payload  # "<" inside the JSON is written \u003c, so nothing can end the element
+    json.loads(payload)
+
+
+def test_plotly_js_is_inlined_once_and_the_rest_stays_small(tmp_path):
+    dirs = [write_results_dir(tmp_path / "s", scaling_rows(hashes=(1, 2, 4, 8))),
+            write_results_dir(tmp_path / "g", grid_rows()), write_results_dir(tmp_path / "p", paper_speed_rows())]
+    base = write_results_dir(tmp_path / "b", scaling_rows(hashes=(1, 2, 4, 8), time_scale=0.8))
+    page = write_report(dirs, tmp_path / "r.html", baseline_dirs=[base]).read_text()
+    plotly_js = get_plotlyjs()
+    assert page.count(plotly_js) == 1
+    assert page.count("<script") == 3  # plotly.js, the JSON payload, the page script
+    assert len(page.encode()) - len(plotly_js.encode()) < 1_000_000
+    assert "http://" not in page.replace(plotly_js, "") and "https://" not in page.replace(plotly_js, "")
+
+
+def test_comparison_flags_slower_failed_and_larger_cases(tmp_path):
+    baseline_rows = scaling_rows()
+    candidate_rows = scaling_rows(time_scale=1.25)
+    candidate_rows[1]["mem_peak_bytes"] *= 1.5
+    candidate_rows[2]["status"], candidate_rows[2]["time_median_s"] = "oom", None
+    _, base = load_frame([write_results_dir(tmp_path / "b", baseline_rows)])
+    _, cand = load_frame([write_results_dir(tmp_path / "c", candidate_rows)])
+    compared = compare(base, cand)
+    verdict = {(r["backend"], int(r["seq_len"]), None if r["n_hashes"] != r["n_hashes"] else int(r["n_hashes"])):
+               r["verdict"] for r in compared.to_dict("records")}
+    assert compared["time_ratio"].dropna().round(6).unique().tolist() == [1.25]
+    assert "now oom" in verdict[("eager", 1024, 4)]
+    assert "memory x1.50" in verdict[("eager", 1024, 1)]
+    assert verdict[("dense", 1024, None)] == "time x1.25"
+    same = compare(base, base)
+    assert (same["verdict"] == "").all() and (same["present"] == "both").all()
+
+
+def test_timing_noise_within_the_iqr_is_not_a_regression(tmp_path):
+    baseline_rows = scaling_rows()
+    candidate_rows = scaling_rows(time_scale=1.2)
+    for r in baseline_rows + candidate_rows:
+        if r["time_median_s"]:
+            r["time_iqr_s"] = r["time_median_s"]  # noisy: the 20% shift is inside the spread
+    _, base = load_frame([write_results_dir(tmp_path / "b", baseline_rows)])
+    _, cand = load_frame([write_results_dir(tmp_path / "c", candidate_rows)])
+    assert (compare(base, cand)["verdict"] == "").all()
+
+
+def test_report_with_baseline_has_regression_table(tmp_path):
+    base = write_results_dir(tmp_path / "b", scaling_rows())
+    cand = write_results_dir(tmp_path / "c", scaling_rows(time_scale=1.5))
+    page = write_report([cand], tmp_path / "r.html", baseline_dirs=[base]).read_text()
+    regressions = len([r for r in scaling_rows() if r["time_median_s"]])
+    assert f"Regressions ({regressions})" in page and "time x1.50" in page
+
+
+# --- the command line --------------------------------------------------------------------------------
+
+def test_cli_writes_the_report(tmp_path, capsys):
+    path = write_results_dir(tmp_path / "run", scaling_rows())
+    assert main(["report", str(path), "-o", str(tmp_path / "out.html")]) == 0
+    assert (tmp_path / "out.html").exists() and "wrote" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    path = write_results_dir(tmp_path / "run", scaling_rows()[:1])
+    with open(path / "results.jsonl", "a") as f:
+        f.write("{broken\n")
+    assert main(["report", str(path), "-o", str(tmp_path / "out.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "results.jsonl:2" in err and "Traceback" not in err
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_reformer_bench_cli_has_the_report_subcommand(tmp_path):
+    from harness import cli
+
+    path = write_results_dir(tmp_path / "run", scaling_rows())
+    assert cli.main(["report", str(path), "-o", str(tmp_path / "out.html")]) == 0
+    assert cli.main(["report", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.html")]) == 2
