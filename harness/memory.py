@@ -54,7 +54,10 @@ class _StorageTracker(TorchDispatchMode):
     last tensor using it dies. The mode sits below autograd and the engine propagates it to the
     backward pass, so allocations inside custom autograd.Function forward/backward are counted too.
     Storages that were live at entry and die inside the region are not subtracted (they are not
-    known to the tracker), so the figure is the peak of memory the region itself added.
+    known to the tracker), so the figure is the peak of memory the region itself added. Scratch
+    buffers that one ATen kernel allocates and frees internally (e.g. CPU flash attention's
+    workspace) never reach the dispatcher as op outputs and are not counted; torch.compile'd code
+    does not run under a dispatch mode at all (the runner leaves its CPU memory unmeasured).
     """
 
     def __init__(self, result: PeakMemory, device_type: str) -> None:
@@ -158,7 +161,8 @@ class NvmlSampler:
 
     peak_used_bytes: highest sample in bytes, or None when NVML or the GPU is unavailable (never
     raises for that). Device-wide: includes the CUDA context, the allocator's cached blocks and other
-    processes, so it is a cross-check of the allocator figure, not a replacement.
+    processes, so it is a cross-check of the allocator figure, not a replacement. device_index is
+    NVML's (physical) index, which differs from torch's when CUDA_VISIBLE_DEVICES reorders devices.
     """
 
     def __init__(self, device_index: int = 0, interval_s: float = 0.005) -> None:
