@@ -1,0 +1,184 @@
+"""`triton` backend: the contract's LSH attention with fused Triton kernels (impls.triton_kernels).
+
+Hashing and sorting are the shared torch code of impls.lsh, so for one seed this backend sees the
+same buckets as `eager`. The kernels gather rows through the sort permutation, normalise keys from
+the queries in-kernel, never store a score tensor, and fold the hash rounds into one running output
+(see triton_kernels' docstring for the formulas). Saved for backward: qk, v, the output, the
+combined log-sum-exp over rounds as (row max, log sum) (2 x fp32 (BH, N)) and the int32
+permutation (plus int32 chunk ids with dedup).
+
+Memory beyond inputs, output and gradients (B*H rows of N tokens, R rounds), kept for backward:
+4 B H N R bytes of int32 permutation (twice that with dedup) and 8 B H N bytes of log-sum-exp, plus
+4 B H N bytes of Delta in the backward; the rounds are summed in the output and gradient tensors
+themselves (see triton_kernels). Nothing grows with the chunk length or with N^2.
+
+This module imports triton only inside available() and attend(), so `reformer-bench list` works
+where triton is missing. On a machine without CUDA the kernels run under the Triton interpreter
+when TRITON_INTERPRET=1 was set before the kernels were first imported.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .config import LSHConfig
+from .lsh import check_inputs, hash_buckets, mask_values, sort_by_buckets, window_chunks
+
+SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
+_KERNELS = f"{__package__}.triton_kernels"
+# Launch shapes for sm_90, chosen from ptxas register/spill reports of the AOT-compiled kernels
+# (d_head 64, see tests/test_triton.py): slots per program (BLOCK_M) = keys per inner step
+# (BLOCK_N) at most 64 for half precision (tensor-core dots) and 32 for fp32 (IEEE fp32 dots run on
+# the FMA units and hold more registers), and warps such that the backward does not spill.
+MAX_BLOCK = {torch.float16: 64, torch.bfloat16: 64, torch.float32: 32}
+FORWARD_WARPS = {torch.float16: 4, torch.bfloat16: 4, torch.float32: 8}
+BACKWARD_WARPS = 8
+
+
+def _interpreted() -> bool:
+    """Whether the kernels run (or, once imported, will run) under the Triton interpreter."""
+    kernels = sys.modules.get(_KERNELS)
+    if kernels is not None:
+        return kernels.INTERPRETED
+    import triton
+
+    return bool(triton.knobs.runtime.interpret)
+
+
+def _pow2_at_least_16(n: int) -> int:
+    # tl.dot needs every block dimension >= 16 and a power of two.
+    return max(16, 1 << (n - 1).bit_length())
+
+
+class _Launch:
+    """Kernel parameters of one call, shared by forward and backward."""
+
+    def __init__(self, qk: torch.Tensor, cfg: LSHConfig, chunk_len: int):
+        bh_rows, self.seq_len, self.head_dim = qk.shape
+        self.n_rounds = cfg.n_hashes
+        self.chunk_len = chunk_len
+        self.n_chunks = self.seq_len // chunk_len
+        self.block_m = self.block_n = min(_pow2_at_least_16(chunk_len), MAX_BLOCK[qk.dtype])
+        self.block_d = _pow2_at_least_16(self.head_dim)
+        self.grid = (self.n_chunks * -(-chunk_len // self.block_m), bh_rows)
+        self.self_value, self.causal_value = mask_values(qk.dtype)
+        self.constexprs = {
+            "HEAD_DIM": self.head_dim, "CHUNK": chunk_len, "BLOCK_M": self.block_m,
+            "BLOCK_N": self.block_n, "BLOCK_D": self.block_d, "WINDOW": window_chunks(self.n_chunks),
+            "CAUSAL": cfg.causal, "DEDUP": cfg.dedup,
+            # fp32 inputs: true fp32 products (eager's torch.matmul), not TF32.
+            "DOT_PRECISION": "ieee" if qk.dtype == torch.float32 else "tf32",
+        }
+        self.forward_warps = FORWARD_WARPS[qk.dtype]
+
+
+class _TritonLSHAttention(torch.autograd.Function):
+    """(qk, v) as (BH, N, D), perm (BH, R, N) int32, chunk ids (BH, R, N) int32 or None -> output."""
+
+    @staticmethod
+    def forward(ctx, qk, v, perm, chunk_ids, launch: _Launch):
+        from . import triton_kernels as kernels
+
+        out = torch.empty(qk.shape, dtype=qk.dtype, device=qk.device)
+        row_max = torch.empty(qk.shape[:2], dtype=torch.float32, device=qk.device)
+        row_logsum = torch.empty_like(row_max)
+        ids = perm if chunk_ids is None else chunk_ids  # never read without dedup
+        for r in range(launch.n_rounds):
+            kernels.lsh_forward_round[launch.grid](
+                qk, v, perm, ids, out, row_max, row_logsum, *qk.stride(), *v.stride(),
+                r, int(r == 0), launch.seq_len, launch.n_rounds, launch.n_chunks,
+                launch.self_value, launch.causal_value, **launch.constexprs, num_warps=launch.forward_warps)
+        ctx.save_for_backward(qk, v, out, row_max, row_logsum, perm, chunk_ids)
+        ctx.launch = launch
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        from . import triton_kernels as kernels
+
+        qk, v, out, row_max, row_logsum, perm, chunk_ids = ctx.saved_tensors
+        launch: _Launch = ctx.launch
+        bh_rows, seq_len, _ = qk.shape
+        # Strided reads of grad_out: an expanded gradient (e.g. of out.sum()) is never materialised.
+        delta = torch.empty((bh_rows, seq_len), dtype=torch.float32, device=qk.device)
+        block_n = 64
+        kernels.output_grad_dot[(-(-seq_len // block_n), bh_rows)](
+            grad_out, out, delta, *grad_out.stride(), seq_len,
+            HEAD_DIM=launch.head_dim, BLOCK_N=block_n, BLOCK_D=launch.block_d)
+        dqk = torch.empty(qk.shape, dtype=qk.dtype, device=qk.device)
+        dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+        ids = perm if chunk_ids is None else chunk_ids
+        for r in range(launch.n_rounds):
+            kernels.lsh_backward_round[launch.grid](
+                qk, v, grad_out, perm, ids, row_max, row_logsum, delta, dqk, dv,
+                *qk.stride(), *v.stride(), *grad_out.stride(),
+                r, int(r == 0), seq_len, launch.n_rounds, launch.n_chunks,
+                launch.self_value, launch.causal_value, **launch.constexprs, num_warps=BACKWARD_WARPS)
+        return dqk, dv, None, None, None
+
+
+def _check_triton_inputs(qk: torch.Tensor, cfg: LSHConfig, buckets: torch.Tensor | None) -> None:
+    if qk.dtype not in SUPPORTED:
+        raise ValueError(f"the triton backend supports float32, float16 and bfloat16, "
+                         f"got qk.dtype={qk.dtype}")
+    interpreted = _interpreted()
+    if interpreted and qk.dtype == torch.bfloat16:
+        # The interpreter's tl.dot multiplies bfloat16's raw uint16 storage (Triton 3.x).
+        raise ValueError("qk.dtype=torch.bfloat16 is not supported under the Triton interpreter "
+                         "(TRITON_INTERPRET=1); use float32 or float16, or a CUDA device")
+    if not interpreted and qk.device.type != "cuda":
+        raise ValueError(f"the triton backend needs CUDA tensors, got qk.device={qk.device}; set "
+                         "TRITON_INTERPRET=1 before the first import to run it on CPU (slow)")
+    batch, heads, seq_len, _ = qk.shape
+    expected = (batch, heads, cfg.n_hashes, seq_len)
+    if buckets is not None and tuple(buckets.shape) != expected:
+        raise ValueError(f"buckets.shape={tuple(buckets.shape)} does not match (batch, heads, n_hashes, "
+                         f"seq)={expected}")
+
+
+def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
+                  buckets: torch.Tensor | None = None) -> torch.Tensor:
+    """The contract's LSH attention; (batch, heads, seq, d_head) -> same shape. Differentiable.
+
+    buckets: optional precomputed hash_buckets(qk, cfg), as in the eager backend.
+    """
+    chunk_len = check_inputs(qk, v, cfg)
+    _check_triton_inputs(qk, cfg, buckets)
+    batch, heads, seq_len, d_head = qk.shape
+    bh_rows = batch * heads
+    if buckets is None:
+        buckets = hash_buckets(qk, cfg)
+    order = sort_by_buckets(buckets, chunk_len)
+    perm = order.perm.reshape(bh_rows, cfg.n_hashes, seq_len).to(torch.int32)
+    chunk_ids = None
+    if cfg.dedup:
+        chunk_ids = (order.rank // chunk_len).reshape(bh_rows, cfg.n_hashes, seq_len).to(torch.int32)
+    del order
+    rows = qk.reshape(bh_rows, seq_len, d_head)
+    out = _TritonLSHAttention.apply(rows, v.reshape(bh_rows, seq_len, d_head), perm, chunk_ids,
+                                    _Launch(rows, cfg, chunk_len))
+    return out.view(batch, heads, seq_len, d_head)
+
+
+class TritonBackend:
+    name = "triton"
+    kind = "lsh"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import triton  # noqa: F401
+        except ImportError as exc:
+            return False, f"triton is not installed ({exc}); pip install 'reformer-bench[triton]'"
+        if _interpreted():
+            return True, "Triton interpreter (TRITON_INTERPRET=1): CPU tensors, slow, no bfloat16"
+        if torch.cuda.is_available():
+            return True, ""
+        return False, ("no CUDA device; set TRITON_INTERPRET=1 before the first import to run the "
+                       "kernels on CPU through the Triton interpreter (slow)")
+
+    def attend(self, qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
+               buckets: torch.Tensor | None = None) -> torch.Tensor:
+        return lsh_attention(qk, v, cfg, buckets=buckets)
