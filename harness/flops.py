@@ -55,6 +55,22 @@ def counted_flops(fn: Callable[[], object]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
+    if hasattr(counter, "mod_tracker"):
+        # Only the total is needed. The per-module tracker hooks every nn.Module's backward, and
+        # those hooks fail inside torch.autograd.grad (the reversible model's backward uses it).
+        counter.mod_tracker = _GlobalOnly()
     with counter:
         fn()
     return int(counter.get_total_flops())
+
+
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's ModuleTracker: every FLOP is attributed to "Global"."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None

@@ -134,5 +134,8 @@ def results_table(rows: list[dict], reasons: bool = True) -> str:
 
 
 def status_summary(rows: list[dict]) -> str:
+    from .results import STATUSES
+
     counts = Counter(r["status"] for r in rows)
-    return f"{len(rows)} cases: " + ", ".join(f"{counts[s]} {s}" for s in sorted(counts))
+    order = [s for s in STATUSES if s in counts] + sorted(set(counts) - set(STATUSES))
+    return f"{len(rows)} cases: " + ", ".join(f"{counts[s]} {s}" for s in order)

@@ -1,8 +1,9 @@
 """Runs a suite's cases, each in a fresh worker process, and appends one row per case as it ends.
 
 Isolation: `python -m harness.worker` per case (a new interpreter: clean memory peaks, no allocator
-or compile-cache state from earlier cases), in its own session so that a timeout can kill it and
-everything it started. Failures never stop the sweep:
+or in-memory compile-cache state from earlier cases, and empty on-disk inductor / Triton caches of
+its own), in its own session so that a timeout can kill it and everything it started; the worker
+asks Linux to kill it if the runner dies. Failures never stop the sweep:
   - the worker's own row:           ok | oom | error | nonfinite | unavailable (classified in-worker)
   - no row and past timeout_s:      timeout (the worker's process group is killed)
   - no row and the worker died:     crashed (killed by a signal, or exited without writing a row)
@@ -94,8 +95,9 @@ def run_case_in_worker(case: Case) -> dict:
         case_file.write_text(case.to_json())
         with open(log_file, "w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.worker", str(case_file), str(result_file), repr(time.time())],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_worker_env(case),
+                [sys.executable, "-m", "harness.worker", str(case_file), str(result_file), repr(time.time()),
+                 str(os.getpid())],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_worker_env(case, tmp),
                 start_new_session=True,
             )
             try:
@@ -153,8 +155,12 @@ def _skip_row(case: Case, failed_series: dict[str, tuple[int, str]]) -> dict | N
     return row
 
 
-def _worker_env(case: Case) -> dict:
+def _worker_env(case: Case, tmp: Path) -> dict:
     env = dict(os.environ)
+    # Compile caches on disk (inductor's FX graph and kernel caches, Triton's kernel cache) would
+    # let a later case reuse an earlier one's compilation: each worker gets empty ones of its own.
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor-cache")
+    env["TRITON_CACHE_DIR"] = str(tmp / "triton-cache")
     if case.backend == "triton" and case.device == "cpu" and case.triton_interpret:
         env["TRITON_INTERPRET"] = "1"  # must be set before triton is imported: hence here
     # The worker must import this very checkout (also when it is not the installed one).

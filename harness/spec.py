@@ -147,7 +147,10 @@ def load_suite(path: str | Path, backends: list[str] | None = None, max_seq_len:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SuiteError(f"{path}: TOML syntax error: {exc}") from None
+        message = str(exc)
+        if "end of document" in message and "line" not in message:
+            message += f" (line {len(text.splitlines())}, the last)"
+        raise SuiteError(f"{path}: TOML syntax error: {message}") from None
     return expand_suite(data, path, backends=backends, max_seq_len=max_seq_len)
 
 
@@ -235,14 +238,14 @@ def _suite_settings(table: dict, path: Path) -> dict:
     return settings
 
 
-def _make_case(params: dict, settings: dict, model: dict | None, known: dict[str, str], where: str) -> Case:
+def _make_case(params: dict, settings: dict, model: dict | None, known: list[str], where: str) -> Case:
     p = dict(params)
     name = p["backend"]
     _expect(isinstance(name, str), where, "backend", name, "a backend name")
     if name not in known:
         raise SuiteError(f"{where}: unknown backend {name!r}{_did_you_mean(name, known)}; "
                          f"known: {', '.join(known)}")
-    kind = known[name]
+    kind = _backend_kind(name)
     _expect(p["mode"] in MODES, where, "mode", p["mode"], " | ".join(MODES))
     _expect(p["dtype"] in DTYPES, where, "dtype", p["dtype"], " | ".join(DTYPES))
     _expect(isinstance(p["device"], str) and (p["device"] == "cpu" or p["device"].startswith("cuda")),
@@ -390,11 +393,17 @@ def _register_plugins(settings: dict) -> None:
                              f"{exc}") from None
 
 
-def _known_backends() -> dict[str, str]:
-    """name -> kind for every registered backend (peers included)."""
-    from .worker import backend_kinds
+def _known_backends() -> list[str]:
+    """Names of every registered backend (peers included)."""
+    from .worker import backend_names
 
-    return backend_kinds()
+    return backend_names()
+
+
+def _backend_kind(name: str) -> str:
+    from .worker import backend_kind
+
+    return backend_kind(name)
 
 
 def _table(data: dict, key: str, where: str) -> dict:

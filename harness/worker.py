@@ -53,21 +53,28 @@ def ensure_peers_registered() -> None:
             impls.register_backend(name, factory)
 
 
-def backend_kinds() -> dict[str, str]:
-    """name -> kind ("lsh" | "dense" | "peer") for every registered backend.
-
-    A backend whose module fails to import is listed as "lsh" (its row will say unavailable).
-    """
+def backend_names() -> list[str]:
+    """Every registered backend, peers included."""
     import impls
 
     ensure_peers_registered()
-    kinds = {}
-    for name in impls.list_backends():
-        try:
-            kinds[name] = getattr(impls.get_backend(name), "kind", "lsh")
-        except Exception:  # noqa: BLE001 -- any import failure: the row will say unavailable
-            kinds[name] = "lsh"
-    return kinds
+    return impls.list_backends()
+
+
+def backend_kind(name: str) -> str:
+    """"lsh" | "dense" | "peer". Instantiates the backend (imports its module); a backend whose
+    module fails to import counts as "lsh" (its rows will say unavailable)."""
+    import impls
+
+    try:
+        return getattr(impls.get_backend(name), "kind", "lsh")
+    except Exception:  # noqa: BLE001 -- any import failure: the row will say unavailable
+        return "lsh"
+
+
+def backend_kinds() -> dict[str, str]:
+    """name -> kind for every registered backend."""
+    return {name: backend_kind(name) for name in backend_names()}
 
 
 def backend_availability(name: str) -> tuple[bool, str]:
@@ -388,10 +395,27 @@ class _Null:
         return None
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this worker when its runner dies (even by SIGKILL), so that a killed
+    sweep leaves no orphan behind; exit at once if the runner is already gone. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """argv: CASE_JSON RESULT_JSON [SPAWN_TIME [RUNNER_PID]]."""
     argv = sys.argv[1:] if argv is None else argv
     case_path, result_path = Path(argv[0]), Path(argv[1])
     spawned_at = float(argv[2]) if len(argv) > 2 else None
+    if len(argv) > 3:
+        die_with_parent(int(argv[3]))
     case = Case.from_json(case_path.read_text())
     row = run_case(case, spawned_at)
     tmp = result_path.with_suffix(".tmp")

@@ -1,0 +1,106 @@
+"""reformer-bench CLI: bad input is one line and exit code 2; run / list / show print what they say."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+from harness.results import ROW_KEYS
+
+SUITES = Path(__file__).parent / "suites"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[sweep]\nseq_len = [256, 512\n", ["TOML syntax error", "line 2"]),
+    ("[defaults]\nchunk_lem = 64\n", ["unknown key 'chunk_lem'", "did you mean 'chunk_len'"]),
+    ("[defaults]\nbatch = \"big\"\n", ["batch", "'big'"]),
+    ("[sweep]\nseq_len = []\n", ["seq_len", "non-empty list"]),
+    ("[sweep]\nseq_len = [64]\n[[exclude]]\nseq_len = 64\n", ["sweep is empty"]),
+    ("[sweep]\nbackend = [\"eagre\"]\n", ["unknown backend 'eagre'", "did you mean 'eager'"]),
+])
+def test_bad_suite_is_one_line_and_exit_2(tmp_path, capsys, text, words):
+    suite = tmp_path / "bad.toml"
+    suite.write_text(text)
+    code, _, err = run_cli(capsys, "run", str(suite), "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("reformer-bench: error: ")
+    for word in words:
+        assert word in err, (word, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_suite_from_the_shell_has_no_traceback():
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(SUITES / "bad_syntax.toml")],
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "line 5" in done.stderr
+
+
+def test_bad_flags(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "run", str(SUITES / "three_cases.toml"), "--max-seq-len", "0")
+    assert code == 2 and "--max-seq-len" in err
+    code, _, err = run_cli(capsys, "run", str(SUITES / "three_cases.toml"), "--backend", "nope")
+    assert code == 2 and "--backend 'nope': unknown backend" in err
+    code, _, err = run_cli(capsys, "show", str(tmp_path / "missing"))
+    assert code == 2 and "no results" in err
+
+
+def test_list_names_every_backend_and_why_one_is_unavailable(capsys):
+    import impls
+
+    impls.register_backend("cli_test_absent", lambda: _Absent())
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert set(impls.list_backends()) <= set(lines)
+    assert "available" in lines["eager"] and "unavailable" not in lines["eager"]
+    assert "unavailable: needs a machine that is not this one" in lines["cli_test_absent"]
+    assert "peer" in lines["hf_lsh"]
+
+
+class _Absent:
+    name = "cli_test_absent"
+    kind = "lsh"
+
+    def available(self):
+        return False, "needs a machine that is not this one"
+
+
+def test_show_prints_a_table_with_units(tmp_path, capsys):
+    row = {key: None for key in ROW_KEYS}
+    row.update(case_id="a", backend="eager", mode="forward", seq_len=1024, batch=1, status="ok",
+               time_median_s=0.0125, mem_peak_bytes=3 * 2 ** 20, n_buckets=32, n_hashes=4, chunk_len=64)
+    failed = dict(row, case_id="b", backend="dense", status="oom", reason="out of memory at 1 TiB",
+                  time_median_s=None, mem_peak_bytes=None)
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(failed) + "\n")
+    code, out, _ = run_cli(capsys, "show", str(tmp_path))
+    assert code == 0
+    assert "median (ms)" in out and "peak mem (MiB)" in out
+    assert "12.5" in out
+    assert "b: oom: out of memory at 1 TiB" in out
+    assert "2 cases: 1 ok, 1 oom" in out
+
+
+def test_run_writes_results_and_summary(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "run", str(SUITES / "three_cases.toml"), "--out", str(out_dir),
+                             "--max-seq-len", "32", "--no-report")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["seq_len"] for r in rows] == [32]
+    assert set(ROW_KEYS) <= set(rows[0])
+    assert "1 cases: 1 unavailable" in out
+    assert "[1/1]" in err  # the progress line
+    assert json.loads((out_dir / "run.json").read_text())["suite"] == "three"
