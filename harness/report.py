@@ -45,24 +45,31 @@ from .report_figures import (
 MAX_SETTINGS_SHOWN = 4
 REASON_CHARS_IN_CASES = 80
 
-#: (row key, column title with unit, divisor, format). Columns with no value in any row are left out.
+#: (row key, column title with unit, divisor, format), in table order: what a case is, how it went, what
+#: it measured, then the rest. Columns with no value in any row are left out, and parameter columns
+#: with one value for every row become a sentence above the table.
 CASE_COLUMNS = (
-    ("case_id", "case", None, None), ("suite", "suite", None, None), ("backend", "backend", None, None),
-    ("backend_kind", "kind", None, None), ("mode", "mode", None, None), ("seq_len", "L (tokens)", 1, "int"),
-    ("batch", "batch", 1, "int"), ("heads", "heads", 1, "int"), ("d_head", "d_head", 1, "int"),
-    ("n_buckets", "n_buckets", 1, "int"), ("n_hashes", "n_hashes", 1, "int"), ("chunk_len", "chunk_len", 1, "int"),
-    ("causal", "causal", None, None), ("dedup", "dedup", None, None), ("dtype", "dtype", None, None),
-    ("device", "device", None, None), ("status", "status", None, None),
+    ("backend", "backend", None, None), ("mode", "mode", None, None), ("seq_len", "L (tokens)", 1, "int"),
+    ("batch", "batch", 1, "int"), ("n_hashes", "n_hashes", 1, "int"), ("n_buckets", "n_buckets", 1, "int"),
+    ("chunk_len", "chunk_len", 1, "int"), ("causal", "causal", None, None), ("dedup", "dedup", None, None),
+    ("status", "status", None, None),
     ("time_median_s", "time median (ms)", 1e-3, "g"), ("time_iqr_s", "time IQR (ms)", 1e-3, "g"),
+    ("mem_peak_bytes", "peak memory (MiB)", 2 ** 20, "g"), ("rel_error", "rel. error vs dense", 1, "g"),
+    ("attn_mass_recall", "attn-mass recall", 1, "g"),
+    ("flops_analytic", "FLOPs analytic (GFLOP)", 1e9, "g"), ("flops_counted", "FLOPs counted (GFLOP)", 1e9, "g"),
+    ("achieved_flops_per_s", "achieved (GFLOP/s)", 1e9, "g"),
     ("time_min_s", "time min (ms)", 1e-3, "g"), ("repeats", "repeats", 1, "int"),
     ("compile_time_s", "compile (s)", 1, "g"), ("compilations", "compilations", 1, "int"),
-    ("mem_peak_bytes", "peak memory (MiB)", 2 ** 20, "g"), ("mem_method", "memory method", None, None),
-    ("nvml_peak_used_bytes", "NVML peak (MiB)", 2 ** 20, "g"), ("rss_peak_bytes", "peak RSS (MiB)", 2 ** 20, "g"),
-    ("flops_analytic", "FLOPs analytic (GFLOP)", 1e9, "g"), ("flops_counted", "FLOPs counted (GFLOP)", 1e9, "g"),
-    ("achieved_flops_per_s", "achieved (GFLOP/s)", 1e9, "g"), ("rel_error", "rel. error vs dense", 1, "g"),
-    ("attn_mass_recall", "attn-mass recall", 1, "g"), ("worker_setup_s", "worker setup (s)", 1, "g"),
-    ("wall_s", "wall (s)", 1, "g"), ("reason", "reason", None, None), ("run", "results dir", None, None),
+    ("mem_method", "memory method", None, None), ("nvml_peak_used_bytes", "NVML peak (MiB)", 2 ** 20, "g"),
+    ("rss_peak_bytes", "peak RSS (MiB)", 2 ** 20, "g"), ("worker_setup_s", "worker setup (s)", 1, "g"),
+    ("wall_s", "wall (s)", 1, "g"),
+    ("suite", "suite", None, None), ("backend_kind", "kind", None, None), ("heads", "heads", 1, "int"),
+    ("d_head", "d_head", 1, "int"), ("dtype", "dtype", None, None), ("device", "device", None, None),
+    ("reason", "reason", None, None), ("case_id", "case", None, None), ("run", "results dir", None, None),
 )
+#: Columns folded into the sentence above the cases table when every row has the same value.
+PARAMETER_KEYS = ("suite", "backend", "backend_kind", "mode", "seq_len", "batch", "heads", "d_head", "n_buckets",
+                  "n_hashes", "chunk_len", "causal", "dedup", "dtype", "device", "run", "mem_method", "repeats")
 
 
 # --- the public entry points ---------------------------------------------------------------------------
@@ -138,7 +145,7 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
     sections = [
         ("summary", "Summary", _summary_html(sets, frame, groups)),
         ("scaling", "Scaling", "".join(scaling_html) or _empty(
-            "No suite in these results sweeps the sequence length (at least two lengths in one setting).")),
+            "No scaling plot: no setting has successful cases at two or more sequence lengths.")),
         ("grids", "Buckets, hash rounds and fidelity", "".join(_figure_html(f) for f in grid_list) or _empty(
             "No suite here sweeps n_hashes (with measured fidelity) or n_buckets x n_hashes at one length.")),
     ]
@@ -232,7 +239,7 @@ def _summary_html(sets: list[ResultSet], frame: pd.DataFrame, groups) -> str:
         parts.append(f'<p class="warn">Skipped {len(cut_short)} line(s) whose write was cut short '
                      f'(a killed sweep): {html.escape(", ".join(cut_short))}</p>')
     parts.append("<h3>Runs and environment</h3>")
-    parts.append(_table(_environment_frame(sets), sortable=False, index=True, box="table-box tall"))
+    parts.append(_table(_environment_frame(sets), sortable=False, index=True, box="table-box tall env"))
     return "".join(parts)
 
 
@@ -278,28 +285,35 @@ def _format_column(values: pd.Series, divisor, fmt) -> pd.Series:
     return values.map(one)
 
 
-def _cases_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    shown, dropped = {}, []
+def _cases_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+    """(table, titles of columns with no value, {title: value} of parameters the same in every row)."""
+    shown, empty, constant = {}, [], {}
     for key, title, divisor, fmt in CASE_COLUMNS:
         if key not in frame.columns or frame[key].isna().all() or (frame[key].astype(str) == "").all():
-            dropped.append(title)
+            empty.append(title)
             continue
         column = frame[key]
         if key == "reason":
             column = column.map(lambda r: None if not r else (
                 r if len(r) <= REASON_CHARS_IN_CASES else r[:REASON_CHARS_IN_CASES - 1] + "…"))
-        shown[title] = _format_column(column, divisor, fmt)
-    return pd.DataFrame(shown), dropped
+        formatted = _format_column(column, divisor, fmt)
+        if key in PARAMETER_KEYS and len(frame) > 1 and formatted.nunique(dropna=False) == 1:
+            constant[title] = formatted.iloc[0] if formatted.iloc[0] is not None else "—"
+            continue
+        shown[title] = formatted
+    return pd.DataFrame(shown), empty, constant
 
 
 def _cases_html(frame: pd.DataFrame) -> str:
     if frame.empty:
         return _empty("No cases.")
-    table, dropped = _cases_frame(frame)
-    note = (f'<p class="note">Click a column title to sort. Left out (no value in any case): '
-            f'{html.escape(", ".join(dropped))}.</p>' if dropped else
-            '<p class="note">Click a column title to sort.</p>')
-    return note + _table(table)
+    table, empty, constant = _cases_frame(frame)
+    notes = ["Click a column title to sort."]
+    if constant:
+        notes.append("Every case has " + ", ".join(f"{k} = {v}" for k, v in constant.items()) + ".")
+    if empty:
+        notes.append(f"Left out (no value in any case): {', '.join(empty)}.")
+    return f'<p class="note">{html.escape(" ".join(notes))}</p>' + _table(table)
 
 
 def _failures_html(frame: pd.DataFrame) -> str:
@@ -398,6 +412,7 @@ details summary{cursor:pointer;color:#0b5cad;margin:6px 0}
 .warn{color:#8a4b00}
 .table-box{max-height:560px;overflow:auto;border:1px solid #e3e3e3;margin:6px 0 14px;width:fit-content;max-width:100%}
 .table-box.tall{max-height:none}
+.env table.data td{text-align:left;white-space:normal;min-width:200px;max-width:640px;overflow-wrap:anywhere}
 table.wrap td{white-space:normal;min-width:60px}
 table.wrap td:last-child{min-width:320px;text-align:left}
 table.data{border-collapse:collapse;font-size:12.5px;white-space:nowrap}

@@ -15,8 +15,10 @@ CONTEXT_KEYS = ("suite", "mode", "device", "dtype", "causal", "heads", "d_head")
 #: The exponent is fitted over this many of the largest measured lengths: small lengths are dominated
 #: by fixed per-call overheads and would pull the slope towards 0.
 FIT_POINTS = 4
-#: Below this many lengths a "fitted" exponent is just the ratio of two noisy points: none is reported.
+#: Lengths needed before an exponent is reported. Two points give a ratio, not a fit: good enough for
+#: memory, which is exact and deterministic (CPU tensor bytes, allocator peak), not for noisy timings.
 MIN_FIT_LENGTHS = 3
+MIN_FIT_LENGTHS_MEMORY = 2
 #: A timing whose interquartile range exceeds this share of its median is flagged as noisy.
 NOISY_IQR_SHARE = 0.5
 #: Comparison thresholds (candidate / baseline). Time also has to move by more than the two IQRs together.
@@ -141,7 +143,8 @@ def _series(rows: pd.DataFrame) -> list[Series]:
         kind = str(sub["backend_kind"].dropna().iloc[0]) if sub["backend_kind"].notna().any() else "lsh"
         series = Series(str(name), kind, ok.sort_values("seq_len"), failed)
         series.time_exponent = fit_exponent(ok["seq_len"], ok["time_median_s"])
-        series.memory_exponent = fit_exponent(ok["seq_len"], ok["mem_peak_bytes"])
+        series.memory_exponent = fit_exponent(ok["seq_len"], ok["mem_peak_bytes"],
+                                              min_lengths=MIN_FIT_LENGTHS_MEMORY)
         out.append(series)
     # Dense baselines first so their colours stay the same whatever LSH series a suite has.
     return sorted(out, key=lambda s: (s.kind != "dense", s.kind != "peer", s.name))
@@ -190,8 +193,7 @@ def headline_findings(frame: pd.DataFrame, groups: list[ScalingGroup] | None = N
             slopes = [f"{s.name} {format_exponent(getattr(s, attr))}" for s in group.series
                       if getattr(s, attr) is not None]
             if len(slopes) >= 2:
-                findings.append((where, (f"{metric} grows as L^k with k = {', '.join(slopes)} "
-                                         f"(log-log slope over the {FIT_POINTS} largest lengths).")))
+                findings.append((where, f"{metric} grows as L^k with k = {', '.join(slopes)} (log-log slope)."))
         for series in group.series:
             if series.failed.empty:
                 continue

@@ -19,6 +19,7 @@ import plotly.io as pio
 from .report_analysis import (
     FIT_POINTS,
     MIN_FIT_LENGTHS,
+    MIN_FIT_LENGTHS_MEMORY,
     MODE_NAMES,
     ScalingGroup,
     Series,
@@ -45,6 +46,8 @@ HASH_COLORS = {1: "#e6550d", 2: "#31a354", 4: "#3182bd", 8: "#756bb1", 16: "#8c5
 DENSE_COLORS = {"dense": "#222222", "sdpa": "#8a8a8a"}
 OTHER_COLORS = ("#d62728", "#17becf", "#bcbd22", "#e377c2", "#7f7f7f")
 BACKEND_DASH = {"eager": "solid", "compiled": "dash", "triton": "dot"}
+# Markers tell backends apart where a series is a single point (no line, so no dash to see).
+BACKEND_MARKER = {"eager": "circle", "compiled": "diamond", "triton": "square"}
 FAIL_SYMBOLS = {"oom": "x", "timeout": "hourglass", "error": "triangle-up", "crashed": "triangle-down",
                 "unavailable": "circle-open", "nonfinite": "diamond"}
 PAPER_COLOR = "#b0b0b0"
@@ -141,7 +144,8 @@ def scaling_figure(group: ScalingGroup, metric: str, key: str) -> Figure | None:
                          "thickness": 1, "width": 2, "visible": True}
             fig.add_trace(go.Scatter(
                 x=ok["seq_len"].tolist(), y=(ok[column] / scale).tolist(), mode="lines+markers", name=name,
-                legendgroup=text(series.name), line=style, marker={"size": 7}, error_y=error,
+                legendgroup=text(series.name), line=style, error_y=error,
+                marker={"size": 8, "symbol": BACKEND_MARKER.get(backend, "circle")},
                 customdata=[text(c) for c in ok["case_id"]],
                 hovertemplate=f"{text(series.name)}<br>L=%{{x:,}} tokens<br>%{{y:.4g}} {unit}"
                               f"<br>%{{customdata}}<extra></extra>"))
@@ -189,7 +193,8 @@ def scaling_figure(group: ScalingGroup, metric: str, key: str) -> Figure | None:
     title = f"{'Time' if metric == 'time' else 'Peak memory'} vs sequence length — {group.title}"
     caption = (f"Log-log. k: least-squares slope of log({'time' if metric == 'time' else 'memory'}) on "
                f"log(length) over the {FIT_POINTS} largest measured lengths, so the value grows as L^k "
-               f"(given where at least {MIN_FIT_LENGTHS} lengths were measured). "
+               f"(given where at least "
+               f"{MIN_FIT_LENGTHS if metric == 'time' else MIN_FIT_LENGTHS_MEMORY} lengths were measured). "
                + ("Error bars: interquartile range of the timed repeats. " if metric == "time" else
                   "Memory: peak live tensor bytes on CPU, allocator peak on GPU, inputs included. ")
                + ("Markers in the band at the top: cases that failed (hover for the reason). "

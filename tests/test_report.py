@@ -360,3 +360,31 @@ def test_reformer_bench_cli_has_the_report_subcommand(tmp_path):
     path = write_results_dir(tmp_path / "run", scaling_rows())
     assert cli.main(["report", str(path), "-o", str(tmp_path / "out.html")]) == 0
     assert cli.main(["report", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.html")]) == 2
+
+
+def test_task_suite_gets_the_papers_table2_next_to_the_measured_one(tmp_path):
+    rows = []
+    for train in (0, 1, 4):
+        for evaluate in (0, 1, 4, 8):
+            accuracy = 1.0 if train == evaluate else 0.5 + 0.01 * (train + evaluate)
+            rows.append(row(suite="duplication", backend="eager", mode="train_step", seq_len=1024,
+                            case_id=f"dup-{train}-{evaluate}", task="duplication", train_n_hashes=train,
+                            eval_n_hashes=evaluate, task_accuracy=accuracy))
+    page = write_report([write_results_dir(tmp_path / "run", rows)], tmp_path / "r.html").read_text()
+    section = page.split('<section id="paper">')[1].split("</section>")[0]
+    measured, paper = section.split("The paper's numbers")
+    assert "trained with" in measured and "LSH-4" in measured and "full attention" in measured
+    assert f"{(0.5 + 0.01 * (4 + 8)) * 100:.1f}%" in measured
+    assert "94.8%" in paper and "Kitaev et al. 2020, Table 2" in paper
+    plain = write_report([write_results_dir(tmp_path / "plain", scaling_rows())], tmp_path / "p.html").read_text()
+    assert '<section id="paper">' not in plain
+
+
+def test_a_run_where_everything_failed_still_renders_its_failures(tmp_path):
+    rows = [row(backend="eager", seq_len=L, n_hashes=2, status=status, reason=f"{status} at {L}")
+            for L, status in ((256, "crashed"), (512, "nonfinite"), (1024, "timeout"))]
+    page = write_report([write_results_dir(tmp_path / "run", rows)], tmp_path / "r.html").read_text()
+    failures = page.split('<section id="failures">')[1].split("</section>")[0]
+    for r in rows:
+        assert r["reason"] in failures and r["status"] in failures
+    assert '"figures":[]' in page.replace(get_plotlyjs(), "")

@@ -37,6 +37,7 @@ TINY_SUITE = textwrap.dedent("""\
     name = "browser-tiny"
     count_flops = false
     fidelity = false
+    threads = 1  # on a small shared CPU, OpenMP threads waiting on each other dwarf these kernels
 
     [defaults]
     device = "cpu"
