@@ -25,7 +25,8 @@ NOISY_IQR_SHARE = 0.5
 TIME_TOLERANCE = 0.10
 MEMORY_TOLERANCE = 0.01
 ERROR_TOLERANCE = 0.10
-#: The keys that identify "the same case" in two runs of a suite.
+#: What the comparison shows of each case. Cases are matched by case_id: the runner's ids are stable
+#: (derived from the case's parameters), so the same case in two runs of a suite has the same id.
 MATCH_KEYS = ("suite", "backend", "mode", "seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes",
               "chunk_len", "causal", "dedup", "dtype", "device")
 MODE_NAMES = {"forward": "forward", "forward_backward": "forward + backward", "train_step": "training step"}
@@ -261,21 +262,21 @@ def status_counts(frame: pd.DataFrame) -> pd.DataFrame:
 # --- comparing two runs -------------------------------------------------------------------------------
 
 def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
-    """One row per case in either run: both runs' status, time, memory and error, candidate/baseline
-    ratios, and `verdict` (why it is a regression; empty when it is not, or the case is in one run only).
+    """One row per case_id in either run: its parameters, both runs' status, time, memory and error,
+    candidate/baseline ratios, `present` (both | baseline only | candidate only) and `verdict` (why it is
+    a regression; empty when it is not, or when the case is in one run only).
     """
     keys = list(MATCH_KEYS)
     metrics = ["status", "time_median_s", "time_iqr_s", "mem_peak_bytes", "rel_error"]
 
     def side(frame):
-        # Keys with NaN do not match in a merge; a string form compares null with null.
-        keyed = frame[keys + metrics].copy()
-        for key in keys:
-            keyed[key] = keyed[key].map(lambda v: "" if not _present(v) else str(v))
-        return keyed.drop_duplicates(keys, keep="last")
+        return frame[["case_id"] + keys + metrics].drop_duplicates("case_id", keep="last")
 
-    merged = side(baseline).merge(side(candidate), on=keys, how="outer", suffixes=("_base", "_cand"),
+    merged = side(baseline).merge(side(candidate), on="case_id", how="outer", suffixes=("_base", "_cand"),
                                   indicator=True)
+    for key in keys:  # a case's parameters, from whichever run has it
+        merged[key] = merged[f"{key}_cand"].where(merged["_merge"] != "left_only", merged[f"{key}_base"])
+        merged = merged.drop(columns=[f"{key}_base", f"{key}_cand"])
     merged["time_ratio"] = merged["time_median_s_cand"] / merged["time_median_s_base"]
     merged["mem_ratio"] = merged["mem_peak_bytes_cand"] / merged["mem_peak_bytes_base"]
     merged["error_ratio"] = merged["rel_error_cand"] / merged["rel_error_base"]
@@ -283,9 +284,15 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
     merged = merged.rename(columns={"_merge": "present"})
     merged["present"] = merged["present"].map(
         {"both": "both", "left_only": "baseline only", "right_only": "candidate only"}).astype(str)
-    for key in ("seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes", "chunk_len"):
-        merged[key] = pd.to_numeric(merged[key], errors="coerce")
-    return merged.sort_values(keys).reset_index(drop=True)
+    # Sort by the parameters: numbers as numbers, the rest (and null) as text.
+    numeric = ("seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes", "chunk_len")
+    for key in keys:
+        merged[key] = (pd.to_numeric(merged[key], errors="coerce") if key in numeric
+                       else merged[key].map(lambda v: v if _present(v) else None))
+    sort_keys = {f"_{k}": (merged[k] if k in numeric else merged[k].map(lambda v: "" if v is None else str(v)))
+                 for k in keys}
+    return (merged.assign(**sort_keys).sort_values(list(sort_keys) + ["case_id"], na_position="last")
+            .drop(columns=list(sort_keys)).reset_index(drop=True))
 
 
 def _verdict(row: dict) -> str:

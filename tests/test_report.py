@@ -388,3 +388,17 @@ def test_a_run_where_everything_failed_still_renders_its_failures(tmp_path):
     for r in rows:
         assert r["reason"] in failures and r["status"] in failures
     assert '"figures":[]' in page.replace(get_plotlyjs(), "")
+
+
+def test_comparison_matches_by_case_id_and_keeps_one_sided_cases(tmp_path):
+    baseline_rows = scaling_rows()
+    # Two cases whose listed parameters agree but whose ids differ (e.g. a task suite's extra keys).
+    twins = [row(backend="eager", seq_len=512, n_hashes=2, case_id=f"twin-{i}", time_median_s=1.0 + i)
+             for i in range(2)]
+    candidate_rows = scaling_rows()[1:] + twins
+    _, base = load_frame([write_results_dir(tmp_path / "b", baseline_rows)])
+    _, cand = load_frame([write_results_dir(tmp_path / "c", candidate_rows)])
+    present = dict(zip(*compare(base, cand)[["case_id", "present"]].T.values))
+    assert present["twin-0"] == present["twin-1"] == "candidate only"
+    assert present[baseline_rows[0]["case_id"]] == "baseline only"
+    assert sum(p == "both" for p in present.values()) == len(baseline_rows) - 1
