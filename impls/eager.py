@@ -133,6 +133,13 @@ def _to_sorted(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return x.gather(1, order)
 
 
+def _rows_sorted(x: torch.Tensor, bh: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """(BH, N, D) -> (G, N, D) with out[g, s] = x[bh[g], perm[g, s]]: one gather, no x[bh] copy."""
+    seq_len, d = x.shape[1], x.shape[2]
+    flat_index = (bh.unsqueeze(-1) * seq_len + perm).reshape(-1)
+    return x.reshape(-1, d).index_select(0, flat_index).view(*perm.shape, d)
+
+
 class _ChunkedLSHAttention(torch.autograd.Function):
     """Per-round chunked attention: returns out (BH, R, N, D) and lse (BH, R, N), original order.
 
@@ -148,7 +155,7 @@ class _ChunkedLSHAttention(torch.autograd.Function):
         out = q.new_empty(bh_rows * plan.n_rounds, seq_len, d)
         lse_out = torch.empty(bh_rows * plan.n_rounds, seq_len, dtype=plan.acc, device=q.device)
         for rows, bh, perm, rank, step in plan.row_blocks():
-            q_s, k_s, v_s = (_to_sorted(x[bh], perm) for x in (q, k, v))
+            q_s, k_s, v_s = (_rows_sorted(x, bh, perm) for x in (q, k, v))
             out_s, lse_s = torch.empty_like(q_s), lse_out.new_empty(perm.shape)
             for c0, c1 in plan.steps(step):
                 scores, _ = plan.masked_scores(_chunks(q_s, c0, c1, plan.chunk_len), plan.window_of(k_s, c0, c1),
@@ -180,7 +187,7 @@ class _ChunkedLSHAttention(torch.autograd.Function):
         dq = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
         dk, dv = torch.zeros_like(dq), torch.zeros_like(dq)
         for rows, bh, perm, rank, step in plan.row_blocks():
-            q_s, k_s, v_s = (_to_sorted(x[bh], perm) for x in (q, k, v))
+            q_s, k_s, v_s = (_rows_sorted(x, bh, perm) for x in (q, k, v))
             d_out_s = _to_sorted(grad_out[rows], perm)
             lse_s = _to_sorted(lse_out[rows], perm)
             # sum_j P_ij dP_ij = dO_i . O_i, minus dL/dlse_i which enters every d_score the same way.
