@@ -369,10 +369,13 @@ def _table2_html(frame: pd.DataFrame) -> str:
         table = table.rename(index=attention_name, columns=attention_name)
         table.index.name, table.columns.name = "trained with", "evaluated with"
         return table.map(lambda v: f"{v:.1f}%" if pd.notna(v) else None)
-    paper = pd.DataFrame(PAPER_TABLE2).T.sort_index(ascending=False)
-    paper = paper[sorted(paper.columns, key=lambda c: (c != 0, -c))]
-    ours = measured.sort_index(ascending=False)
-    ours = ours[sorted(ours.columns, key=lambda c: (c != 0, -c))]
+    def paper_order(table: pd.DataFrame) -> pd.DataFrame:
+        """Full attention first, then LSH-8, -4, -2, -1, as the paper lays its table out."""
+        def order(keys):
+            return sorted(keys, key=lambda n: (n != 0, -n))
+        return table.loc[order(table.index), order(table.columns)]
+    paper = paper_order(pd.DataFrame(PAPER_TABLE2).T)
+    ours = paper_order(measured)
     return ("<h3>Measured here: duplication-task accuracy</h3>" + _table(shaped(ours), False, True)
             + "<h3>The paper's numbers (Kitaev et al. 2020, Table 2; their hardware and training)</h3>"
             + _table(shaped(paper), False, True))

@@ -376,6 +376,10 @@ def test_task_suite_gets_the_papers_table2_next_to_the_measured_one(tmp_path):
     assert "trained with" in measured and "LSH-4" in measured and "full attention" in measured
     assert f"{(0.5 + 0.01 * (4 + 8)) * 100:.1f}%" in measured
     assert "94.8%" in paper and "Kitaev et al. 2020, Table 2" in paper
+    for table in (measured, paper):  # the paper's layout: full attention first, then LSH-4, -2, -1
+        body = table.split("<tbody>")[1]
+        rows_at = [body.index(f"<th>{name}</th>") for name in ("full attention", "LSH-4", "LSH-1")]
+        assert rows_at == sorted(rows_at)
     plain = write_report([write_results_dir(tmp_path / "plain", scaling_rows())], tmp_path / "p.html").read_text()
     assert '<section id="paper">' not in plain
 
