@@ -44,6 +44,7 @@ PAPER_TABLE2 = {
 
 HASH_COLORS = {1: "#e6550d", 2: "#31a354", 4: "#3182bd", 8: "#756bb1", 16: "#8c564b"}
 DENSE_COLORS = {"dense": "#222222", "sdpa": "#8a8a8a"}
+PEER_COLORS = {"hf_lsh": "#d62728", "reformer_pytorch": "#17becf"}
 OTHER_COLORS = ("#d62728", "#17becf", "#bcbd22", "#e377c2", "#7f7f7f")
 BACKEND_DASH = {"eager": "solid", "compiled": "dash", "triton": "dot"}
 # Markers tell backends apart where a series is a single point (no line, so no dash to see).
@@ -100,9 +101,12 @@ def memory_unit(values) -> tuple[str, float]:
 
 
 def series_style(series: Series, backend: str, index: int) -> dict:
-    """Colour by hash count (the same in every figure), dash by backend; dense baselines in greys."""
+    """Colour by hash count (the same in every figure), dash by backend; dense baselines in greys, peer
+    implementations in colours of their own."""
     if series.kind == "dense":
         return {"color": DENSE_COLORS.get(backend, OTHER_COLORS[index % len(OTHER_COLORS)]), "dash": "solid"}
+    if series.kind == "peer":  # other people's implementations: their own colours, whatever their hash count
+        return {"color": PEER_COLORS.get(backend, OTHER_COLORS[index % len(OTHER_COLORS)]), "dash": "dashdot"}
     n_hashes = _hashes_of(series.name)
     color = HASH_COLORS.get(n_hashes, OTHER_COLORS[index % len(OTHER_COLORS)])
     return {"color": color, "dash": BACKEND_DASH.get(backend, "dashdot")}

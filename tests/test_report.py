@@ -406,3 +406,20 @@ def test_comparison_matches_by_case_id_and_keeps_one_sided_cases(tmp_path):
     assert present["twin-0"] == present["twin-1"] == "candidate only"
     assert present[baseline_rows[0]["case_id"]] == "baseline only"
     assert sum(p == "both" for p in present.values()) == len(baseline_rows) - 1
+
+
+def test_series_styles_tell_backends_and_hash_counts_apart(tmp_path):
+    rows = []
+    for L in (1024, 2048, 4096):
+        rows.append(row(backend="dense", backend_kind="dense", seq_len=L, time_median_s=1e-9 * L * L))
+        for backend, kind in (("eager", "lsh"), ("compiled", "lsh"), ("hf_lsh", "peer")):
+            for n in (1, 4):
+                rows.append(row(backend=backend, backend_kind=kind, seq_len=L, n_hashes=n, time_median_s=1e-6 * L))
+    _, frame = load_frame([write_results_dir(tmp_path / "run", rows)])
+    (group,) = scaling_groups(frame)
+    traces = {t["name"].split(" (k=")[0]: t for t in scaling_figure(group, "time", "t").figure["data"]}
+    style = {name: (t["line"]["color"], t["line"]["dash"], t["marker"]["symbol"]) for name, t in traces.items()}
+    assert style["eager LSH-4"][0] == style["compiled LSH-4"][0]  # same hash count, same colour...
+    assert style["eager LSH-4"][1:] != style["compiled LSH-4"][1:]  # ...told apart by dash and marker
+    assert style["eager LSH-1"][0] != style["eager LSH-4"][0]
+    assert style["hf_lsh LSH-4"][0] not in {style["eager LSH-4"][0], style["eager LSH-1"][0], style["dense"][0]}
