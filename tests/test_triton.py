@@ -111,10 +111,20 @@ def _exact_regime_error() -> float:
     return ((out - ref).abs().max() / ref.abs().max()).item()
 
 
+def _gpu_check_dry_run() -> dict:
+    """harness.gpu_check's figures on a tiny CPU plan: the script's code path, not its numbers."""
+    from harness.gpu_check import Plan, measure_figures
+
+    plan = Plan(device="cpu", dtype=torch.float16, heads=1, d_head=16, chunk_len=16, n_hashes=2,
+                speed_seq_len=64, long_seq_len=128, warmup=0, repeats=1, others=("eager",))
+    return {f["name"]: f["value"] for f in measure_figures(plan)}
+
+
 def _interpreter_report() -> dict:
     ok, reason = get_backend("triton").available()
     return {"available": [ok, reason], "exact_regime": _exact_regime_error(),
-            "cases": {name: _case_errors(case) for name, case in CASES.items()}}
+            "cases": {name: _case_errors(case) for name, case in CASES.items()},
+            "gpu_check": _gpu_check_dry_run()}
 
 
 def _compile_for_sm90() -> dict:
@@ -156,22 +166,30 @@ def _compile_for_sm90() -> dict:
     return builds
 
 
-def _subprocess_json(mode: str, interpret: bool) -> dict:
+@pytest.fixture(scope="module")
+def reports() -> dict:
+    """{mode: JSON report} of this file run as a script in both modes, the two side by side."""
     pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[triton]')")
-    env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0")
-    proc = subprocess.run([sys.executable, __file__, mode], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert proc.returncode == 0, f"{mode} run failed:\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    procs = {}
+    for mode, interpret in (("interpret", "1"), ("compile-sm90", "0")):
+        env = dict(os.environ, TRITON_INTERPRET=interpret)
+        procs[mode] = subprocess.Popen([sys.executable, __file__, mode], cwd=REPO, env=env, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    results = {}
+    for mode, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{mode} run failed:\n{stderr[-4000:]}"
+        results[mode] = json.loads(stdout.strip().splitlines()[-1])
+    return results
 
 
 @pytest.fixture(scope="module")
-def interpreted():
-    return _subprocess_json("interpret", interpret=True)
+def interpreted(reports) -> dict:
+    return reports["interpret"]
 
 
-def test_kernels_compile_for_sm90_in_bfloat16():
-    builds = _subprocess_json("compile-sm90", interpret=False)
+def test_kernels_compile_for_sm90_in_bfloat16(reports):
+    builds = reports["compile-sm90"]
     assert set(builds) == {"lsh_forward_round", "output_grad_dot", "lsh_backward_round"}
     assert all(size > 0 for size in builds.values()), builds
 
@@ -183,6 +201,16 @@ def test_available_under_interpreter(interpreted):
 
 def test_exact_regime_equals_dense(interpreted):
     assert interpreted["exact_regime"] < FP32_TOL
+
+
+def test_gpu_check_figures_run_on_a_tiny_cpu_plan(interpreted):
+    figures = interpreted["gpu_check"]
+    expected = {"time triton end to end", "time eager attention only", "speed-up over eager, end to end",
+                "triton achieved TFLOP/s, attention only", "triton peak memory",
+                "peak / (inputs + output + sort indices + LSE)", "128 tokens fwd+bwd completes"}
+    assert expected <= set(figures), sorted(figures)
+    unmeasured = [name for name, value in figures.items() if value is None or value is False]
+    assert not unmeasured, unmeasured
 
 
 @pytest.mark.parametrize("name", list(CASES))
