@@ -104,7 +104,9 @@ class Case:
     repeats: int
     warmup: int
     timeout_s: float
-    mem_limit_bytes: int | None  # address-space headroom of the worker over its size after setup
+    # Memory the case may add after setup: on the CPU, address space over the worker's size
+    # (RLIMIT_AS); on CUDA, allocator memory over what is allocated (per-process memory fraction).
+    mem_limit_bytes: int | None
     fidelity: bool
     count_flops: bool
     triton_interpret: bool
@@ -301,13 +303,15 @@ def _make_case(params: dict, settings: dict, model: dict | None, known: list[str
 def case_id(params: dict) -> str:
     """A readable, stable id: the main parameters, then a hash of everything that defines the case.
 
-    The same parameters give the same id in every run, which is what --resume relies on.
+    The same parameters give the same id in every run, which is what --resume relies on; where the
+    suite file lies (plugin_dir) is left out so that ids do not depend on the checkout's path.
     """
     p = params
+    hashed = {k: v for k, v in p.items() if k != "plugin_dir"}
     lsh = "" if p["n_hashes"] is None else f"-nb{p['n_buckets']}-r{p['n_hashes']}-c{p['chunk_len']}"
     readable = (f"{p['backend']}-{p['mode']}-n{p['seq_len']}-b{p['batch']}-h{p['heads']}-d{p['d_head']}"
                 f"{lsh}{'-causal' if p['causal'] else ''}-{p['dtype']}-{p['device']}")
-    digest = hashlib.sha1(json.dumps(p, sort_keys=True, default=list).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(json.dumps(hashed, sort_keys=True, default=list).encode()).hexdigest()[:8]
     return f"{readable}-{digest}"
 
 
@@ -333,11 +337,34 @@ def _resolve_buckets(p: dict, where: str) -> tuple[int, int]:
 
 
 def _model_shape(model: dict, where: str) -> tuple[int, int]:
+    _check_model_keys(model, where)
     d_model, heads = model.get("d_model"), model.get("heads")
     if not (_is_int(d_model) and _is_int(heads) and heads >= 1 and d_model % heads == 0):
         raise SuiteError(f"{where}: [model] needs integers d_model and heads with d_model % heads == 0, "
                          f"got d_model={d_model!r}, heads={heads!r}")
     return heads, d_model // heads
+
+
+# [model] keys that the case sets: LSH settings and causality are case axes, swept like any other.
+MODEL_KEYS_FROM_CASE = ("n_hashes", "chunk_len", "n_buckets", "causal")
+
+
+def _check_model_keys(model: dict, where: str) -> None:
+    import dataclasses
+
+    try:
+        from impls.model import ModelConfig
+    except ImportError:  # the model module is optional for suites without train_step
+        return
+    allowed = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in MODEL_KEYS_FROM_CASE]
+    for key in model:
+        if key in MODEL_KEYS_FROM_CASE:
+            raise SuiteError(f"{where}: [model] {key} is a case parameter: set it in [defaults] or [sweep]")
+    _check_keys(model, allowed, where, "[model]")
+    try:
+        ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
+    except ValueError as exc:
+        raise SuiteError(f"{where}: [model]: {exc}") from None
 
 
 def _mem_limit_bytes(value: Any, where: str) -> int | None:

@@ -213,3 +213,10 @@ def test_unknown_backend_suggests_the_right_one(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(SuiteError, match="cannot read suite file"):
         load_suite(tmp_path / "nope.toml")
+
+
+def test_model_table_is_checked(tmp_path):
+    base = '[defaults]\nmode = "train_step"\n[model]\nd_model = 64\nheads = 4\n'
+    assert "did you mean 'layers'" in error_of(tmp_path, base + "layer = 2\n")
+    assert "[model] n_hashes is a case parameter" in error_of(tmp_path, base + "n_hashes = 2\n")
+    assert "dropout" in error_of(tmp_path, base + "dropout = 2.0\n")
