@@ -77,6 +77,7 @@ class _Pipe:
         self._replies: dict[int, dict] = {}
         self._events: queue.Queue = queue.Queue()
         self._cond = threading.Condition()
+        self._write_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -97,27 +98,38 @@ class _Pipe:
                     with self._cond:
                         self._replies[message["id"]] = message
                         self._cond.notify_all()
-                else:
-                    self._events.put(message)
+                    continue
+                self._events.put(message)
+                if message.get("method") == "Page.javascriptDialogOpening":
+                    # An open alert() blocks the page, and with it any evaluate in flight: dismiss it
+                    # here, from the reader, without waiting for the answer.
+                    self._post("Page.handleJavaScriptDialog", {"accept": True}, message.get("sessionId"))
+
+    def _post(self, method: str, params: dict | None, session: str | None) -> int:
+        """Send a command without waiting; returns its id."""
+        with self._write_lock:
+            self._next_id += 1
+            message = {"id": self._next_id, "method": method, "params": params or {}}
+            if session:
+                message["sessionId"] = session
+            self._out.write(json.dumps(message).encode() + b"\0")
+            self._out.flush()
+            return self._next_id
 
     def send(self, method: str, params: dict | None = None, session: str | None = None,
              timeout_s: float = 30.0) -> dict:
-        self._next_id += 1
-        message = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        self._out.write(json.dumps(message).encode() + b"\0")
-        self._out.flush()
+        """Send a command and wait for its answer (the `result` object); BrowserError on error/timeout."""
+        message_id = self._post(method, params, session)
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while self._next_id not in self._replies:
+            while message_id not in self._replies:
                 if -1 in self._replies:
                     raise BrowserError(f"the browser closed the DevTools pipe during {method}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise BrowserError(f"no answer to {method} within {timeout_s:.0f} s")
                 self._cond.wait(left)
-            reply = self._replies.pop(self._next_id)
+            reply = self._replies.pop(message_id)
         if "error" in reply:
             raise BrowserError(f"{method} failed: {reply['error'].get('message')}")
         return reply.get("result", {})
@@ -262,6 +274,5 @@ class HeadlessChromium:
                 report.js_errors.append(f"console.{params['type']}: {args}")
             elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
                 report.js_errors.append(f"log: {params['entry'].get('text', '')}")
-            elif method == "Page.javascriptDialogOpening":
+            elif method == "Page.javascriptDialogOpening":  # the pipe's reader has dismissed it
                 report.dialogs.append(params.get("message", ""))
-                self.pipe.send("Page.handleJavaScriptDialog", {"accept": True}, session=session)

@@ -139,3 +139,16 @@ def test_tables_sort_by_number_when_a_header_is_clicked(browser, synthetic_repor
     numbers = [int(v.replace(",", "")) for v in result["up"]]
     assert numbers == sorted(numbers) and numbers[0] < numbers[-1]
     assert [int(v.replace(",", "")) for v in result["down"]] == sorted(numbers, reverse=True)
+
+
+def test_the_checker_sees_errors_dialogs_and_blank_pages(browser, tmp_path):
+    """The checks above can fail: a broken page is reported as broken."""
+    broken = tmp_path / "broken.html"
+    broken.write_text("<!DOCTYPE html><html><body><script>console.error('bad thing');"
+                      "window.__reportChecks = {done: true, figures: 1, withData: 0, errors: [], empty: ['x']};"
+                      "setTimeout(function () { throw new Error('boom'); }, 0); alert('hi');</script></body></html>")
+    report = browser.inspect_page(broken)
+    assert any("bad thing" in e for e in report.js_errors)
+    assert any("boom" in e for e in report.js_errors)
+    assert report.dialogs == ["hi"]
+    assert report.pixels["background_share"] == 1.0 and report.pixels["colours"] == 1  # nothing drawn
