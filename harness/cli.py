@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from .progress import Progress, results_table, status_summary
-    from .results import latest_run_dir, new_run_dir, read_rows
+    from .results import RUN_FILE, latest_run_dir, new_run_dir, read_rows, read_run_json
     from .runner import SweepInterrupted, run_suite
     from .spec import load_suite
 
@@ -89,6 +89,10 @@ def cmd_run(args) -> int:
                              f"pass --out DIR")
     else:
         run_dir = new_run_dir(DEFAULT_OUT_BASE, suite.name)
+    if args.resume and (run_dir / RUN_FILE).exists():
+        earlier = read_run_json(run_dir).get("suite")
+        if earlier != suite.name:
+            raise UsageError(f"--resume: {run_dir} holds a run of suite {earlier!r}, not {suite.name!r}")
     print(f"{PROG}: suite {suite.name}: {len(suite.cases)} cases -> {run_dir}", file=sys.stderr)
     try:
         result = run_suite(suite, run_dir, resume=args.resume, progress=Progress())

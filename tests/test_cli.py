@@ -93,14 +93,24 @@ def test_show_prints_a_table_with_units(tmp_path, capsys):
     assert "2 cases: 1 ok, 1 oom" in out
 
 
-def test_run_writes_results_and_summary(tmp_path, capsys):
-    out_dir = tmp_path / "run"
-    code, out, err = run_cli(capsys, "run", str(SUITES / "three_cases.toml"), "--out", str(out_dir),
-                             "--max-seq-len", "32", "--no-report")
+def test_run_writes_results_and_resume_finds_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = str(SUITES / "three_cases.toml")
+    code, out, err = run_cli(capsys, "run", suite, "--max-seq-len", "32", "--no-report")
     assert code == 0, err
+    (out_dir,) = (tmp_path / "reports").glob("three-*")
     rows = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
     assert [r["seq_len"] for r in rows] == [32]
     assert set(ROW_KEYS) <= set(rows[0])
     assert "1 cases: 1 unavailable" in out
     assert "[1/1]" in err  # the progress line
     assert json.loads((out_dir / "run.json").read_text())["suite"] == "three"
+    # --resume without --out continues the newest run of the suite: nothing left to run.
+    code, out, err = run_cli(capsys, "run", suite, "--max-seq-len", "32", "--no-report", "--resume")
+    assert code == 0, err
+    assert "1 cases skipped" in out and len((out_dir / "results.jsonl").read_text().splitlines()) == 1
+    # ... and refuses a directory that holds another suite's run.
+    other = tmp_path / "other.toml"
+    other.write_text((SUITES / "three_cases.toml").read_text().replace('name = "three"', 'name = "other"'))
+    code, _, err = run_cli(capsys, "run", str(other), "--out", str(out_dir), "--resume")
+    assert code == 2 and "holds a run of suite 'three'" in err
