@@ -42,8 +42,11 @@ def _interpreted() -> bool:
     kernels = sys.modules.get(_KERNELS)
     if kernels is not None:
         return kernels.INTERPRETED
-    import triton
-
+    try:
+        import triton
+    except ImportError as exc:
+        raise RuntimeError(f"the triton backend needs triton ({exc}); "
+                           "pip install 'reformer-bench[triton]'") from exc
     return bool(triton.knobs.runtime.interpret)
 
 
@@ -169,10 +172,10 @@ class TritonBackend:
 
     def available(self) -> tuple[bool, str]:
         try:
-            import triton  # noqa: F401
-        except ImportError as exc:
-            return False, f"triton is not installed ({exc}); pip install 'reformer-bench[triton]'"
-        if _interpreted():
+            interpreted = _interpreted()
+        except RuntimeError as exc:
+            return False, str(exc)
+        if interpreted:
             return True, "Triton interpreter (TRITON_INTERPRET=1): CPU tensors, slow, no bfloat16"
         if torch.cuda.is_available():
             return True, ""

@@ -276,5 +276,14 @@ def test_unavailable_reason_without_cuda_or_interpreter(monkeypatch):
         assert not ok and "no CUDA device" in reason and "TRITON_INTERPRET=1" in reason
 
 
+def test_unavailable_reason_without_triton(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
+    monkeypatch.delitem(sys.modules, "impls.triton_kernels", raising=False)
+    ok, reason = get_backend("triton").available()
+    assert not ok and "needs triton" in reason
+    with pytest.raises(RuntimeError, match="needs triton"):
+        get_backend("triton").attend(torch.randn(1, 1, 32, 16), torch.randn(1, 1, 32, 16), _cfg())
+
+
 if __name__ == "__main__":
     print(json.dumps(_interpreter_report() if sys.argv[1] == "interpret" else _compile_for_sm90()))
