@@ -1,0 +1,132 @@
+"""The `compiled` backend: same function and gradients as `eager`, one compile across a sweep, and
+fallbacks to uncompiled code recorded, never hidden.
+
+Compiles take tens of seconds on a small CPU, so every test shares the registry's one backend
+instance (dynamo caches the compiled kernels per backend) and the sizes are tiny.
+"""
+import pytest
+import torch
+
+import impls.compiled as compiled_module
+from impls import LSHConfig, get_backend
+from impls.lsh import hash_buckets
+
+HEADS, D_HEAD, CHUNK_LEN, N_BUCKETS = 2, 16, 16, 8
+
+
+@pytest.fixture(scope="module")
+def backend():
+    be = get_backend("compiled")
+    ok, reason = be.available()
+    assert ok, reason
+    return be
+
+
+def _inputs(seq_len: int, dtype=torch.float32, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    qk = torch.randn(1, HEADS, seq_len, D_HEAD, generator=gen, dtype=dtype)
+    v = torch.randn(1, HEADS, seq_len, D_HEAD, generator=gen, dtype=dtype)
+    grad = torch.randn(1, HEADS, seq_len, D_HEAD, generator=gen, dtype=dtype)
+    return qk, v, grad
+
+
+def _output_and_grads(be, qk, v, grad, cfg, buckets):
+    qk, v = qk.clone().requires_grad_(), v.clone().requires_grad_()
+    out = be.attend(qk, v, cfg, buckets=buckets)
+    out.backward(grad)
+    return out.detach(), qk.grad, v.grad
+
+
+def _assert_matches_eager(be, seq_len, cfg, dtype=torch.float32, tol=1e-5):
+    qk, v, grad = _inputs(seq_len, dtype)
+    buckets = hash_buckets(qk, cfg)
+    got = _output_and_grads(be, qk, v, grad, cfg, buckets)
+    want = _output_and_grads(get_backend("eager"), qk, v, grad, cfg, buckets)
+    for name, g, w in zip(("output", "d qk", "d v"), got, want):
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_sweep_matches_eager_with_one_compile(backend):
+    """Two sequence lengths, causal and not, 1 and 4 hash rounds, in one process: outputs and
+    gradients equal eager's within 1e-5, and only the first case compiles (forward and backward
+    kernel); every later case reuses the dynamic-shape graphs."""
+    compilations = []
+    for seq_len in (64, 128):
+        for causal in (False, True):
+            for n_hashes in (1, 4):
+                cfg = LSHConfig(n_buckets=N_BUCKETS, n_hashes=n_hashes, chunk_len=CHUNK_LEN, causal=causal)
+                backend.reset_compile_stats()
+                _assert_matches_eager(backend, seq_len, cfg)
+                stats = backend.compile_stats()
+                assert not stats["fell_back"], stats["reason"]
+                compilations.append(stats["compilations"])
+    assert compilations[0] <= 2, compilations  # 0 when an earlier test compiled already
+    assert compilations[1:] == [0] * (len(compilations) - 1), compilations
+
+
+def test_dedup_and_default_chunk_len_match_eager(backend):
+    cfg = LSHConfig(n_buckets=N_BUCKETS, n_hashes=3, chunk_len=None, causal=True, dedup=True)
+    backend.reset_compile_stats()
+    _assert_matches_eager(backend, 64, cfg)
+    assert not backend.compile_stats()["fell_back"], backend.compile_stats()["reason"]
+
+
+def test_long_rows_walked_in_chunk_steps_match_eager_without_recompiling(backend, monkeypatch):
+    """The path that bounds memory for long sequences: with a score budget of 6 chunks, below one
+    row's 8 chunks, rows go two at a time in steps of 2-3 chunks, through the same graphs as
+    whole rows."""
+    cfg = LSHConfig(n_buckets=N_BUCKETS, n_hashes=2, chunk_len=CHUNK_LEN, causal=True)
+    _assert_matches_eager(backend, 128, cfg)  # whole-row blocks: the graphs exist from here on
+    monkeypatch.setattr(compiled_module, "SCORE_BLOCK_ELEMENTS", 6 * CHUNK_LEN * 2 * CHUNK_LEN)
+    blocks = _blocks_of(cfg, 128)
+    assert [(r0, r1) for r0, r1, _ in blocks] == [(0, 2), (2, 4)]
+    assert blocks[0][2] == [(0, 2), (2, 5), (5, 8)]
+    backend.reset_compile_stats()
+    _assert_matches_eager(backend, 128, cfg)
+    assert backend.compile_stats() == {"compilations": 0, "fell_back": False, "reason": ""}
+
+
+def _blocks_of(cfg, seq_len):
+    """[(r0, r1, chunk steps)] of the compiled backend's plan for this config."""
+    from impls.lsh import sort_by_buckets
+
+    qk, _, _ = _inputs(seq_len)
+    order = sort_by_buckets(hash_buckets(qk, cfg), CHUNK_LEN)
+    plan = compiled_module._Plan(order.perm.reshape(HEADS, cfg.n_hashes, seq_len),
+                                 order.rank.reshape(HEADS, cfg.n_hashes, seq_len), cfg.n_hashes,
+                                 CHUNK_LEN, cfg.causal, cfg.dedup, torch.float32)
+    return [(r0, r1, steps) for r0, r1, _, steps in plan.row_blocks()]
+
+
+def test_recompile_limit_hit_is_recorded_as_fallback(backend):
+    """float64 needs new graphs; with dynamo's recompile limit at 1 the kernels, already compiled
+    for float32, cannot get them. The call still returns eager's result, and the stats say that
+    it did not run compiled code, and why."""
+    cfg = LSHConfig(n_buckets=N_BUCKETS, n_hashes=2, chunk_len=CHUNK_LEN)
+    _assert_matches_eager(backend, 64, cfg)  # float32 graphs exist (compiled here or before)
+    backend.reset_compile_stats()
+    with torch._dynamo.config.patch(recompile_limit=1):
+        _assert_matches_eager(backend, 64, cfg, dtype=torch.float64, tol=1e-10)
+    stats = backend.compile_stats()
+    assert stats["fell_back"] is True
+    assert "recompile" in stats["reason"].lower() or "limit" in stats["reason"].lower(), stats["reason"]
+    assert stats["compilations"] == 0
+    backend.reset_compile_stats()
+    assert backend.compile_stats() == {"compilations": 0, "fell_back": False, "reason": ""}
+
+
+def test_force_eager_stance_is_recorded_as_fallback(backend):
+    cfg = LSHConfig(n_buckets=N_BUCKETS, n_hashes=2, chunk_len=CHUNK_LEN, causal=True)
+    backend.reset_compile_stats()
+    with torch.compiler.set_stance("force_eager"):
+        _assert_matches_eager(backend, 64, cfg)
+    stats = backend.compile_stats()
+    assert stats["fell_back"] is True and "force_eager" in stats["reason"], stats
+
+
+def test_bad_input_is_a_clear_value_error(backend):
+    qk, v, _ = _inputs(64)
+    with pytest.raises(ValueError, match="chunk_len=24"):
+        backend.attend(qk, v, LSHConfig(n_buckets=N_BUCKETS, chunk_len=24))
+    with pytest.raises(ValueError, match="v.shape"):
+        backend.attend(qk, v[..., :8], LSHConfig(n_buckets=N_BUCKETS, chunk_len=CHUNK_LEN))
