@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, SuiteError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `reformer-bench show ... | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +126,9 @@ def cmd_list(args) -> int:
         ok, reason = backend_availability(name)
         state = "available" if ok else f"unavailable: {reason}"
         print(f"{name.ljust(width)}  {kind.ljust(5)}  {state}")
+        if name == "triton" and not ok:
+            print(f"{''.ljust(width)}         (on the CPU, `run` starts triton workers with TRITON_INTERPRET=1 "
+                  f"when the suite sets triton_interpret = true, the default)")
     return 0
 
 
