@@ -13,7 +13,6 @@ memory holds one layer's intermediates plus O(seq * d_model) for the streams, wh
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -511,7 +510,3 @@ def chunked_lm_loss(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor
 def _summed_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Linear) -> torch.Tensor:
     logits = head(hidden)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in model.parameters())
