@@ -3,9 +3,11 @@
 Hashing and sorting are the shared torch code of impls.lsh, so for one seed this backend sees the
 same buckets as `eager`. The kernels gather rows through the sort permutation, normalise keys from
 the queries in-kernel, never store a score tensor, and fold the hash rounds into one running output
-(see triton_kernels' docstring for the formulas). Saved for backward: qk, v, the output, the
-combined log-sum-exp over rounds as (row max, log sum) (2 x fp32 (BH, N)) and the int32
-permutation (plus int32 chunk ids with dedup).
+(see triton_kernels' docstring for the formulas). Forward and backward are torch.library custom
+ops (reformer_bench::lsh_attention_forward / _backward) with autograd, fake (meta) implementations
+and FLOP formulas, so torch.compile and FlopCounterMode see them. Saved for backward: qk, v, the
+output, the combined log-sum-exp over rounds as (row max, log sum) (2 x fp32 (BH, N)) and the
+int32 permutation (plus int32 chunk ids with dedup).
 
 Memory beyond inputs, output and gradients (B*H rows of N tokens, R rounds), kept for backward:
 4 B H N R bytes of int32 permutation (twice that with dedup) and 8 B H N bytes of log-sum-exp, plus
@@ -21,7 +23,7 @@ from __future__ import annotations
 import sys
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch.utils.flop_counter import register_flop_formula
 
 from .config import LSHConfig
 from .lsh import check_inputs, hash_buckets, mask_values, sort_by_buckets, window_chunks
@@ -58,10 +60,9 @@ def _pow2_at_least_16(n: int) -> int:
 class _Launch:
     """Kernel parameters of one call, shared by forward and backward."""
 
-    def __init__(self, qk: torch.Tensor, cfg: LSHConfig, chunk_len: int):
+    def __init__(self, qk: torch.Tensor, n_rounds: int, chunk_len: int, causal: bool, dedup: bool):
         bh_rows, self.seq_len, self.head_dim = qk.shape
-        self.n_rounds = cfg.n_hashes
-        self.chunk_len = chunk_len
+        self.n_rounds = n_rounds
         self.n_chunks = self.seq_len // chunk_len
         self.block_m = self.block_n = min(_pow2_at_least_16(chunk_len), MAX_BLOCK[qk.dtype])
         self.block_d = _pow2_at_least_16(self.head_dim)
@@ -70,57 +71,113 @@ class _Launch:
         self.constexprs = {
             "HEAD_DIM": self.head_dim, "CHUNK": chunk_len, "BLOCK_M": self.block_m,
             "BLOCK_N": self.block_n, "BLOCK_D": self.block_d, "WINDOW": window_chunks(self.n_chunks),
-            "CAUSAL": cfg.causal, "DEDUP": cfg.dedup,
+            "CAUSAL": causal, "DEDUP": dedup,
             # fp32 inputs: true fp32 products (eager's torch.matmul), not TF32.
             "DOT_PRECISION": "ieee" if qk.dtype == torch.float32 else "tf32",
         }
         self.forward_warps = FORWARD_WARPS[qk.dtype]
 
 
-class _TritonLSHAttention(torch.autograd.Function):
-    """(qk, v) as (BH, N, D), perm (BH, R, N) int32, chunk ids (BH, R, N) int32 or None -> output."""
+# The kernels are wrapped as torch.library custom ops, so that torch.compile treats them as one
+# opaque op each (no graph break) and FlopCounterMode counts them (formulas below).
 
-    @staticmethod
-    def forward(ctx, qk, v, perm, chunk_ids, launch: _Launch):
-        from . import triton_kernels as kernels
+@torch.library.custom_op("reformer_bench::lsh_attention_forward", mutates_args=())
+def lsh_attention_forward(qk: torch.Tensor, v: torch.Tensor, perm: torch.Tensor,
+                          chunk_ids: torch.Tensor | None, chunk_len: int, causal: bool,
+                          dedup: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(qk, v) as (BH, N, D), perm (BH, R, N) int32, chunk ids (BH, R, N) int32 (dedup) or None ->
+    output (BH, N, D) and the combined log-sum-exp as row max and log sum (fp32 (BH, N) each)."""
+    from . import triton_kernels as kernels
 
-        out = torch.empty(qk.shape, dtype=qk.dtype, device=qk.device)
-        row_max = torch.empty(qk.shape[:2], dtype=torch.float32, device=qk.device)
-        row_logsum = torch.empty_like(row_max)
-        ids = perm if chunk_ids is None else chunk_ids  # never read without dedup
-        for r in range(launch.n_rounds):
-            kernels.lsh_forward_round[launch.grid](
-                qk, v, perm, ids, out, row_max, row_logsum, *qk.stride(), *v.stride(),
-                r, int(r == 0), launch.seq_len, launch.n_rounds, launch.n_chunks,
-                launch.self_value, launch.causal_value, **launch.constexprs, num_warps=launch.forward_warps)
-        ctx.save_for_backward(qk, v, out, row_max, row_logsum, perm, chunk_ids)
-        ctx.launch = launch
-        return out
+    launch = _Launch(qk, perm.shape[1], chunk_len, causal, dedup)
+    out = torch.empty(qk.shape, dtype=qk.dtype, device=qk.device)
+    row_max = torch.empty(qk.shape[:2], dtype=torch.float32, device=qk.device)
+    row_logsum = torch.empty_like(row_max)
+    ids = perm if chunk_ids is None else chunk_ids  # never read without dedup
+    for r in range(launch.n_rounds):
+        kernels.lsh_forward_round[launch.grid](
+            qk, v, perm, ids, out, row_max, row_logsum, *qk.stride(), *v.stride(),
+            r, int(r == 0), launch.seq_len, launch.n_rounds, launch.n_chunks,
+            launch.self_value, launch.causal_value, **launch.constexprs, num_warps=launch.forward_warps)
+    return out, row_max, row_logsum
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        from . import triton_kernels as kernels
 
-        qk, v, out, row_max, row_logsum, perm, chunk_ids = ctx.saved_tensors
-        launch: _Launch = ctx.launch
-        bh_rows, seq_len, _ = qk.shape
-        # Strided reads of grad_out: an expanded gradient (e.g. of out.sum()) is never materialised.
-        delta = torch.empty((bh_rows, seq_len), dtype=torch.float32, device=qk.device)
-        block_n = 64
-        kernels.output_grad_dot[(-(-seq_len // block_n), bh_rows)](
-            grad_out, out, delta, *grad_out.stride(), seq_len,
-            HEAD_DIM=launch.head_dim, BLOCK_N=block_n, BLOCK_D=launch.block_d)
-        dqk = torch.empty(qk.shape, dtype=qk.dtype, device=qk.device)
-        dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-        ids = perm if chunk_ids is None else chunk_ids
-        for r in range(launch.n_rounds):
-            kernels.lsh_backward_round[launch.grid](
-                qk, v, grad_out, perm, ids, row_max, row_logsum, delta, dqk, dv,
-                *qk.stride(), *v.stride(), *grad_out.stride(),
-                r, int(r == 0), seq_len, launch.n_rounds, launch.n_chunks,
-                launch.self_value, launch.causal_value, **launch.constexprs, num_warps=BACKWARD_WARPS)
-        return dqk, dv, None, None, None
+@lsh_attention_forward.register_fake
+def _(qk, v, perm, chunk_ids, chunk_len, causal, dedup):
+    row_stat = qk.new_empty(qk.shape[:2], dtype=torch.float32)
+    return torch.empty_like(qk), row_stat, torch.empty_like(row_stat)
+
+
+@torch.library.custom_op("reformer_bench::lsh_attention_backward", mutates_args=())
+def lsh_attention_backward(grad_out: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                           row_max: torch.Tensor, row_logsum: torch.Tensor, perm: torch.Tensor,
+                           chunk_ids: torch.Tensor | None, chunk_len: int, causal: bool,
+                           dedup: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients (d qk, d v) of lsh_attention_forward's output; grad_out may have any strides."""
+    from . import triton_kernels as kernels
+
+    launch = _Launch(qk, perm.shape[1], chunk_len, causal, dedup)
+    bh_rows, seq_len, _ = qk.shape
+    # Strided reads of grad_out: an expanded gradient (e.g. of out.sum()) is never materialised.
+    delta = torch.empty((bh_rows, seq_len), dtype=torch.float32, device=qk.device)
+    block_n = 64
+    kernels.output_grad_dot[(-(-seq_len // block_n), bh_rows)](
+        grad_out, out, delta, *grad_out.stride(), seq_len,
+        HEAD_DIM=launch.head_dim, BLOCK_N=block_n, BLOCK_D=launch.block_d)
+    dqk = torch.empty(qk.shape, dtype=qk.dtype, device=qk.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    ids = perm if chunk_ids is None else chunk_ids
+    for r in range(launch.n_rounds):
+        kernels.lsh_backward_round[launch.grid](
+            qk, v, grad_out, perm, ids, row_max, row_logsum, delta, dqk, dv,
+            *qk.stride(), *v.stride(), *grad_out.stride(),
+            r, int(r == 0), seq_len, launch.n_rounds, launch.n_chunks,
+            launch.self_value, launch.causal_value, **launch.constexprs, num_warps=BACKWARD_WARPS)
+    return dqk, dv
+
+
+@lsh_attention_backward.register_fake
+def _(grad_out, qk, v, out, row_max, row_logsum, perm, chunk_ids, chunk_len, causal, dedup):
+    return torch.empty_like(qk), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    qk, v, perm, chunk_ids, chunk_len, causal, dedup = inputs
+    out, row_max, row_logsum = output
+    ctx.save_for_backward(qk, v, out, row_max, row_logsum, perm, chunk_ids)
+    ctx.options = (chunk_len, causal, dedup)
+
+
+def _backward(ctx, grad_out, grad_row_max, grad_row_logsum):
+    # row_max / row_logsum are internal to this module (never returned by attend): no gradient.
+    qk, v, out, row_max, row_logsum, perm, chunk_ids = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dqk, dv = lsh_attention_backward(grad_out, qk, v, out, row_max, row_logsum, perm, chunk_ids, *ctx.options)
+    return dqk, dv, None, None, None, None, None
+
+
+lsh_attention_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _window_matmul_flops(qk_shape, perm_shape, chunk_len: int) -> int:
+    """2 * BH*N*(W*C)*D*R: one (queries x window keys x d_head) matmul over every round."""
+    bh_rows, seq_len, d_head = qk_shape
+    return 2 * bh_rows * seq_len * window_chunks(seq_len // chunk_len) * chunk_len * d_head * perm_shape[1]
+
+
+@register_flop_formula(torch.ops.reformer_bench.lsh_attention_forward)
+def _forward_flops(qk_shape, v_shape, perm_shape, chunk_ids_shape, chunk_len, causal, dedup, **kwargs) -> int:
+    """QK^T and PV: 2 window matmuls."""
+    return 2 * _window_matmul_flops(qk_shape, perm_shape, chunk_len)
+
+
+@register_flop_formula(torch.ops.reformer_bench.lsh_attention_backward)
+def _backward_flops(grad_shape, qk_shape, v_shape, out_shape_, row_max_shape, row_logsum_shape, perm_shape,
+                    chunk_ids_shape, chunk_len, causal, dedup, **kwargs) -> int:
+    """What the kernel runs: the key pass recomputes S and dP and forms dk, dv (4 window matmuls),
+    the query pass recomputes S and dP and forms dq (3): 7 window matmuls (the algorithm needs 5)."""
+    return 7 * _window_matmul_flops(qk_shape, perm_shape, chunk_len)
 
 
 def _check_triton_inputs(qk: torch.Tensor, cfg: LSHConfig, buckets: torch.Tensor | None) -> None:
@@ -160,9 +217,9 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
     if cfg.dedup:
         chunk_ids = (order.rank // chunk_len).reshape(bh_rows, cfg.n_hashes, seq_len).to(torch.int32)
     del order
-    rows = qk.reshape(bh_rows, seq_len, d_head)
-    out = _TritonLSHAttention.apply(rows, v.reshape(bh_rows, seq_len, d_head), perm, chunk_ids,
-                                    _Launch(rows, cfg, chunk_len))
+    rows = (bh_rows, seq_len, d_head)
+    out, _, _ = lsh_attention_forward(qk.reshape(rows), v.reshape(rows), perm, chunk_ids, chunk_len,
+                                      cfg.causal, cfg.dedup)
     return out.view(batch, heads, seq_len, d_head)
 
 

@@ -120,9 +120,32 @@ def _gpu_check_dry_run() -> dict:
     return {f["name"]: f["value"] for f in measure_figures(plan)}
 
 
+def _counted_flops() -> dict:
+    """FlopCounterMode's count of one forward and one forward + backward, buckets precomputed (so
+    that hashing's matmul is not in it): (batch x heads) = 2, N = 64, C = 16, W = 2, D = 16, R = 2."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from impls.lsh import hash_buckets
+
+    gen = torch.Generator().manual_seed(0)
+    qk = torch.randn(1, 2, 64, 16, generator=gen, requires_grad=True)
+    v = torch.randn(1, 2, 64, 16, generator=gen, requires_grad=True)
+    cfg = LSHConfig(n_buckets=8, n_hashes=2, chunk_len=16)
+    buckets = hash_buckets(qk, cfg)
+    counts = {}
+    for mode in ("forward", "forward_backward"):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = get_backend("triton").attend(qk, v, cfg, buckets=buckets)
+            if mode == "forward_backward":
+                out.sum().backward()
+        counts[mode] = counter.get_total_flops()
+    return counts
+
+
 def _interpreter_report() -> dict:
     ok, reason = get_backend("triton").available()
-    return {"available": [ok, reason], "exact_regime": _exact_regime_error(),
+    return {"available": [ok, reason], "exact_regime": _exact_regime_error(), "flops": _counted_flops(),
             "cases": {name: _case_errors(case) for name, case in CASES.items()},
             "gpu_check": _gpu_check_dry_run()}
 
@@ -138,7 +161,7 @@ def _compile_for_sm90() -> dict:
     from impls.triton_lsh import BACKWARD_WARPS, _Launch
 
     qk = torch.empty(4, 1024, 64, dtype=torch.bfloat16)  # (BH, N, D): only shape and dtype are read
-    launch = _Launch(qk, LSHConfig(n_buckets=32, n_hashes=4, chunk_len=64, causal=True, dedup=True), 64)
+    launch = _Launch(qk, n_rounds=4, chunk_len=64, causal=True, dedup=True)
     # Pointer arguments are the upper-case ones; the tensors in the input dtype are named here.
     input_dtype = {"QK", "V", "G", "OUT", "DQK", "DV"}
     int_pointers = {"PERM", "CHUNK_IDS"}
@@ -201,6 +224,12 @@ def test_available_under_interpreter(interpreted):
 
 def test_exact_regime_equals_dense(interpreted):
     assert interpreted["exact_regime"] < FP32_TOL
+
+
+def test_flop_counter_counts_the_kernels(interpreted):
+    window_matmul = 2 * 2 * 64 * (2 * 16) * 16 * 2  # 2 * BH * N * (W * C) * D * R
+    # Forward: QK^T and PV. Backward as run: S and dP recomputed in both passes, dk, dv, dq.
+    assert interpreted["flops"] == {"forward": 2 * window_matmul, "forward_backward": 9 * window_matmul}
 
 
 def test_gpu_check_figures_run_on_a_tiny_cpu_plan(interpreted):
