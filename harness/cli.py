@@ -109,10 +109,14 @@ def cmd_run(args) -> int:
     if result.skipped:
         print(f"({result.skipped} cases skipped: already in {run_dir})")
     print(f"results: {run_dir / 'results.jsonl'}")
-    if not args.no_report and importlib.util.find_spec("harness.report") is not None:
+    if not args.no_report:
         from .report import write_report
 
-        report = write_report([Path(run_dir)], Path(run_dir) / "report.html")
+        try:
+            report = write_report([Path(run_dir)], Path(run_dir) / "report.html")
+        except (ValueError, OSError) as exc:  # the results are saved; say why the report is not
+            print(f"{PROG}: report not written: {exc}", file=sys.stderr)
+            return 1
         print(f"report: {report}")
     return 0
 

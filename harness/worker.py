@@ -30,9 +30,6 @@ from pathlib import Path
 
 from .spec import Case
 
-# Module names whose import registers extra backends (the peers, until impls registers them).
-PEER_MODULE = "impls.peers"
-
 
 def stage(name: str) -> None:
     print(f"stage: {name}", file=sys.stderr, flush=True)
@@ -40,25 +37,10 @@ def stage(name: str) -> None:
 
 # --- backends -----------------------------------------------------------------------------------
 
-def ensure_peers_registered() -> None:
-    """Register the peer adapters (impls.peers) unless impls already did."""
-    import impls
-
-    try:
-        from impls import peers
-    except ImportError:
-        return
-    known = set(impls.list_backends())
-    for name, factory in peers.PEER_BACKENDS.items():
-        if name not in known:
-            impls.register_backend(name, factory)
-
-
 def backend_names() -> list[str]:
     """Every registered backend, peers included."""
     import impls
 
-    ensure_peers_registered()
     return impls.list_backends()
 
 
@@ -241,7 +223,6 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
 
     if case.threads:
         torch.set_num_threads(case.threads)
-    ensure_peers_registered()
     ok, reason = backend_availability(case.backend)
     if not ok:
         row["status"], row["reason"] = "unavailable", reason

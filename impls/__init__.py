@@ -26,6 +26,10 @@ def _register_builtin_backends() -> None:
     register_backend("dense", DenseBackend)
     register_backend("sdpa", SdpaBackend)
 
+    from .peers import register_peers  # public implementations; their packages load only when asked
+
+    register_peers(register_backend)
+
 
 _register_builtin_backends()
 
