@@ -38,10 +38,16 @@ INTERPRETED records which way the kernels were built.
 """
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
-INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
+# triton.knobs (Triton >= 3.4) reads the variable as Triton's decorator does; older releases read it
+# from the environment directly.
+_KNOBS = getattr(triton, "knobs", None)
+INTERPRETED: bool = (bool(_KNOBS.runtime.interpret) if _KNOBS is not None
+                     else os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit

@@ -20,6 +20,7 @@ when TRITON_INTERPRET=1 was set before the kernels were first imported.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -49,7 +50,10 @@ def _interpreted() -> bool:
     except ImportError as exc:
         raise RuntimeError(f"the triton backend needs triton ({exc}); "
                            "pip install 'reformer-bench[triton]'") from exc
-    return bool(triton.knobs.runtime.interpret)
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4; older releases read the environment
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _pow2_at_least_16(n: int) -> int:

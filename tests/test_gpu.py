@@ -65,9 +65,9 @@ def test_available_on_cuda():
 def test_bfloat16_close_to_fp32_eager(seq_len):
     errors = _errors_vs_fp32_eager(seq_len, torch.bfloat16, _config(seq_len))
     # bf16 carries 8 significant bits: triton must be as close to the fp32 reference as eager in
-    # bf16 is (within 2x: the rounding points differ), and within 2% in any case.
+    # bf16 is (within 2x, or one bf16 ulp, 2^-8: the rounding points differ), and within 2% anyway.
     for got, yardstick in zip(errors["triton"], errors["eager"]):
-        assert got <= max(2 * yardstick, 1e-3) and got < 2e-2, errors
+        assert got <= max(2 * yardstick, 4e-3) and got < 2e-2, errors
 
 
 @pytest.mark.parametrize("causal,dedup", [(True, True), (False, True), (True, False)])
