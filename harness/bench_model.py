@@ -61,18 +61,22 @@ def build(impl: str, layers: int, seq_len: int, backend: str = "eager") -> tuple
     if impl == "reformer_pytorch":
         from reformer_pytorch import ReformerLM as LucidReformerLM
         model = LucidReformerLM(num_tokens=VOCAB, dim=D_MODEL, depth=layers, max_seq_len=seq_len, heads=HEADS,
-                                dim_head=D_HEAD, bucket_size=CHUNK_LEN, n_hashes=N_HASHES, ff_mult=D_FF // D_MODEL,
-                                causal=True)
+                                dim_head=D_HEAD, bucket_size=CHUNK_LEN, n_hashes=N_HASHES,
+                                ff_mult=D_FF // D_MODEL, causal=True)
 
         def loss(tokens):
             logits = model(tokens)
-            return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+            return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB),
+                                                     tokens[:, 1:].reshape(-1))
         return model, loss
     raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got impl={impl!r}")
 
 
 def _axial_shape(seq_len: int) -> tuple[int, int]:
-    return (CHUNK_LEN, seq_len // CHUNK_LEN) if seq_len % CHUNK_LEN == 0 and seq_len > CHUNK_LEN else (1, seq_len)
+    """(rows, cols) with rows * cols = seq_len, as transformers requires for axial embeddings."""
+    if seq_len % CHUNK_LEN == 0 and seq_len > CHUNK_LEN:
+        return CHUNK_LEN, seq_len // CHUNK_LEN
+    return 1, seq_len
 
 
 def measure_one(impl: str, layers: int, seq_len: int, repeats: int, track_tensors: bool,
@@ -91,7 +95,8 @@ def measure_one(impl: str, layers: int, seq_len: int, repeats: int, track_tensor
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    row = {"impl": impl, "backend": backend if impl.startswith("ours") else None, "layers": layers, "seq_len": seq_len, "first_s": times[0],
+    row = {"impl": impl, "backend": backend if impl.startswith("ours") else None, "layers": layers,
+           "seq_len": seq_len, "first_s": times[0],
            "median_s": statistics.median(times[1:]) if repeats else None, "times_s": times[1:],
            # before the tracked step: the tracker's bookkeeping is not the model's memory
            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -122,8 +127,9 @@ def _gb(nbytes) -> str:
 def cmd_step(args) -> int:
     impls = args.impl or ["ours", "transformers", "reformer_pytorch"]
     print(f"one training step (forward + backward), {args.layers} layers, {args.seq} tokens, batch 1, "
-          f"d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, vocab {VOCAB}, chunk {CHUNK_LEN}, {N_HASHES} hash rounds, "
-          f"causal; our attention backend {args.backend}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, vocab {VOCAB}, chunk {CHUNK_LEN}, "
+          f"{N_HASHES} hash rounds, causal; our attention backend {args.backend}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
     print(f"{'impl':<20}{'median s':>10}{'first s':>9}{'peak RSS GB':>13}{'peak tensors':>14}   source")
     rows = {}
     for impl in impls:
@@ -132,7 +138,8 @@ def cmd_step(args) -> int:
         if "error" in row:
             ref = ISSUE_REFERENCE.get(impl) if (args.layers, args.seq) == (6, 8192) else None
             note = f"; issue's reference: {ref[0]} s, {ref[1]} GB" if ref else ""
-            print(f"{impl:<20}{'-':>10}{'-':>9}{'-':>13}{'-':>14}   not run: {row['error']}{note}", flush=True)
+            print(f"{impl:<20}{'-':>10}{'-':>9}{'-':>13}{'-':>14}   not run: {row['error']}{note}",
+                  flush=True)
             continue
         print(f"{impl:<20}{row['median_s']:>10.2f}{row['first_s']:>9.2f}{_gb(row['peak_rss_bytes']):>13}"
               f"{format_size(row['peak_tensor_bytes']):>14}   measured now", flush=True)
@@ -155,7 +162,8 @@ def cmd_step(args) -> int:
 
 def cmd_depth(args) -> int:
     print(f"training-step peak live tensor bytes against depth, {args.seq} tokens, d_model {D_MODEL}, "
-          f"{HEADS} heads, d_ff {D_FF}, chunk {CHUNK_LEN}, {N_HASHES} hash rounds, causal, {args.backend} attention")
+          f"{HEADS} heads, d_ff {D_FF}, chunk {CHUNK_LEN}, {N_HASHES} hash rounds, causal, "
+          f"{args.backend} attention")
     print(f"{'layers':>6}{'reversible':>16}{'x 2-layer':>10}{'irreversible':>16}{'x 2-layer':>10}"
           f"{'rev step s':>12}{'irrev step s':>14}")
     base = {}
@@ -172,7 +180,8 @@ def cmd_depth(args) -> int:
             curves[impl].append((layers, peak))
             cells.append((format_size(peak), f"{peak / base[impl]:.2f}", f"{row['first_s']:.2f}"))
         (rev, rev_ratio, rev_s), (irr, irr_ratio, irr_s) = cells
-        print(f"{layers:>6}{rev:>16}{rev_ratio:>10}{irr:>16}{irr_ratio:>10}{rev_s:>12}{irr_s:>14}", flush=True)
+        print(f"{layers:>6}{rev:>16}{rev_ratio:>10}{irr:>16}{irr_ratio:>10}{rev_s:>12}{irr_s:>14}",
+              flush=True)
     for impl, points in curves.items():
         if len(points) >= 2:
             (l0, p0), (l1, p1) = points[0], points[-1]
@@ -189,17 +198,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     step = sub.add_parser("step", help="one training step: ours against the public implementations")
-    step.add_argument("--impl", action="append", choices=IMPLS, help="repeatable; default ours, transformers, "
-                      "reformer_pytorch")
+    step.add_argument("--impl", action="append", choices=IMPLS,
+                      help="repeatable; default ours, transformers, reformer_pytorch")
     step.add_argument("--layers", type=int, default=6)
     step.add_argument("--seq", type=int, default=8192)
     step.add_argument("--repeats", type=int, default=2)
-    step.add_argument("--no-tensor-peak", action="store_true", help="skip the tracked step (peak tensor bytes)")
+    step.add_argument("--no-tensor-peak", action="store_true",
+                      help="skip the tracked step (peak tensor bytes)")
     depth = sub.add_parser("depth", help="training-step peak tensor bytes against depth")
     depth.add_argument("--seq", type=int, default=8192)
     depth.add_argument("--layers", dest="layers_list", type=int, nargs="+", default=[2, 4, 6, 8, 12])
     for sub_parser in (step, depth):
-        sub_parser.add_argument("--backend", default="eager", help="our attention backend (eager, compiled, ...)")
+        sub_parser.add_argument("--backend", default="eager",
+                                help="our attention backend (eager, compiled, ...)")
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("--backend", default="eager")
     worker.add_argument("--impl", choices=IMPLS, required=True)

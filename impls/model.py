@@ -67,10 +67,11 @@ class ModelConfig:
             _require_positive_int(name, getattr(self, name))
         _require_int("seed", self.seed)
         if self.d_model % self.heads:
-            raise ValueError(f"d_model must be a multiple of heads, got d_model={self.d_model}, heads={self.heads}")
+            raise ValueError(f"d_model must be a multiple of heads, got d_model={self.d_model}, "
+                             f"heads={self.heads}")
         for flag in ("causal", "dedup"):
             if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be a bool, got {flag}={getattr(self, flag)!r}")  # noqa: TRY004 -- bad input is a ValueError here
+                raise ValueError(f"{flag} must be a bool, got {flag}={getattr(self, flag)!r}")  # noqa: TRY004
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be a number in [0, 1), got dropout={self.dropout!r}")
@@ -79,17 +80,19 @@ class ModelConfig:
         if self.n_buckets is not None:
             _require_int("n_buckets", self.n_buckets)
             if self.n_buckets < 2 or self.n_buckets % 2:
-                raise ValueError(f"n_buckets must be an even integer >= 2 or None, got n_buckets={self.n_buckets}")
+                raise ValueError(f"n_buckets must be an even integer >= 2 or None, "
+                                 f"got n_buckets={self.n_buckets}")
         if self.chunk_len is None and self.n_buckets is None:
             raise ValueError("chunk_len=None and n_buckets=None: set at least one of them")
         if self.axial_shape is not None:
             shape = self.axial_shape
             if not isinstance(shape, (tuple, list)) or len(shape) != 2 \
                     or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-                raise ValueError(f"axial_shape must be two positive integers (rows, cols), got axial_shape={shape!r}")
+                raise ValueError(f"axial_shape must be two positive integers (rows, cols), "
+                                 f"got axial_shape={shape!r}")
             if shape[0] * shape[1] != self.max_seq_len:
-                raise ValueError(f"axial_shape={tuple(shape)} must multiply to max_seq_len={self.max_seq_len}, "
-                                 f"got {shape[0] * shape[1]}")
+                raise ValueError(f"axial_shape={tuple(shape)} must multiply to "
+                                 f"max_seq_len={self.max_seq_len}, got {shape[0] * shape[1]}")
             object.__setattr__(self, "axial_shape", tuple(shape))
 
     def lsh_config(self, layer: int, seq_len: int) -> LSHConfig:
@@ -104,8 +107,9 @@ class ModelConfig:
 
 
 def _require_int(name: str, value: object) -> None:
+    # The project reports every bad input as a ValueError naming the parameter (hence the noqa's).
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {name}={value!r}")  # noqa: TRY004 -- the project reports bad input as ValueError
+        raise ValueError(f"{name} must be an integer, got {name}={value!r}")  # noqa: TRY004
 
 
 def _require_positive_int(name: str, value: object) -> None:
@@ -330,10 +334,13 @@ class ReversibleStack(torch.autograd.Function):
 
         def accumulate(params, grads):
             for p, g in zip(params, grads):
+                if g is None:  # a parameter this sublayer did not use
+                    continue
                 i = ctx.param_index[id(p)]
                 param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
 
-        for block, lsh_cfg, record in zip(reversed(ctx.blocks), reversed(ctx.lsh_cfgs), reversed(ctx.records)):
+        layers = zip(ctx.blocks, ctx.lsh_cfgs, ctx.records)
+        for block, lsh_cfg, record in reversed(list(layers)):
             # y2 = x2 + FF(y1): recompute FF slice by slice (bounding its seq x d_ff hidden), which
             # gives x2 = y2 - FF(y1) and the gradient dx1 = dy1 + dy2 dFF/dy1.
             ff_params = [p for p in block.ff.parameters() if id(p) in ctx.param_index]
@@ -346,7 +353,8 @@ class ReversibleStack(torch.autograd.Function):
                     y1_piece = y1_piece.detach().requires_grad_()
                     with torch.enable_grad():
                         ff_piece = block.ff.mlp(y1_piece)
-                    grads = torch.autograd.grad(ff_piece, [y1_piece, *ff_params], dy2_piece)
+                    grads = torch.autograd.grad(ff_piece, [y1_piece, *ff_params], dy2_piece,
+                                                allow_unused=True)
                     out_piece.copy_(ff_piece.detach())
                     grad_piece.copy_(grads[0])
                     accumulate(ff_params, grads[1:])
@@ -360,7 +368,7 @@ class ReversibleStack(torch.autograd.Function):
             x2 = x2.requires_grad_()
             with torch.enable_grad(), _maybe_replay(record.attn_rng):
                 attn_out, _ = block.attn(x2, lsh_cfg, buckets=record.buckets)
-            grads = torch.autograd.grad(attn_out, [x2, *attn_params], dx1)
+            grads = torch.autograd.grad(attn_out, [x2, *attn_params], dx1, allow_unused=True)
             x1 = y1 - attn_out.detach()
             dx2 = dy2 + grads[0]
             accumulate(attn_params, grads[1:])
@@ -386,7 +394,8 @@ class _LanguageModel(nn.Module):
         return self.head(self.hidden(tokens))
 
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy (nats): -1/(B(N-1)) sum_{b, i<N-1} log softmax(logits[b, i])[tokens[b, i+1]]."""
+        """Mean next-token cross-entropy in nats:
+        -1/(B (N-1)) sum_{b, i < N-1} log softmax(logits[b, i])[tokens[b, i+1]]."""
         if tokens.dim() == 2 and tokens.shape[1] < 2:
             raise ValueError(f"loss needs sequences of at least 2 tokens, got seq={tokens.shape[1]}")
         return chunked_lm_loss(self.hidden(tokens)[:, :-1], self.head, tokens[:, 1:])
@@ -424,9 +433,9 @@ class ReformerLM(_LanguageModel):
                  ff_chunks: int | None = None) -> None:
         super().__init__()
         if not isinstance(cfg, ModelConfig):
-            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")  # noqa: TRY004 -- the project reports bad input as ValueError
+            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")  # noqa: TRY004
         if not isinstance(reversible, bool):
-            raise ValueError(f"reversible must be a bool, got reversible={reversible!r}")  # noqa: TRY004 -- the project reports bad input as ValueError
+            raise ValueError(f"reversible must be a bool, got reversible={reversible!r}")  # noqa: TRY004
         self.cfg = cfg
         self.backend = _available_backend(backend, ("lsh", "dense"))
         self.reversible = reversible
@@ -464,7 +473,7 @@ class TransformerLM(_LanguageModel):
     def __init__(self, cfg: ModelConfig, backend: str = "sdpa", ff_chunks: int | None = None) -> None:
         super().__init__()
         if not isinstance(cfg, ModelConfig):
-            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")  # noqa: TRY004 -- the project reports bad input as ValueError
+            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")  # noqa: TRY004
         self.cfg = cfg
         self.backend = _available_backend(backend, ("dense",))
         self.ff_chunks = _resolve_ff_chunks(cfg, ff_chunks)

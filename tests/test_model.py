@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from impls.model import ModelConfig, ReformerLM, TransformerLM, chunked_lm_loss
 
-SMALL = {"vocab": 48, "d_model": 32, "heads": 2, "d_ff": 64, "layers": 3, "max_seq_len": 128, "causal": True,
-         "n_hashes": 3, "chunk_len": 8, "n_buckets": None, "dropout": 0.0, "ff_chunks": 1, "axial_shape": None}
+SMALL = {"vocab": 48, "d_model": 32, "heads": 2, "d_ff": 64, "layers": 3, "max_seq_len": 128,
+         "causal": True, "n_hashes": 3, "chunk_len": 8, "n_buckets": None, "dropout": 0.0, "ff_chunks": 1,
+         "axial_shape": None}
 
 
 @pytest.fixture(autouse=True)
@@ -191,8 +192,9 @@ def future_dependence(model, cfg, seq, cut) -> float:
     model.eval()
     toks = tokens(cfg, seq=seq)
     changed = toks.clone()
-    changed[:, cut + 1:] = (toks[:, cut + 1:] + 1 + tokens(cfg, seq=seq, seed=9)[:, cut + 1:] % (cfg.vocab - 1)) \
-        % cfg.vocab
+    # Add 1 .. vocab-1 (mod vocab) to every later token: each one changes.
+    shift = 1 + tokens(cfg, seq=seq, seed=9)[:, cut + 1:] % (cfg.vocab - 1)
+    changed[:, cut + 1:] = (toks[:, cut + 1:] + shift) % cfg.vocab
     assert (changed[:, cut + 1:] != toks[:, cut + 1:]).all()
     with torch.no_grad():
         return (model(changed)[:, :cut + 1] - model(toks)[:, :cut + 1]).abs().max().item()
@@ -231,9 +233,11 @@ def test_axial_position_embedding_covers_its_shape_and_rejects_longer_sequences(
     positions = model.embed.positions(128)
     assert positions.shape == (128, cfg.d_model)
     # position r * 16 + c is [row_r ; col_c]
-    assert torch.equal(positions[3 * 16 + 5], torch.cat([model.embed.positions.rows[3], model.embed.positions.cols[5]]))
-    assert torch.equal(model.embed.positions(40), positions[:40])
-    with pytest.raises(ValueError, match=r"sequence length 136 exceeds axial_shape=\(8, 16\) \(128 positions\)"):
+    axial = model.embed.positions
+    assert torch.equal(positions[3 * 16 + 5], torch.cat([axial.rows[3], axial.cols[5]]))
+    assert torch.equal(axial(40), positions[:40])
+    message = r"sequence length 136 exceeds axial_shape=\(8, 16\) \(128 positions\)"
+    with pytest.raises(ValueError, match=message):
         model(tokens(cfg, seq=136))
 
 
