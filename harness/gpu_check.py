@@ -6,11 +6,12 @@ On a CUDA machine, in this order and within about S seconds (default 480, for an
   2. The figures of issue 6, each printed with its unit and formula and written to
      OUTDIR/gpu_check.json and OUTDIR/gpu_check.md. Shape: batch 1, 4 heads x 64, chunk 64,
      4 rounds, n_buckets = 2N/64, not causal, bf16, forward + backward with a random upstream gradient:
-       - time at N = 65,536 of triton, eager and compiled, end to end (hashing and sorting included)
-         and attention only (buckets precomputed and replayed), and the speed-ups t_other / t_triton;
+       - time at N = 65,536 of triton, end to end (hashing and sorting included) and attention only
+         (buckets precomputed and replayed);
        - triton's CUDA allocator peak over that call, against the tensors it cannot do without;
        - triton at N = 1,048,576: completes or not, time, peak;
-       - achieved TFLOP/s = harness.flops analytic count / median time.
+       - the same times for eager and compiled (while 60% of the time left after the tests lasts),
+         the speed-ups t_other / t_triton, and achieved TFLOP/s = harness.flops count / time.
   3. `reformer-bench run suites/gpu.toml --out OUTDIR/suite` (results.jsonl, report.html) in the time
      left; a run cut short is resumed with `reformer-bench run suites/gpu.toml --out OUTDIR/suite --resume`.
 
@@ -91,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + args.budget_s
     args.outdir.mkdir(parents=True, exist_ok=True)
 
-    tests_ok = _run_tests(args.outdir, timeout_s=max(60.0, 0.45 * args.budget_s))
-    figures = measure_figures(GPU_PLAN)
+    tests_ok = _run_tests(args.outdir, timeout_s=max(60.0, 0.5 * args.budget_s))
+    # Keep a third of what is left for the suite when `compiled` is slow to compile.
+    figures = measure_figures(GPU_PLAN, deadline=time.monotonic() + 0.6 * (deadline - time.monotonic()))
     from .env import environment
 
     plan = {k: str(v) if isinstance(v, torch.dtype) else v for k, v in dataclasses.asdict(GPU_PLAN).items()}
@@ -175,44 +177,32 @@ def _release(plan: Plan) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_figures(plan: Plan) -> list[dict]:
-    """Speed, speed-ups, TFLOP/s, peak memory and the long-sequence run; one dict per figure."""
-    from impls import get_backend
+def measure_figures(plan: Plan, deadline: float | None = None) -> list[dict]:
+    """Speed, peak memory, the long-sequence run, speed-ups and TFLOP/s; one dict per figure.
+
+    Triton's figures come first; another backend is timed only while time.monotonic() < deadline
+    (its compilation, for `compiled`, can take minutes)."""
     from impls.lsh import hash_buckets
 
     from .flops import lsh_attention_flops
-    from .measure import time_call
 
-    figures: list[dict] = []
     n = plan.speed_seq_len
     cfg = plan.config(n)
     qk, v, grad = plan.inputs(n)
     buckets = hash_buckets(qk, cfg)
     times: dict[tuple[str, str], float | None] = {}
-    for name in ("triton", *plan.others):
-        backend = get_backend(name)
-        ok, reason = backend.available()
-        for scope, replay in (("end to end", None), ("attention only", buckets)):
-            key = f"time {name} {scope}"
-            formula = (f"median of {plan.repeats} synchronised calls after {plan.warmup} warm-ups, "
-                       f"{plan.describe(n)}"
-                       + ("; hashing and sorting included" if replay is None else "; buckets precomputed"))
-            times[name, scope] = None
-            if not ok:
-                figures.append(_figure(key, None, "s", formula, error=f"unavailable: {reason}"))
-                continue
-            try:
-                timing = time_call(_forward_backward(backend, qk, v, grad, cfg, replay), plan.warmup,
-                                   plan.repeats, plan.device)
-            except Exception as exc:  # noqa: BLE001 -- an OOM or a compile failure is this figure's error
-                figures.append(_figure(key, None, "s", formula, error=_error(exc)))
-            else:
-                times[name, scope] = timing.median_s
-                figures.append(_figure(key, timing.median_s, "s", formula, iqr_s=timing.iqr_s,
-                                       first_call_s=timing.first_call_s))
-            _release(plan)
+    figures = _time_backend("triton", plan, qk, v, grad, cfg, buckets, times)
+    figures += _peak_memory_figures(plan, qk, v, grad, cfg)
+    figures += _long_sequence_figures(plan)
     for other in plan.others:
-        for scope in ("end to end", "attention only"):
+        if deadline is not None and time.monotonic() > deadline:
+            for scope in SCOPES:
+                times[other, scope] = None
+                figures.append(_figure(f"time {other} {scope}", None, "s", "", error="skipped: budget spent"))
+        else:
+            figures += _time_backend(other, plan, qk, v, grad, cfg, buckets, times)
+    for other in plan.others:
+        for scope in SCOPES:
             t_triton, t_other = times[("triton", scope)], times[(other, scope)]
             value = t_other / t_triton if t_triton and t_other else None
             figures.append(_figure(f"speed-up over {other}, {scope}", value, "x",
@@ -227,18 +217,50 @@ def measure_figures(plan: Plan) -> list[dict]:
             f"triton achieved TFLOP/s, {scope}", flops / t / 1e12 if t else None, "TFLOP/s",
             f"{flops:.4g} FLOP / time triton {scope}; FLOP = 3 x 4*B*H*N*W*C*D*R (attention fwd+bwd, W=2)"
             + (" + 2*B*H*N*D*R*n_buckets/2 (hashing)" if scope == "end to end" else "")))
-
-    figures += _peak_memory_figures(plan, get_backend("triton"), qk, v, grad, cfg)
-    del qk, v, grad, buckets
-    _release(plan)
-    figures += _long_sequence_figures(plan, get_backend("triton"))
     return figures
 
 
-def _peak_memory_figures(plan: Plan, backend, qk, v, grad, cfg) -> list[dict]:
+SCOPES = ("end to end", "attention only")
+
+
+def _time_backend(name: str, plan: Plan, qk, v, grad, cfg, buckets, times: dict) -> list[dict]:
+    """Time one backend's fwd+bwd end to end and with replayed buckets; fills times[name, scope]."""
+    from impls import get_backend
+
+    from .measure import time_call
+
+    figures = []
+    backend = get_backend(name)
+    ok, reason = backend.available()
+    n = qk.shape[2]
+    for scope, replay in zip(SCOPES, (None, buckets)):
+        key = f"time {name} {scope}"
+        formula = (f"median of {plan.repeats} synchronised calls after {plan.warmup} warm-ups, "
+                   f"{plan.describe(n)}"
+                   + ("; hashing and sorting included" if replay is None else "; buckets precomputed"))
+        times[name, scope] = None
+        if not ok:
+            figures.append(_figure(key, None, "s", formula, error=f"unavailable: {reason}"))
+            continue
+        try:
+            timing = time_call(_forward_backward(backend, qk, v, grad, cfg, replay), plan.warmup,
+                               plan.repeats, plan.device)
+        except Exception as exc:  # noqa: BLE001 -- an OOM or a compile failure is this figure's error
+            figures.append(_figure(key, None, "s", formula, error=_error(exc)))
+        else:
+            times[name, scope] = timing.median_s
+            figures.append(_figure(key, timing.median_s, "s", formula, iqr_s=timing.iqr_s,
+                                   first_call_s=timing.first_call_s))
+        _release(plan)
+    return figures
+
+
+def _peak_memory_figures(plan: Plan, qk, v, grad, cfg) -> list[dict]:
+    from impls import get_backend
+
     from .memory import track_peak_memory
 
-    call = _forward_backward(backend, qk, v, grad, cfg)
+    call = _forward_backward(get_backend("triton"), qk, v, grad, cfg)
     tensor = qk.numel() * qk.element_size()
     formula = ("peak bytes added during one fwd+bwd (harness.memory.track_peak_memory: CUDA allocator "
                "peak on GPU) + qk, v and upstream gradient")
@@ -262,10 +284,13 @@ def _peak_memory_figures(plan: Plan, backend, qk, v, grad, cfg) -> list[dict]:
     ]
 
 
-def _long_sequence_figures(plan: Plan, backend) -> list[dict]:
+def _long_sequence_figures(plan: Plan) -> list[dict]:
+    from impls import get_backend
+
     from .measure import time_call
     from .memory import track_peak_memory
 
+    backend = get_backend("triton")
     n = plan.long_seq_len
     formula = f"one call, {plan.describe(n)}, synchronised wall clock, hashing included"
     try:

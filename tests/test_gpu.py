@@ -70,9 +70,10 @@ def test_bfloat16_close_to_fp32_eager(seq_len):
         assert got <= max(2 * yardstick, 4e-3) and got < 2e-2, errors
 
 
-@pytest.mark.parametrize("causal,dedup", [(True, True), (False, True), (True, False)])
-def test_float32_matches_eager(causal, dedup):
-    errors = _errors_vs_fp32_eager(4096, torch.float32, _config(4096, causal=causal, dedup=dedup))
+def test_float32_matches_eager():
+    # Causal and dedup here: the bf16 tests run the other kernel variant (neither), and every
+    # variant compiles for a few seconds.
+    errors = _errors_vs_fp32_eager(4096, torch.float32, _config(4096, causal=True, dedup=True))
     assert max(errors["triton"]) < 1e-4, errors
 
 
