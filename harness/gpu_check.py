@@ -12,8 +12,9 @@ On a CUDA machine, in this order and within about S seconds (default 480, for an
        - triton at N = 1,048,576: completes or not, time, peak;
        - the same times for eager and compiled (while 60% of the time left after the tests lasts),
          the speed-ups t_other / t_triton, and achieved TFLOP/s = harness.flops count / time.
-  3. `reformer-bench run suites/gpu.toml --out OUTDIR/suite` (results.jsonl, report.html) in the time
-     left; a run cut short is resumed with `reformer-bench run suites/gpu.toml --out OUTDIR/suite --resume`.
+  3. `reformer-bench run suites/gpu.toml --backend triton --out OUTDIR/suite` (results.jsonl,
+     report.html) in the time left (--suite-backends widens it; the whole suite is the GPU
+     runner's job); a run cut short is finished with the same command and --resume.
 
 Exit code 0 when the tests passed and every figure was measured, 1 otherwise, 2 without a CUDA
 device or with TRITON_INTERPRET=1 set (one line on stderr).
@@ -82,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("outdir", type=Path, help="folder for test logs, figures and the suite run")
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget of the whole check")
+    parser.add_argument("--suite-backends", nargs="+", default=["triton"], metavar="NAME",
+                        help="backends of suites/gpu.toml to run (default: triton)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("gpu_check: error: TRITON_INTERPRET is set; unset it to run the compiled kernels", file=sys.stderr)
+        print("gpu_check: error: TRITON_INTERPRET is set; unset it to run the compiled kernels",
+              file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
         print("gpu_check: error: no CUDA device here; run this on a GPU machine", file=sys.stderr)
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"environment": environment(), "plan": plan, "gpu_tests_passed": tests_ok, "figures": figures}
     (args.outdir / "gpu_check.json").write_text(json.dumps(record, indent=2) + "\n")
     (args.outdir / "gpu_check.md").write_text(_markdown(record))
-    suite = _run_suite(args.outdir / "suite", timeout_s=deadline - time.monotonic() - MARGIN_S)
+    suite = _run_suite(args.outdir / "suite", args.suite_backends,
+                       timeout_s=deadline - time.monotonic() - MARGIN_S)
     record["suite"] = suite
     (args.outdir / "gpu_check.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"gpu_check: tests {'passed' if tests_ok else 'FAILED'}; suite {suite}; figures in {args.outdir}")
@@ -124,13 +129,14 @@ def _run_tests(outdir: Path, timeout_s: float) -> bool:
     return proc.returncode == 0
 
 
-def _run_suite(run_dir: Path, timeout_s: float) -> str:
+def _run_suite(run_dir: Path, backends: list[str], timeout_s: float) -> str:
     suite = REPO / "suites" / "gpu.toml"
     if not suite.exists():
         return "skipped: suites/gpu.toml does not exist"
     if timeout_s < 30:
         return f"skipped: {timeout_s:.0f} s left of the budget"
-    cmd = [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(run_dir)]
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(suite), "--backend", *backends,
+           "--out", str(run_dir)]
     print("$", " ".join(cmd), flush=True)
     # Own session, so that the runner and its workers go together when the budget is spent.
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
@@ -145,7 +151,7 @@ def _run_suite(run_dir: Path, timeout_s: float) -> str:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         return (f"stopped after {timeout_s:.0f} s (budget); finish with: reformer-bench run suites/gpu.toml "
-                f"--out {run_dir} --resume")
+                f"--backend {' '.join(backends)} --out {run_dir} --resume")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,7 +278,8 @@ def _peak_memory_figures(plan: Plan, qk, v, grad, cfg) -> list[dict]:
         return [_figure("triton peak memory", None, "bytes", formula, error=_error(exc))]
     peak = peak_memory.peak_bytes + 3 * tensor
     rows_rounds = qk.shape[0] * qk.shape[1] * qk.shape[2] * cfg.n_hashes
-    # What the issue names: inputs qk, v; output; the sort's int64 permutation and inverse; fp32 lse per round.
+    # What the issue names: inputs qk, v; output; the sort's int64 permutation and inverse; fp32
+    # lse per round.
     named = 3 * tensor + 2 * 8 * rows_rounds + 4 * rows_rounds
     with_grads = named + 3 * tensor  # + upstream gradient, d qk, d v
     return [
