@@ -58,8 +58,9 @@ def random_rotations(cfg: LSHConfig, heads: int, d_head: int, device=None,
 
 
 # Projections materialised at once while hashing (elements). With n_buckets = 2 * seq / chunk_len
-# the projection is seq x n_buckets/2 per round, quadratic in seq if built whole.
-HASH_BLOCK_ELEMENTS = 1 << 22
+# the projection is seq x n_buckets/2 per round, quadratic in seq if built whole. CUDA gets larger
+# blocks: each block is a few kernel launches, and launches, not bytes, bound small blocks there.
+HASH_BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 24}
 
 
 def hash_buckets(qk: torch.Tensor, cfg: LSHConfig) -> torch.Tensor:
@@ -69,23 +70,23 @@ def hash_buckets(qk: torch.Tensor, cfg: LSHConfig) -> torch.Tensor:
     (a bf16 projection can flip the argmax between near-tied directions). The concatenation is
     never built: argmax([p; -p]) is argmax(p) where max(p) >= -min(p) (ties go to the first half,
     as argmax's first-occurrence rule does on the concatenation), else n_buckets/2 + argmin(p).
+    All batches and heads are projected together, in blocks of sequence positions.
     """
     batch, heads, seq_len, d_head = qk.shape
     n_rounds, half = cfg.n_hashes, cfg.n_buckets // 2
     rot = random_rotations(cfg, heads, d_head, device=qk.device).reshape(heads, d_head, n_rounds * half)
     buckets = torch.empty(batch, heads, n_rounds, seq_len, dtype=torch.int64, device=qk.device)
-    rows_per_block = max(1, HASH_BLOCK_ELEMENTS // (n_rounds * half))
+    budget = HASH_BLOCK_ELEMENTS.get(qk.device.type, HASH_BLOCK_ELEMENTS["cpu"])
+    positions_per_block = max(1, budget // (batch * heads * n_rounds * half))
     with torch.no_grad():
         x = qk.detach()
-        for b in range(batch):
-            for h in range(heads):
-                for s0 in range(0, seq_len, rows_per_block):
-                    s1 = min(seq_len, s0 + rows_per_block)
-                    proj = (x[b, h, s0:s1].float() @ rot[h]).view(s1 - s0, n_rounds, half)
-                    top, top_idx = proj.max(dim=-1)
-                    bottom, bottom_idx = proj.min(dim=-1)
-                    block = torch.where(top >= -bottom, top_idx, bottom_idx + half)
-                    buckets[b, h, :, s0:s1] = block.transpose(0, 1)
+        for s0 in range(0, seq_len, positions_per_block):
+            s1 = min(seq_len, s0 + positions_per_block)
+            proj = torch.matmul(x[:, :, s0:s1].float(), rot).view(batch, heads, s1 - s0, n_rounds, half)
+            top, top_idx = proj.max(dim=-1)
+            bottom, bottom_idx = proj.min(dim=-1)
+            block = torch.where(top >= -bottom, top_idx, bottom_idx + half)  # (B, H, n, R)
+            buckets[:, :, :, s0:s1] = block.transpose(2, 3)
     return buckets
 
 
