@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=_positive_int, default=5, help="timed steps (median, IQR)")
     p.add_argument("--warmup", type=_positive_int, default=1, help="untimed steps after the first")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="intra-op threads (default: torch's); 1 is steadier on a busy machine")
     p.add_argument("--warm-cache", action="store_true", help="keep the user's inductor cache")
     return p.parse_args(argv)
 
@@ -83,6 +85,8 @@ def main(argv=None) -> int:
 
     from impls import LSHConfig, get_backend
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         cfg = LSHConfig(n_buckets=args.n_buckets, n_hashes=args.n_hashes, chunk_len=args.chunk_len,

@@ -70,12 +70,18 @@ def _window(x_ext: torch.Tensor, has_prev: bool) -> torch.Tensor:
     return torch.cat([own, x_ext[:, :-1]], dim=2) if has_prev else own
 
 
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b over (G, cb) batches as one torch.bmm on views: torch.matmul's 4-d path expands
+    and reshapes, and inductor then copies its inputs into extra buffers."""
+    return torch.bmm(a.flatten(0, 1), b.flatten(0, 1)).unflatten(0, a.shape[:2])
+
+
 def _masked_scores(q_c, k_w, q_pos, k_pos, causal, chunk_of, n_chunks, acc: torch.dtype):
     """S_ij = q_i . k_j in acc, with S = -1e5 on self pairs, -1e9 on future keys where `causal`
     (0-d bool tensor), minus log N_ij when chunk_of (G, R, N) gives every position's chunk in
     every round (dedup, paper Eq. 16). Also returns the mask of constant-filled entries."""
     self_value, causal_value = mask_values(acc if q_c.dtype == torch.float64 else q_c.dtype)
-    scores = torch.matmul(q_c, k_w.transpose(-1, -2)).to(acc)
+    scores = _bmm(q_c, k_w.transpose(-1, -2)).to(acc)
     q_p, k_p = q_pos.unsqueeze(-1), k_pos.unsqueeze(-2)
     is_self = q_p == k_p
     is_future = (k_p > q_p) & causal
@@ -101,11 +107,19 @@ def _forward_block(q, k, v, bh, pos_ext, causal, chunk_of, n_chunks, has_prev: b
     """
     acc = accum_dtype(q.dtype)
     q_pos, k_pos = pos_ext[:, 1:], _window(pos_ext, has_prev)
-    scores, _ = _masked_scores(q[bh, q_pos], k[bh, k_pos], q_pos, k_pos, causal, chunk_of,
-                               n_chunks, acc)
+    q_c, k_w, v_w = _gather_chunks(q, bh, q_pos), _gather_chunks(k, bh, k_pos), _gather_chunks(v, bh, k_pos)
+    scores, _ = _masked_scores(q_c, k_w, q_pos, k_pos, causal, chunk_of, n_chunks, acc)
     lse = torch.logsumexp(scores, dim=-1)
-    out = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)).to(v.dtype), v[bh, k_pos])
+    out = _bmm(torch.exp(scores - lse.unsqueeze(-1)).to(v.dtype), v_w)
     return out, lse, torch.compiler.is_compiling()
+
+
+def _gather_chunks(x: torch.Tensor, bh: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """x[bh, pos] for x (BH, N, D), pos (G, cb, L): (G, cb, L, D), gathered as one (G*cb, L, D)
+    tensor, the layout torch.bmm reads, so that inductor writes it once."""
+    g, cb, length = pos.shape
+    rows = bh.view(g, 1, 1).expand(g, cb, 1).reshape(g * cb, 1)
+    return x[rows, pos.reshape(g * cb, length)].view(g, cb, length, x.shape[-1])
 
 
 def _backward_block(q, k, v, bh, pos_ext, rows, out, lse, grad_out, grad_lse, causal, chunk_of,
@@ -119,17 +133,17 @@ def _backward_block(q, k, v, bh, pos_ext, rows, out, lse, grad_out, grad_lse, ca
     """
     acc = lse.dtype
     q_pos, k_pos = pos_ext[:, 1:], _window(pos_ext, has_prev)
-    q_c, k_w, v_w = q[bh, q_pos], k[bh, k_pos], v[bh, k_pos]
+    q_c, k_w, v_w = _gather_chunks(q, bh, q_pos), _gather_chunks(k, bh, k_pos), _gather_chunks(v, bh, k_pos)
     scores, masked = _masked_scores(q_c, k_w, q_pos, k_pos, causal, chunk_of, n_chunks, acc)
     probs = torch.exp(scores - lse[rows, q_pos].unsqueeze(-1))
     d_out = grad_out[rows, q_pos]
     row_term = (d_out.to(acc) * out[rows, q_pos].to(acc)).sum(-1) - grad_lse[rows, q_pos]
-    d_probs = torch.matmul(d_out, v_w.transpose(-1, -2)).to(acc)
+    d_probs = _bmm(d_out, v_w.transpose(-1, -2)).to(acc)
     # Constant-filled (masked) scores depend on neither q nor k.
     d_scores = torch.where(masked, 0.0, probs * (d_probs - row_term.unsqueeze(-1))).to(q.dtype)
-    d_q = torch.matmul(d_scores, k_w).to(acc)
-    d_k = _fold_window(torch.matmul(d_scores.transpose(-1, -2), q_c).to(acc), q_pos.shape[-1], has_prev)
-    d_v = _fold_window(torch.matmul(probs.to(v.dtype).transpose(-1, -2), d_out).to(acc),
+    d_q = _bmm(d_scores, k_w).to(acc)
+    d_k = _fold_window(_bmm(d_scores.transpose(-1, -2), q_c).to(acc), q_pos.shape[-1], has_prev)
+    d_v = _fold_window(_bmm(probs.to(v.dtype).transpose(-1, -2), d_out).to(acc),
                        q_pos.shape[-1], has_prev)
     return d_q, d_k, d_v, torch.compiler.is_compiling()
 
@@ -270,10 +284,12 @@ def _even_ranges(total: int, most: int) -> list[tuple[int, int]]:
 
 
 def _to_original(x_sorted: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-    """(G, N[, D]) in sorted order -> original order: out[g, p] = x_sorted[g, rank[g, p]]."""
-    if x_sorted.dim() == 3:
-        rank = rank.unsqueeze(-1).expand(-1, -1, x_sorted.shape[-1])
-    return x_sorted.gather(1, rank)
+    """(G, N[, D]) in sorted order -> original order: out[g, p] = x_sorted[g, rank[g, p]].
+    One index_select of whole D-rows on the flattened rows (torch.gather along dim 1 copies
+    element by element, over 10x slower on the CPU)."""
+    g, n = rank.shape
+    flat = (rank + torch.arange(g, device=rank.device).unsqueeze(1) * n).reshape(-1)
+    return x_sorted.reshape(g * n, *x_sorted.shape[2:]).index_select(0, flat).view(x_sorted.shape)
 
 
 def _add_chunks(acc: torch.Tensor, grads_ext: torch.Tensor, c0: int, c1: int, n_chunks: int) -> None:
