@@ -37,7 +37,6 @@ from .config import LSHConfig
 from .lsh import (
     accum_dtype,
     check_inputs,
-    combine_rounds,
     hash_buckets,
     mask_values,
     sort_by_buckets,
@@ -122,25 +121,27 @@ def _gather_chunks(x: torch.Tensor, bh: torch.Tensor, pos: torch.Tensor) -> torc
     return x[rows, pos.reshape(g * cb, length)].view(g, cb, length, x.shape[-1])
 
 
-def _backward_block(q, k, v, bh, pos_ext, rows, out, lse, grad_out, grad_lse, causal, chunk_of,
+def _backward_block(q, k, v, bh, pos_ext, rows, lse, weights, grad, grad_dot_out, causal, chunk_of,
                     n_chunks, has_prev: bool):
     """dq (G, cb, C, D) of chunks c0..c1-1 and dk, dv (G, cb + 1, C, D) of chunks c0-1..c1-1,
     in sorted order, in acc dtype.
 
-    rows (G, 1, 1) index out, grad_out (rows, N, D) and lse, grad_lse (rows, N), all in original
-    order. dL/dS_ij = P_ij (dP_ij - sum_l P_il dP_il + dL/dlse_i), dP = dO v^T, and
-    sum_l P_il dP_il = dO_i . O_i.
+    rows (G, 1, 1) index lse and the round weights w (rows, N); bh indexes grad = dL/do and
+    grad_dot_out = dL/do . o (BH, N[, D]); all in original order. With o = sum_r w_r o_r:
+    dL/do_r = w_r g, dL/dlse_r = w_r (g.o_r - g.o), so for round r's scores
+    dL/dS_ij = P_ij (dP_ij - sum_l P_il dP_il + dL/dlse_i) = P_ij w_i (g_i . v_j - g_i . o_i).
     """
     acc = lse.dtype
     q_pos, k_pos = pos_ext[:, 1:], _window(pos_ext, has_prev)
     q_c, k_w, v_w = _gather_chunks(q, bh, q_pos), _gather_chunks(k, bh, k_pos), _gather_chunks(v, bh, k_pos)
     scores, masked = _masked_scores(q_c, k_w, q_pos, k_pos, causal, chunk_of, n_chunks, acc)
     probs = torch.exp(scores - lse[rows, q_pos].unsqueeze(-1))
-    d_out = grad_out[rows, q_pos]
-    row_term = (d_out.to(acc) * out[rows, q_pos].to(acc)).sum(-1) - grad_lse[rows, q_pos]
+    w = weights[rows, q_pos].unsqueeze(-1)
+    d_out = (w * _gather_chunks(grad, bh, q_pos).to(acc)).to(v.dtype)
     d_probs = _bmm(d_out, v_w.transpose(-1, -2)).to(acc)
+    row_term = w * grad_dot_out[bh, q_pos].unsqueeze(-1)
     # Constant-filled (masked) scores depend on neither q nor k.
-    d_scores = torch.where(masked, 0.0, probs * (d_probs - row_term.unsqueeze(-1))).to(q.dtype)
+    d_scores = torch.where(masked, 0.0, probs * (d_probs - row_term)).to(q.dtype)
     d_q = _bmm(d_scores, k_w).to(acc)
     d_k = _fold_window(_bmm(d_scores.transpose(-1, -2), q_c).to(acc), q_pos.shape[-1], has_prev)
     d_v = _fold_window(_bmm(probs.to(v.dtype).transpose(-1, -2), d_out).to(acc),
@@ -310,16 +311,21 @@ def _add_rounds(acc: torch.Tensor, grads: torch.Tensor, r0: int, n_rounds: int) 
         acc[b] += grads[lo:hi].sum(0) if hi - lo > 1 else grads[lo]
 
 
-class _CompiledChunkedAttention(torch.autograd.Function):
-    """Per-round chunked attention in original order: out (BH, R, N, D) and lse (BH, R, N)."""
+class _CompiledLSHAttention(torch.autograd.Function):
+    """o = sum_r w_r o_r, w = softmax_r(lse_r), from the per-round chunked attention (o_r, lse_r).
+
+    The rounds are combined here rather than by autograd over impls.lsh.combine_rounds, so that
+    backward needs only lse, w and o (the per-round outputs are freed after forward) and the
+    combine's gradient enters the backward kernel directly (see _backward_block).
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, plan: _Plan, kernels):
         forward_kernel = kernels[0]
         bh_rows, seq_len, d = q.shape
         rows_total = bh_rows * plan.n_rounds
-        out = q.new_empty(rows_total, seq_len, d)
-        lse_out = torch.empty(rows_total, seq_len, dtype=plan.acc, device=q.device)
+        out_rounds = q.new_empty(rows_total, seq_len, d)
+        lse = torch.empty(rows_total, seq_len, dtype=plan.acc, device=q.device)
         for r0, r1, bh, steps in plan.row_blocks():
             outs, lses = [], []
             for c0, c1 in steps:
@@ -330,23 +336,26 @@ class _CompiledChunkedAttention(torch.autograd.Function):
                 lses.append(lse_c.flatten(1, 2))
             out_s = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
             lse_s = lses[0] if len(lses) == 1 else torch.cat(lses, dim=1)
-            out[r0:r1] = _to_original(out_s, plan.rank[r0:r1])
-            lse_out[r0:r1] = _to_original(lse_s, plan.rank[r0:r1])
-        # Saved: backward rebuilds P as exp(S - lse) and gets sum_j P_ij dP_ij as dO_i . O_i.
-        # out is kept by combine_rounds' autograd anyway, so saving it costs no memory.
-        ctx.save_for_backward(q, k, v, out, lse_out)
+            out_rounds[r0:r1] = _to_original(out_s, plan.rank[r0:r1])
+            lse[r0:r1] = _to_original(lse_s, plan.rank[r0:r1])
+        weights = torch.softmax(lse.view(bh_rows, plan.n_rounds, seq_len), dim=1)
+        out_rounds = out_rounds.view(bh_rows, plan.n_rounds, seq_len, d)
+        out = (out_rounds[:, 0] * weights[:, 0].unsqueeze(-1)).to(plan.acc)
+        for r in range(1, plan.n_rounds):
+            out.addcmul_(out_rounds[:, r], weights[:, r].unsqueeze(-1))
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, lse, weights.view(rows_total, seq_len), out)
         ctx.plan, ctx.kernels = plan, kernels
-        return out.view(bh_rows, plan.n_rounds, seq_len, d), lse_out.view(bh_rows, plan.n_rounds, seq_len)
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse_out = ctx.saved_tensors
+    def backward(ctx, grad):
+        q, k, v, lse, weights, out = ctx.saved_tensors
         plan: _Plan = ctx.plan
         backward_kernel = ctx.kernels[1]
         bh_rows, seq_len, d = q.shape
-        rows_total = bh_rows * plan.n_rounds
-        grad_out = torch.zeros_like(out) if grad_out is None else grad_out.reshape(rows_total, seq_len, d)
-        grad_lse = torch.zeros_like(lse_out) if grad_lse is None else grad_lse.reshape(rows_total, seq_len)
+        grad = grad.contiguous()  # e.g. the expanded ones of out.sum(): one layout, one graph
+        grad_dot_out = (grad.to(plan.acc) * out.to(plan.acc)).sum(-1)
         dq = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
         dk, dv = torch.zeros_like(dq), torch.zeros_like(dq)
         shape_c = (plan.n_chunks, plan.chunk_len, d)
@@ -355,8 +364,8 @@ class _CompiledChunkedAttention(torch.autograd.Function):
             dq_s = dk_s = dv_s = None
             for c0, c1 in steps:
                 pos_ext, chunk_of = plan.kernel_args(r0, r1, bh, c0, c1)
-                dq_c, dk_ext, dv_ext = backward_kernel(q, k, v, bh, pos_ext, rows, out, lse_out, grad_out,
-                                                       grad_lse, plan.causal, chunk_of, plan.n_chunks,
+                dq_c, dk_ext, dv_ext = backward_kernel(q, k, v, bh, pos_ext, rows, lse, weights, grad,
+                                                       grad_dot_out, plan.causal, chunk_of, plan.n_chunks,
                                                        plan.has_prev)
                 if len(steps) == 1:
                     # Whole rows: the extra leading chunk is chunk nC - 1, the circular look-back.
@@ -415,9 +424,7 @@ class CompiledBackend:
         plan = _Plan(order.perm.reshape(bh_rows, cfg.n_hashes, seq_len),
                      order.rank.reshape(bh_rows, cfg.n_hashes, seq_len),
                      cfg.n_hashes, chunk_len, cfg.causal, cfg.dedup, qk.dtype)
-        out_rounds, lse_rounds = _CompiledChunkedAttention.apply(
+        out = _CompiledLSHAttention.apply(
             qk.reshape(bh_rows, seq_len, d_head), keys.reshape(bh_rows, seq_len, d_head),
             v.reshape(bh_rows, seq_len, d_head), plan, self._kernels)
-        out_rounds = out_rounds.view(batch, heads, cfg.n_hashes, seq_len, d_head)
-        lse_rounds = lse_rounds.view(batch, heads, cfg.n_hashes, seq_len)
-        return combine_rounds(out_rounds, lse_rounds)
+        return out.view(batch, heads, seq_len, d_head)
