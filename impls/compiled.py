@@ -69,10 +69,10 @@ def _window(x_ext: torch.Tensor, has_prev: bool) -> torch.Tensor:
     return torch.cat([own, x_ext[:, :-1]], dim=2) if has_prev else own
 
 
-def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b over (G, cb) batches as one torch.bmm on views: torch.matmul's 4-d path expands
-    and reshapes, and inductor then copies its inputs into extra buffers."""
-    return torch.bmm(a.flatten(0, 1), b.flatten(0, 1)).unflatten(0, a.shape[:2])
+def _bmm(a: torch.Tensor, b: torch.Tensor, batch: tuple) -> torch.Tensor:
+    """a @ b for flat (G*cb, ., .) operands (4-d ones are flattened), as (G, cb, ., .)."""
+    a, b = (x.flatten(0, 1) if x.dim() == 4 else x for x in (a, b))
+    return torch.bmm(a, b).unflatten(0, batch)
 
 
 def _masked_scores(q_c, k_w, q_pos, k_pos, causal, chunk_of, n_chunks, acc: torch.dtype):
@@ -80,7 +80,7 @@ def _masked_scores(q_c, k_w, q_pos, k_pos, causal, chunk_of, n_chunks, acc: torc
     (0-d bool tensor), minus log N_ij when chunk_of (G, R, N) gives every position's chunk in
     every round (dedup, paper Eq. 16). Also returns the mask of constant-filled entries."""
     self_value, causal_value = mask_values(acc if q_c.dtype == torch.float64 else q_c.dtype)
-    scores = _bmm(q_c, k_w.transpose(-1, -2)).to(acc)
+    scores = _bmm(q_c, k_w.transpose(-1, -2), q_pos.shape[:2]).to(acc)
     q_p, k_p = q_pos.unsqueeze(-1), k_pos.unsqueeze(-2)
     is_self = q_p == k_p
     is_future = (k_p > q_p) & causal
@@ -109,16 +109,16 @@ def _forward_block(q, k, v, bh, pos_ext, causal, chunk_of, n_chunks, has_prev: b
     q_c, k_w, v_w = _gather_chunks(q, bh, q_pos), _gather_chunks(k, bh, k_pos), _gather_chunks(v, bh, k_pos)
     scores, _ = _masked_scores(q_c, k_w, q_pos, k_pos, causal, chunk_of, n_chunks, acc)
     lse = torch.logsumexp(scores, dim=-1)
-    out = _bmm(torch.exp(scores - lse.unsqueeze(-1)).to(v.dtype), v_w)
+    out = _bmm(torch.exp(scores - lse.unsqueeze(-1)).to(v.dtype), v_w, q_pos.shape[:2])
     return out, lse, torch.compiler.is_compiling()
 
 
 def _gather_chunks(x: torch.Tensor, bh: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """x[bh, pos] for x (BH, N, D), pos (G, cb, L): (G, cb, L, D), gathered as one (G*cb, L, D)
-    tensor, the layout torch.bmm reads, so that inductor writes it once."""
+    """x[bh, pos] for x (BH, N, D), pos (G, cb, L): flat (G*cb, L, D), the layout torch.bmm
+    reads. Kept flat: every 4-d view of it that reaches a bmm makes inductor write another copy."""
     g, cb, length = pos.shape
     rows = bh.view(g, 1, 1).expand(g, cb, 1).reshape(g * cb, 1)
-    return x[rows, pos.reshape(g * cb, length)].view(g, cb, length, x.shape[-1])
+    return x[rows, pos.reshape(g * cb, length)]
 
 
 def _backward_block(q, k, v, bh, pos_ext, rows, lse, weights, grad, grad_dot_out, causal, chunk_of,
@@ -137,14 +137,15 @@ def _backward_block(q, k, v, bh, pos_ext, rows, lse, weights, grad, grad_dot_out
     scores, masked = _masked_scores(q_c, k_w, q_pos, k_pos, causal, chunk_of, n_chunks, acc)
     probs = torch.exp(scores - lse[rows, q_pos].unsqueeze(-1))
     w = weights[rows, q_pos].unsqueeze(-1)
-    d_out = (w * _gather_chunks(grad, bh, q_pos).to(acc)).to(v.dtype)
-    d_probs = _bmm(d_out, v_w.transpose(-1, -2)).to(acc)
+    batch = q_pos.shape[:2]
+    d_out = (w.flatten(0, 1) * _gather_chunks(grad, bh, q_pos).to(acc)).to(v.dtype)  # (G*cb, C, D)
+    d_probs = _bmm(d_out, v_w.transpose(-1, -2), batch).to(acc)
     row_term = w * grad_dot_out[bh, q_pos].unsqueeze(-1)
     # Constant-filled (masked) scores depend on neither q nor k.
     d_scores = torch.where(masked, 0.0, probs * (d_probs - row_term)).to(q.dtype)
-    d_q = _bmm(d_scores, k_w).to(acc)
-    d_k = _fold_window(_bmm(d_scores.transpose(-1, -2), q_c).to(acc), q_pos.shape[-1], has_prev)
-    d_v = _fold_window(_bmm(probs.to(v.dtype).transpose(-1, -2), d_out).to(acc),
+    d_q = _bmm(d_scores, k_w, batch).to(acc)
+    d_k = _fold_window(_bmm(d_scores.transpose(-1, -2), q_c, batch).to(acc), q_pos.shape[-1], has_prev)
+    d_v = _fold_window(_bmm(probs.to(v.dtype).transpose(-1, -2), d_out, batch).to(acc),
                        q_pos.shape[-1], has_prev)
     return d_q, d_k, d_v, torch.compiler.is_compiling()
 
