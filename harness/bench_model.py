@@ -12,8 +12,9 @@ cross-entropy + backward (no optimizer). Peers, same shape and knobs:
                     num_hashes 4, num_buckets 2 * seq / 64, one chunk before, none after, is_decoder.
   reformer_pytorch  ReformerLM: bucket_size 64 (so seq / 64 buckets), n_hashes 4, ff_mult 4, causal.
 
-Each (impl, configuration) runs in its own process, so its peak RSS (ru_maxrss: includes the ~0.3 GB
-of the interpreter and torch) is its own. Time: one warm-up step, then the median of --repeats steps.
+Each (impl, configuration) runs in its own process, so its peak RSS (ru_maxrss: includes the ~0.2 GB
+of the interpreter and torch) is its own. Time: one warm-up step, then the median of --repeats steps
+(wall seconds; "cpu s" is the process CPU time of all threads, a cross-check for contention).
 Peak tensor bytes: harness.memory.track_peak_memory around one more step (exact live tensor storage
 added by the step: activations, gradients, temporaries; the parameters are there before it).
 """
@@ -90,14 +91,17 @@ def measure_one(impl: str, layers: int, seq_len: int, repeats: int, track_tensor
         model.zero_grad(set_to_none=True)
         loss_fn(tokens).backward()
 
-    times = []
+    times, cpu_times = [], []
     for _ in range(1 + repeats):  # the first is the warm-up
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     row = {"impl": impl, "backend": backend if impl.startswith("ours") else None, "layers": layers,
            "seq_len": seq_len, "first_s": times[0],
            "median_s": statistics.median(times[1:]) if repeats else None, "times_s": times[1:],
+           # CPU seconds of all threads: ~ threads x median_s on a quiet machine, more under contention
+           "median_cpu_s": statistics.median(cpu_times[1:]) if repeats else None,
            # before the tracked step: the tracker's bookkeeping is not the model's memory
            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
            "threads": torch.get_num_threads(), "peak_tensor_bytes": None}
@@ -130,7 +134,8 @@ def cmd_step(args) -> int:
           f"d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, vocab {VOCAB}, chunk {CHUNK_LEN}, "
           f"{N_HASHES} hash rounds, causal; our attention backend {args.backend}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'impl':<20}{'median s':>10}{'first s':>9}{'peak RSS GB':>13}{'peak tensors':>14}   source")
+    print(f"{'impl':<20}{'median s':>10}{'cpu s':>8}{'first s':>9}{'peak RSS GB':>13}{'peak tensors':>14}"
+          f"   source")
     rows = {}
     for impl in impls:
         row = run_worker(impl, args.layers, args.seq, args.repeats, not args.no_tensor_peak, args.backend)
@@ -138,10 +143,11 @@ def cmd_step(args) -> int:
         if "error" in row:
             ref = ISSUE_REFERENCE.get(impl) if (args.layers, args.seq) == (6, 8192) else None
             note = f"; issue's reference: {ref[0]} s, {ref[1]} GB" if ref else ""
-            print(f"{impl:<20}{'-':>10}{'-':>9}{'-':>13}{'-':>14}   not run: {row['error']}{note}",
+            print(f"{impl:<20}{'-':>10}{'-':>8}{'-':>9}{'-':>13}{'-':>14}   not run: {row['error']}{note}",
                   flush=True)
             continue
-        print(f"{impl:<20}{row['median_s']:>10.2f}{row['first_s']:>9.2f}{_gb(row['peak_rss_bytes']):>13}"
+        print(f"{impl:<20}{row['median_s']:>10.2f}{row['median_cpu_s']:>8.2f}{row['first_s']:>9.2f}"
+              f"{_gb(row['peak_rss_bytes']):>13}"
               f"{format_size(row['peak_tensor_bytes']):>14}   measured now", flush=True)
     ours = rows.get("ours", {})
     if "median_s" in ours:
@@ -219,10 +225,15 @@ def main(argv=None) -> int:
     worker.add_argument("--repeats", type=int, required=True)
     worker.add_argument("--no-tensor-peak", action="store_true")
     args = parser.parse_args(argv)
-    for name in ("seq", "layers", "repeats"):
+    # The worker may run 0 timed steps (depth only needs the tracked one); `step` reports a median.
+    minimum = {"seq": 1, "layers": 1, "repeats": 0 if args.command == "worker" else 1}
+    for name, least in minimum.items():
         value = getattr(args, name, None)
-        if value is not None and value < (0 if name == "repeats" else 1):
-            parser.exit(2, f"bench_model: --{name} must be >= {0 if name == 'repeats' else 1}, got {value}\n")
+        if value is not None and value < least:
+            parser.exit(2, f"bench_model: --{name} must be >= {least}, got {value}\n")
+    for value in getattr(args, "layers_list", None) or []:
+        if value < 1:
+            parser.exit(2, f"bench_model: --layers must be >= 1, got {value}\n")
     if args.command == "worker":
         print(json.dumps(measure_one(args.impl, args.layers, args.seq, args.repeats, not args.no_tensor_peak,
                                      args.backend)))
