@@ -9,7 +9,9 @@ Reversible block (RevNet; Kitaev et al. 2020, Sec. 3), two streams x1, x2 of d_m
     y1 = x1 + Attn(LN(x2))        x2 = y2 - FF(LN(y1))
     y2 = x2 + FF(LN(y1))          x1 = y1 - Attn(LN(x2))
 so a layer's inputs are recomputed from its outputs and no layer's activations are kept: training
-memory holds one layer's intermediates plus O(seq * d_model) for the streams, whatever the depth.
+memory holds one layer's intermediates plus O(seq * d_model) for the streams, whatever the depth;
+what grows with depth is the parameters' gradients and each layer's hash buckets
+(batch * heads * n_hashes * seq int64), replayed in the backward.
 """
 from __future__ import annotations
 
