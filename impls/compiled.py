@@ -1,30 +1,35 @@
 """`compiled` backend: the contract's LSH attention with its chunked core compiled by torch.compile.
 
-Hashing, sorting, key normalisation and round combining are the shared code of impls.lsh, run in
-plain PyTorch exactly as in impls.eager, so for one seed both backends see the same buckets. What
-is compiled (inductor: C++ on CPU, Triton on GPU) are two block kernels written with gathers,
-reshapes and batched matmuls only (no Python loop over chunks, no in-place scatter), so that dynamo
-traces each into one graph and inductor fuses the masking and softmax around the matmuls:
+Hashing, sorting and key normalisation are the shared code of impls.lsh, run in plain PyTorch as
+in impls.eager, so for one seed both backends see the same buckets. What is compiled (inductor:
+C++ on CPU, Triton on GPU) are two block kernels written with gathers, reshapes and batched
+matmuls only (no Python loop over chunks, no in-place scatter), so that dynamo traces each into
+one graph and inductor fuses the gathers, masks and softmax around the matmuls:
 
   forward:  gather a block's queries and window keys / values (own chunk, previous chunk) ->
             S = q k^T -> self / causal masks (and -log N_ij with dedup) -> lse = logsumexp_j S ->
-            O = exp(S - lse) v
-  backward: P = exp(S - lse) from the saved lse -> dP = dO v^T -> dS = P (dP - dO.O + dlse) on
-            unmasked entries -> dq = dS k, dk = dS^T q, dv = P^T dO, the previous-chunk part of
-            dk / dv shifted onto the chunk it came from
+            o_r = exp(S - lse) v
+  backward: P = exp(S - lse) from the saved lse -> dS = P w (g v^T - g.o) on unmasked entries
+            (g = dL/do, w = the round's combining weight) -> dq = dS k, dk = dS^T q,
+            dv = P^T (w g), the previous-chunk part of dk / dv shifted onto the chunk it came from
 
 A Python-level autograd.Function walks blocks of rows (one row = one batch x head x round) and,
-for long rows, ranges of chunks, each with at most SCORE_BLOCK_ELEMENTS scores: memory is
-O(seq * d * n_hashes) plus one block, never seq x seq.
+for long rows, steps of chunks, each with about SCORE_BLOCK_ELEMENTS scores, and combines the
+rounds itself (o = sum_r w_r o_r, w = softmax_r lse_r, the formula of lsh.combine_rounds) so that
+its backward needs only lse, w and o. Memory: O(seq * d * n_hashes) plus one block, never
+seq x seq.
 
 Sweep safety: the kernels are compiled with dynamic=True and without duck sizing, so seq_len,
 chunk_len, n_buckets, n_hashes and block sizes are symbols of one graph; the causal flag is a 0-d
-tensor, so causal and non-causal share it too. Only dedup, dtype and the one-chunk case pick
-another graph. fullgraph=True turns a graph break or a hit of dynamo's recompile limit into an
-exception instead of silently running Python; the backend then runs the same kernel uncompiled
-(the result stays right) and records fell_back=True with the reason. Each kernel also returns
-torch.compiler.is_compiling(), a constant True in compiled code, so a call that dynamo ran as
-Python anyway (set_stance("force_eager") or "eager_on_recompile", suppress_errors) is recorded too.
+tensor, so causal and non-causal share it too. Blocks avoid sizes of 1, which dynamo specialises.
+Only dedup, dtype, the one-chunk case and a lone row (batch x heads x n_hashes = 1 or an odd
+count of long rows) pick another graph, each compiled once per process. fullgraph=True turns a
+graph break or a hit of dynamo's recompile limit into an exception instead of silently running
+Python; the backend then runs the same kernel uncompiled (the result stays right) and records
+fell_back=True with the reason. Each kernel also returns torch.compiler.is_compiling(), a
+constant True in compiled code, so a call that dynamo ran as Python anyway
+(set_stance("force_eager") or "eager_on_recompile", suppress_errors) is recorded too.
+compile_stats() reports compilations and fallbacks for the harness.
 """
 from __future__ import annotations
 
