@@ -13,16 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-STATUSES = ("ok", "oom", "timeout", "error", "crashed", "unavailable", "nonfinite")
+# The keys of a results row (README order) and the statuses: one definition, the runner's.
+# Missing keys read as null (a metric not measured).
+from .results import ROW_KEYS, STATUSES
 
-#: The keys of a results row, in README order. Missing keys read as null (a metric not measured).
-ROW_KEYS = (
-    "case_id", "suite", "backend", "backend_kind", "mode", "seq_len", "batch", "heads", "d_head",
-    "n_buckets", "n_hashes", "chunk_len", "causal", "dedup", "dtype", "device", "status", "reason",
-    "time_median_s", "time_iqr_s", "time_min_s", "repeats", "compile_time_s", "compilations",
-    "mem_peak_bytes", "mem_method", "nvml_peak_used_bytes", "rss_peak_bytes", "flops_analytic",
-    "flops_counted", "achieved_flops_per_s", "rel_error", "attn_mass_recall", "worker_setup_s", "wall_s",
-)
 #: Without these a row cannot be placed in any table or plot.
 REQUIRED_KEYS = ("case_id", "backend", "status", "seq_len")
 NUMERIC_KEYS = (

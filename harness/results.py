@@ -23,8 +23,9 @@ ROW_KEYS = (
     "flops_counted", "achieved_flops_per_s", "rel_error", "attn_mass_recall", "worker_setup_s", "wall_s",
 )
 # Added keys: seed of the inputs and rotations, the [model] table of train_step cases, the peer
-# package and version behind a peer backend, and the worker's last stage (where a failure happened).
-EXTRA_KEYS = ("seed", "model", "peer", "stage")
+# package and version behind a peer backend, the worker's last stage (where a failure happened), and
+# the raw duration of the first call (compile_time_s is first_call_s - time_median_s).
+EXTRA_KEYS = ("seed", "model", "peer", "stage", "first_call_s")
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"

@@ -8,7 +8,7 @@ stderr so that the runner can say where a killed or hanging worker was.
 Order of work (each step untimed unless said so):
   setup        import the backend, check available(), build seeded inputs, warm torch's thread pool,
                then apply the case's address-space limit (mem_limit)
-  timing       first call (compile_time_s), warm-up calls, `repeats` timed calls (measure.time_call)
+  timing       first call (first_call_s; compile_time_s = first call - warm median), warm-up calls, `repeats` timed calls (measure.time_call)
   compile      backend.compile_stats(), if offered: compilations; a fallback is an error
   memory       one call under harness.memory.track_peak_memory (+ NVML sampling on GPU); the
                output (and gradients) are checked for non-finite values. On the CPU a backend
@@ -127,7 +127,8 @@ class CaseCall:
             mc = ModelConfig(**fields)
             self.model = TransformerLM(mc, backend=case.backend)
         else:
-            fields.update(n_hashes=case.n_hashes, chunk_len=case.chunk_len, n_buckets=case.n_buckets)
+            fields.update(n_hashes=case.n_hashes, chunk_len=case.chunk_len, n_buckets=case.n_buckets,
+                          dedup=bool(case.dedup))
             mc = ModelConfig(**fields)
             self.model = ReformerLM(mc, backend=case.backend, reversible=True)
         self.model.to(device=self.device, dtype=self.dtype)
@@ -248,7 +249,9 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     stage("timing")
     timing = time_call(call, warmup=case.warmup, repeats=case.repeats, device=case.device)
     row.update(time_median_s=timing.median_s, time_iqr_s=timing.iqr_s, time_min_s=timing.min_s,
-               repeats=len(timing.times_s), compile_time_s=timing.first_call_s)
+               repeats=len(timing.times_s), first_call_s=timing.first_call_s,
+               # What the first call costs beyond a warm one: compilation, autotuning, lazy init.
+               compile_time_s=timing.first_call_s - timing.median_s)
 
     row["stage"] = "compile_stats"
     compile_stats = getattr(backend, "compile_stats", None)
