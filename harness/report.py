@@ -164,8 +164,8 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
     body = "".join(f'<section id="{key}"><h2>{html.escape(name)}</h2>{content}</section>'
                    for key, name, content in sections)
     payload = {"template": template_layout(),
-               "figures": [{"id": "fig-" + f.key, "data": f.figure.get("data", []), "layout": f.figure.get("layout", {})}
-                           for f in figures]}
+               "figures": [{"id": "fig-" + f.key, "data": f.figure.get("data", []),
+                            "layout": f.figure.get("layout", {})} for f in figures]}
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -436,8 +436,9 @@ PAGE_JS = r"""
   var checks = {figures: payload.figures.length, rendered: 0, withData: 0, empty: [], errors: [], done: false};
   window.__reportChecks = checks;
   function points(trace) {
-    var values = trace.type === 'heatmap' ? [].concat.apply([], (trace.z || []).map(function (r) { return Array.from(r); }))
-                                          : Array.from(trace.y || []);
+    var values = trace.type === 'heatmap'
+      ? [].concat.apply([], (trace.z || []).map(function (r) { return Array.from(r); }))
+      : Array.from(trace.y || []);
     return values.filter(function (v) { return v !== null && v !== undefined && isFinite(v); }).length;
   }
   var config = {responsive: true, displaylogo: false, modeBarButtonsToRemove: ['select2d', 'lasso2d']};

@@ -8,7 +8,8 @@ stderr so that the runner can say where a killed or hanging worker was.
 Order of work (each step untimed unless said so):
   setup        import the backend, check available(), build seeded inputs, warm torch's thread pool,
                then apply the case's address-space limit (mem_limit)
-  timing       first call (first_call_s; compile_time_s = first call - warm median), warm-up calls, `repeats` timed calls (measure.time_call)
+  timing       first call (first_call_s; compile_time_s = first call - warm median), warm-up
+               calls, `repeats` timed calls (measure.time_call)
   compile      backend.compile_stats(), if offered: compilations; a fallback is an error
   memory       one call under harness.memory.track_peak_memory (+ NVML sampling on GPU); the
                output (and gradients) are checked for non-finite values. On the CPU a backend

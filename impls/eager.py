@@ -13,7 +13,7 @@ of rows in sorted order and one block of scores (SCORE_BLOCK_ELEMENTS).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,8 @@
 """The backend protocol and the registry that maps names to backends."""
 from __future__ import annotations
 
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 
