@@ -20,9 +20,9 @@ def environment() -> dict:
         "git_dirty": _git_dirty(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": _version("triton"),
-        "transformers": _version("transformers"),
-        "reformer_pytorch": _version("reformer-pytorch"),
+        "triton": package_version("triton"),
+        "transformers": package_version("transformers"),
+        "reformer_pytorch": package_version("reformer-pytorch"),
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -35,7 +35,7 @@ def environment() -> dict:
     if torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(0)
         info["device_count"] = torch.cuda.device_count()
-        info["driver"] = _nvidia_driver()
+        info["driver"] = nvidia_driver()
     else:
         info["device_name"] = info["cpu_model"]
     return info
@@ -51,14 +51,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def _nvidia_driver() -> str | None:
+def nvidia_driver() -> str | None:
     try:
         import pynvml
 

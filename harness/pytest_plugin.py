@@ -14,7 +14,6 @@ Loaded by tests/conftest.py (`pytest_plugins = ["harness.pytest_plugin"]`), or w
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 from collections.abc import Callable
 from typing import Any
 
@@ -155,13 +154,14 @@ def synchronized(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
 
 def torch_machine_info() -> dict[str, Any]:
     """torch, CUDA, cuDNN, triton, GPU and driver versions, and the gate's device class."""
+    from harness.env import nvidia_driver, package_version
     from harness.gate import device_class
 
     info: dict[str, Any] = {
         "torch": torch.__version__,
         "cuda_runtime": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "triton": _package_version("triton"),
+        "triton": package_version("triton"),
         "threads": torch.get_num_threads(),
         "gpus": [],
         "gpu_driver": None,
@@ -169,33 +169,10 @@ def torch_machine_info() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        info["gpu_driver"] = _nvidia_driver_version()
+        info["gpu_driver"] = nvidia_driver()
     return info
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-benchmark hook: no error where that plugin is absent
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     machine_info["reformer_bench"] = torch_machine_info()
-
-
-def _package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _nvidia_driver_version() -> str | None:
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        try:
-            version = pynvml.nvmlSystemGetDriverVersion()
-        finally:
-            pynvml.nvmlShutdown()
-    except pynvml.NVMLError:
-        return None
-    return version.decode() if isinstance(version, bytes) else str(version)
