@@ -2,6 +2,7 @@
 
     python -m harness.bench_layer                       # 16,384 and 65,536 tokens, every impl found
     python -m harness.bench_layer --seq 16384 --impl eager --impl reformer_pytorch
+    python -m harness.bench_layer --impl eager --n-buckets 64   # hashing cost independent of seq
 
 Layer (the core issue's configuration): x (1, seq, 256) -> shared qk and v projections (256 -> 4 heads
 x 64) -> LSH attention (chunk_len 64, n_buckets = seq / 64, 4 hash rounds, non-causal) -> output
@@ -35,14 +36,15 @@ ISSUE_REFERENCE = {
 
 
 class OurAttentionLayer(torch.nn.Module):
-    def __init__(self, backend: str, seq_len: int):
+    def __init__(self, backend: str, seq_len: int, n_buckets: int | None = None):
         super().__init__()
         from impls import LSHConfig, get_backend
         self.to_qk = torch.nn.Linear(D_MODEL, HEADS * D_HEAD, bias=False)
         self.to_v = torch.nn.Linear(D_MODEL, HEADS * D_HEAD, bias=False)
         self.to_out = torch.nn.Linear(HEADS * D_HEAD, D_MODEL)
         self.backend = get_backend(backend)
-        self.cfg = LSHConfig(n_buckets=max(2, seq_len // CHUNK_LEN), n_hashes=N_HASHES, chunk_len=CHUNK_LEN)
+        self.cfg = LSHConfig(n_buckets=n_buckets or max(2, seq_len // CHUNK_LEN), n_hashes=N_HASHES,
+                             chunk_len=CHUNK_LEN)
 
     def forward(self, x):
         b, n, _ = x.shape
@@ -52,9 +54,11 @@ class OurAttentionLayer(torch.nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(b, n, HEADS * D_HEAD))
 
 
-def build_layer(impl: str, seq_len: int) -> torch.nn.Module:
+def build_layer(impl: str, seq_len: int, n_buckets: int | None = None) -> torch.nn.Module:
     if impl in ("eager", "compiled", "dense", "sdpa", "triton"):
-        return OurAttentionLayer(impl, seq_len)
+        return OurAttentionLayer(impl, seq_len, n_buckets)
+    if n_buckets is not None:
+        raise ValueError(f"--n-buckets applies to our backends only, not impl={impl!r} (peers are cost-matched)")
     if impl == "reformer_pytorch":
         from reformer_pytorch import LSHSelfAttention
         return LSHSelfAttention(dim=D_MODEL, heads=HEADS, dim_head=D_HEAD, bucket_size=CHUNK_LEN,
@@ -81,9 +85,9 @@ class _FirstOutput(torch.nn.Module):
         return self.module(x).hidden_states
 
 
-def measure_one(impl: str, seq_len: int, repeats: int) -> dict:
+def measure_one(impl: str, seq_len: int, repeats: int, n_buckets: int | None = None) -> dict:
     torch.manual_seed(0)
-    layer = build_layer(impl, seq_len)
+    layer = build_layer(impl, seq_len, n_buckets)
     x = torch.randn(1, seq_len, D_MODEL, requires_grad=True)
 
     def step():
@@ -110,18 +114,22 @@ def main(argv=None) -> int:
     parser.add_argument("--impl", action="append",
                         help="eager | compiled | dense | sdpa | reformer_pytorch | transformers (repeatable)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n-buckets", type=int, default=None,
+                        help="fixed bucket count for our backends (default seq / 64, as the peers use)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     seqs = args.seq or [16384, 65536]
     impls = args.impl or ["eager", "reformer_pytorch", "transformers"]
     if args.worker:
-        print(json.dumps(measure_one(impls[0], seqs[0], args.repeats)))
+        print(json.dumps(measure_one(impls[0], seqs[0], args.repeats, args.n_buckets)))
         return 0
     print(f"{'impl':<18}{'seq':>8}{'median s':>10}{'first s':>9}{'peak RSS GB':>13}   source")
     for seq_len in seqs:
         for impl in impls:
             cmd = [sys.executable, "-m", "harness.bench_layer", "--worker", "--impl", impl,
                    "--seq", str(seq_len), "--repeats", str(args.repeats)]
+            if args.n_buckets is not None:
+                cmd += ["--n-buckets", str(args.n_buckets)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode == 0:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
