@@ -38,13 +38,18 @@ IMPLS = ("ours", "ours-irreversible", "transformers", "reformer_pytorch")
 ISSUE_REFERENCE = {"transformers": (21.2, 1.62), "reformer_pytorch": (25.2, 1.62)}  # (s, GB peak RSS)
 
 
-def build(impl: str, layers: int, seq_len: int, backend: str = "eager") -> tuple[torch.nn.Module, callable]:
-    """(model, loss_fn(tokens) -> scalar next-token cross-entropy); backend: our attention backend."""
+def build(impl: str, layers: int, seq_len: int, backend: str = "eager",
+          ff_chunks: int = 1) -> tuple[torch.nn.Module, callable]:
+    """(model, loss_fn(tokens) -> scalar next-token cross-entropy); backend: our attention backend.
+
+    ff_chunks: the feed-forward runs on that many slices of the sequence, in every implementation
+    (ours: ff_chunks; transformers: chunk_size_feed_forward = seq / ff_chunks; reformer-pytorch:
+    ff_chunks), so a chunked comparison chunks all three alike."""
     if impl in ("ours", "ours-irreversible"):
         from impls.model import ModelConfig, ReformerLM
         cfg = ModelConfig(vocab=VOCAB, d_model=D_MODEL, heads=HEADS, d_ff=D_FF, layers=layers,
                           max_seq_len=seq_len, causal=True, n_hashes=N_HASHES, chunk_len=CHUNK_LEN,
-                          axial_shape=_axial_shape(seq_len))
+                          axial_shape=_axial_shape(seq_len), ff_chunks=ff_chunks)
         model = ReformerLM(cfg, backend=backend, reversible=impl == "ours")
         return model, model.loss
     if impl == "transformers":
@@ -56,14 +61,14 @@ def build(impl: str, layers: int, seq_len: int, backend: str = "eager") -> tuple
             lsh_num_chunks_after=0, is_decoder=True, max_position_embeddings=seq_len, axial_pos_embds=True,
             axial_pos_shape=_axial_shape(seq_len), axial_pos_embds_dim=(D_MODEL // 2, D_MODEL // 2),
             hidden_act="gelu", hidden_dropout_prob=0.0, lsh_attention_probs_dropout_prob=0.0,
-            pad_token_id=0, eos_token_id=1)
+            pad_token_id=0, eos_token_id=1, chunk_size_feed_forward=0 if ff_chunks == 1 else seq_len // ff_chunks)
         model = ReformerModelWithLMHead(config)
         return model, lambda tokens: model(input_ids=tokens, labels=tokens).loss
     if impl == "reformer_pytorch":
         from reformer_pytorch import ReformerLM as LucidReformerLM
         model = LucidReformerLM(num_tokens=VOCAB, dim=D_MODEL, depth=layers, max_seq_len=seq_len, heads=HEADS,
                                 dim_head=D_HEAD, bucket_size=CHUNK_LEN, n_hashes=N_HASHES,
-                                ff_mult=D_FF // D_MODEL, causal=True)
+                                ff_mult=D_FF // D_MODEL, causal=True, ff_chunks=ff_chunks)
 
         def loss(tokens):
             logits = model(tokens)
@@ -81,9 +86,9 @@ def _axial_shape(seq_len: int) -> tuple[int, int]:
 
 
 def measure_one(impl: str, layers: int, seq_len: int, repeats: int, track_tensors: bool,
-                backend: str = "eager") -> dict:
+                backend: str = "eager", ff_chunks: int = 1) -> dict:
     torch.manual_seed(0)
-    model, loss_fn = build(impl, layers, seq_len, backend)
+    model, loss_fn = build(impl, layers, seq_len, backend, ff_chunks)
     model.train()
     tokens = torch.randint(0, VOCAB, (1, seq_len), generator=torch.Generator().manual_seed(1))
 
@@ -113,9 +118,9 @@ def measure_one(impl: str, layers: int, seq_len: int, repeats: int, track_tensor
 
 
 def run_worker(impl: str, layers: int, seq_len: int, repeats: int, track_tensors: bool,
-               backend: str = "eager") -> dict:
+               backend: str = "eager", ff_chunks: int = 1) -> dict:
     cmd = [sys.executable, "-m", "harness.bench_model", "worker", "--impl", impl, "--layers", str(layers),
-           "--seq", str(seq_len), "--repeats", str(repeats), "--backend", backend]
+           "--seq", str(seq_len), "--repeats", str(repeats), "--backend", backend, "--ff-chunks", str(ff_chunks)]
     cmd += [] if track_tensors else ["--no-tensor-peak"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -132,13 +137,15 @@ def cmd_step(args) -> int:
     impls = args.impl or ["ours", "transformers", "reformer_pytorch"]
     print(f"one training step (forward + backward), {args.layers} layers, {args.seq} tokens, batch 1, "
           f"d_model {D_MODEL}, {HEADS} heads, d_ff {D_FF}, vocab {VOCAB}, chunk {CHUNK_LEN}, "
-          f"{N_HASHES} hash rounds, causal; our attention backend {args.backend}; torch {torch.__version__}, "
+          f"{N_HASHES} hash rounds, causal, feed-forward in {args.ff_chunks} chunk(s) in every implementation; "
+          f"our attention backend {args.backend}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"{'impl':<20}{'median s':>10}{'cpu s':>8}{'first s':>9}{'peak RSS GB':>13}{'peak tensors':>14}"
           f"   source")
     rows = {}
     for impl in impls:
-        row = run_worker(impl, args.layers, args.seq, args.repeats, not args.no_tensor_peak, args.backend)
+        row = run_worker(impl, args.layers, args.seq, args.repeats, not args.no_tensor_peak, args.backend,
+                         args.ff_chunks)
         rows[impl] = row
         if "error" in row:
             ref = ISSUE_REFERENCE.get(impl) if (args.layers, args.seq) == (6, 8192) else None
@@ -177,7 +184,7 @@ def cmd_depth(args) -> int:
     for layers in args.layers_list:
         cells = []
         for impl in ("ours", "ours-irreversible"):
-            row = run_worker(impl, layers, args.seq, 0, True, args.backend)
+            row = run_worker(impl, layers, args.seq, 0, True, args.backend, args.ff_chunks)
             if "error" in row:
                 cells.append(("error: " + row["error"][:40], "-", "-"))
                 continue
@@ -214,11 +221,12 @@ def main(argv=None) -> int:
     depth = sub.add_parser("depth", help="training-step peak tensor bytes against depth")
     depth.add_argument("--seq", type=int, default=8192)
     depth.add_argument("--layers", dest="layers_list", type=int, nargs="+", default=[2, 4, 6, 8, 12])
-    for sub_parser in (step, depth):
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    for sub_parser in (step, depth, worker):
         sub_parser.add_argument("--backend", default="eager",
                                 help="our attention backend (eager, compiled, ...)")
-    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
-    worker.add_argument("--backend", default="eager")
+        sub_parser.add_argument("--ff-chunks", type=int, default=1,
+                                help="feed-forward slices along the sequence, in every implementation")
     worker.add_argument("--impl", choices=IMPLS, required=True)
     worker.add_argument("--layers", type=int, required=True)
     worker.add_argument("--seq", type=int, required=True)
@@ -226,7 +234,7 @@ def main(argv=None) -> int:
     worker.add_argument("--no-tensor-peak", action="store_true")
     args = parser.parse_args(argv)
     # The worker may run 0 timed steps (depth only needs the tracked one); `step` reports a median.
-    minimum = {"seq": 1, "layers": 1, "repeats": 0 if args.command == "worker" else 1}
+    minimum = {"seq": 1, "layers": 1, "ff_chunks": 1, "repeats": 0 if args.command == "worker" else 1}
     for name, least in minimum.items():
         value = getattr(args, name, None)
         if value is not None and value < least:
@@ -236,7 +244,7 @@ def main(argv=None) -> int:
             parser.exit(2, f"bench_model: --layers must be >= 1, got {value}\n")
     if args.command == "worker":
         print(json.dumps(measure_one(args.impl, args.layers, args.seq, args.repeats, not args.no_tensor_peak,
-                                     args.backend)))
+                                     args.backend, args.ff_chunks)))
         return 0
     return cmd_step(args) if args.command == "step" else cmd_depth(args)
 

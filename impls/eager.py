@@ -3,13 +3,14 @@
 Shape of the computation, per (batch x head) row and hash round r:
   hash -> sort by (bucket, position) -> chunks of C sorted slots -> each chunk's queries attend to
   the keys of their own chunk and of the previous chunk (circular within the round) -> output and
-  log-sum-exp scattered back to original positions -> rounds combined by their log-sum-exp.
+  log-sum-exp gathered back to original positions -> rounds combined online by their log-sum-exp.
 
 Memory: the chunked attention is a custom autograd.Function that works on blocks of rows and
-chunks and saves only its inputs, the per-round outputs and log-sum-exp; the backward recomputes
-each block's scores (flash-attention style). No seq x seq tensor and no R-fold sorted copies of
-q, k, v are ever built: the live set is O(seq * d * R) for the per-round outputs plus one block
-of rows in sorted order and one block of scores (SCORE_BLOCK_ELEMENTS).
+chunks and saves only its inputs, the combined output and the per-round log-sum-exp; the backward
+recomputes each block's scores (flash-attention style). No seq x seq tensor, no per-round output
+and no R-fold sorted copy of q, k, v is ever kept: the live set is O(seq * d) plus O(seq * R)
+for the log-sum-exps, one block of rows in sorted order and one block of scores
+(SCORE_BLOCK_ELEMENTS).
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from .config import LSHConfig
 from .lsh import (
     accum_dtype,
     check_inputs,
-    combine_rounds,
     dedup_counts,
     hash_buckets,
     mask_values,
@@ -153,22 +153,32 @@ def _rows_sorted(x: torch.Tensor, bh: torch.Tensor, perm: torch.Tensor) -> torch
 
 
 class _ChunkedLSHAttention(torch.autograd.Function):
-    """Per-round chunked attention: returns out (BH, R, N, D) and lse (BH, R, N), original order.
+    """Chunked attention of every hash round, rounds combined: returns out (BH, N, D), original order.
 
     Per block of (batch x head x round) rows: gather q, k, v into the round's sorted order once,
     attend chunk against (own, previous) chunk with contiguous slices, and gather the results back
     to original order with the inverse permutation. Gathers only: no scatter with collisions, so
     the backward accumulates dk / dv of the two windows a key is in with contiguous adds.
+
+    Rounds are combined online, o = sum_r w_r o_r with w_r = exp(lse_r - logsumexp_r lse_r), so no
+    per-round output outlives its block. The backward needs only o, lse_r and L: with
+    dO_r = w_r dO, dL/ds_ij = P_ij (dO_r . v_j - w_r dO . o) (the lse_r path through w_r cancels
+    the dO_r . o_r term), so neither per-round outputs nor their gradients are ever stored.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, plan: _Plan):
         bh_rows, seq_len, d = q.shape
-        out = q.new_empty(bh_rows * plan.n_rounds, seq_len, d)
-        lse_out = torch.empty(bh_rows * plan.n_rounds, seq_len, dtype=plan.acc, device=q.device)
+        # Running max of lse_r and sum of exp(lse_r - max), not a running logsumexp: lse values
+        # near the -1e5 self-mask (a token seeing only itself) are spaced ~0.008 apart in fp32, so
+        # exp(lse_r - logsumexp) would not sum to 1; weights exp(lse_r - max) / sum do.
+        combined = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
+        lse_max = torch.full((bh_rows, seq_len), float("-inf"), dtype=plan.acc, device=q.device)
+        weight_sum = torch.zeros(bh_rows, seq_len, dtype=plan.acc, device=q.device)
+        lse_rounds = torch.empty(bh_rows * plan.n_rounds, seq_len, dtype=plan.acc, device=q.device)
         for rows, bh, perm, rank, step in plan.row_blocks():
             q_s, k_s, v_s = (_rows_sorted(x, bh, perm) for x in (q, k, v))
-            out_s, lse_s = torch.empty_like(q_s), lse_out.new_empty(perm.shape)
+            out_s, lse_s = torch.empty_like(q_s), lse_rounds.new_empty(perm.shape)
             for c0, c1 in plan.steps(step):
                 scores, _ = plan.masked_scores(_chunks(q_s, c0, c1, plan.chunk_len), plan.window_of(k_s, c0, c1),
                                                bh, _chunks(perm, c0, c1, plan.chunk_len), plan.window_of(perm, c0, c1))
@@ -179,32 +189,36 @@ class _ChunkedLSHAttention(torch.autograd.Function):
                 span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
                 out_s[:, span] = _bmm(probs.to(v.dtype), plan.window_of(v_s, c0, c1)).flatten(1, 2)
                 lse_s[:, span] = (row_max + row_sum.log()).flatten(1)
-            out[rows] = _to_sorted(out_s, rank)
-            lse_out[rows] = _to_sorted(lse_s, rank)
-        # out and lse are saved: backward rebuilds probabilities as exp(score - lse) and gets
-        # sum_j P_ij dP_ij as dO_i . O_i, both cheaper than a second softmax. out is the tensor
-        # autograd keeps for combine_rounds anyway, so saving it costs no memory.
-        ctx.save_for_backward(q, k, v, out, lse_out)
+            out_rows, lse_rows = _to_sorted(out_s, rank), _to_sorted(lse_s, rank)
+            lse_rounds[rows] = lse_rows
+            for i, row_bh in enumerate(bh.tolist()):  # rows are (bh, round) pairs, bh-major
+                new_max = torch.maximum(lse_max[row_bh], lse_rows[i])
+                rescale = (lse_max[row_bh] - new_max).exp_()
+                weight = (lse_rows[i] - new_max).exp_()
+                combined[row_bh].mul_(rescale.unsqueeze(-1)).addcmul_(out_rows[i].to(plan.acc), weight.unsqueeze(-1))
+                weight_sum[row_bh].mul_(rescale).add_(weight)
+                lse_max[row_bh] = new_max
+        combined.div_(weight_sum.unsqueeze(-1))
+        ctx.save_for_backward(q, k, v, combined, lse_rounds, lse_max, weight_sum)
         ctx.plan = plan
-        return out.view(bh_rows, plan.n_rounds, seq_len, d), lse_out.view(bh_rows, plan.n_rounds, seq_len)
+        return combined.to(q.dtype)
 
     @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse_out = ctx.saved_tensors
+    def backward(ctx, grad_out):
+        q, k, v, combined, lse_rounds, lse_max, weight_sum = ctx.saved_tensors
         plan: _Plan = ctx.plan
         bh_rows, seq_len, d = q.shape
-        rows_total = bh_rows * plan.n_rounds
-        grad_out = (torch.zeros_like(out) if grad_out is None else grad_out.reshape(rows_total, seq_len, d))
-        grad_lse = (torch.zeros_like(lse_out) if grad_lse is None else grad_lse.reshape(rows_total, seq_len))
+        grad_out = grad_out.contiguous()
+        out_dot = (grad_out.to(plan.acc) * combined).sum(-1)  # dO . o per (bh, position)
         dq = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
         dk, dv = torch.zeros_like(dq), torch.zeros_like(dq)
         for rows, bh, perm, rank, step in plan.row_blocks():
             q_s, k_s, v_s = (_rows_sorted(x, bh, perm) for x in (q, k, v))
-            d_out_s = _to_sorted(grad_out[rows], perm)
-            lse_s = _to_sorted(lse_out[rows], perm)
-            # sum_j P_ij dP_ij = dO_i . O_i, minus dL/dlse_i which enters every d_score the same way.
-            row_term = ((d_out_s.to(plan.acc) * _to_sorted(out[rows], perm).to(plan.acc)).sum(-1)
-                        - _to_sorted(grad_lse[rows], perm))
+            lse_s = _to_sorted(lse_rounds[rows], perm)
+            # w_r = exp(lse_r - max) / sum, in sorted order
+            weight_s = (lse_s - _to_sorted(lse_max[bh], perm)).exp_().div_(_to_sorted(weight_sum[bh], perm))
+            d_out_s = _rows_sorted(grad_out, bh, perm).to(plan.acc).mul_(weight_s.unsqueeze(-1)).to(q.dtype)
+            row_term = _to_sorted(out_dot[bh], perm).mul_(weight_s)  # w_r dO . o
             dq_s, dk_s, dv_s = (torch.zeros(q_s.shape, dtype=plan.acc, device=q.device) for _ in range(3))
             for c0, c1 in plan.steps(step):
                 span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
@@ -214,7 +228,7 @@ class _ChunkedLSHAttention(torch.autograd.Function):
                 scores, masked = plan.masked_scores(q_c, k_w, bh, _chunks(perm, c0, c1, plan.chunk_len),
                                                     plan.window_of(perm, c0, c1))
                 probs = scores.sub_(_chunks(lse_s, c0, c1, plan.chunk_len).unsqueeze(-1)).exp_()
-                # dL/ds_ij = P_ij (dP_ij - sum_k P_ik dP_ik + dL/dlse_i), with dP = dO V^T.
+                # dL/ds_ij = P_ij (dO_r . v_j - w_r dO . o)
                 d_scores = _bmm(d_out_c, v_w.transpose(-1, -2)).to(plan.acc)
                 d_scores.sub_(_chunks(row_term, c0, c1, plan.chunk_len).unsqueeze(-1)).mul_(probs)
                 d_scores.masked_fill_(masked, 0.0)  # constant-filled scores depend on neither q nor k
@@ -255,11 +269,9 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
                  order.rank.reshape(bh_rows, cfg.n_hashes, seq_len),
                  cfg.n_hashes, chunk_len, cfg.causal, cfg.dedup, qk.dtype)
     # Contiguous (BH, N, D) once here: every row block gathers from flat (BH*N, D) views.
-    out_rounds, lse_rounds = _ChunkedLSHAttention.apply(
+    out = _ChunkedLSHAttention.apply(
         *(x.reshape(bh_rows, seq_len, d_head).contiguous() for x in (qk, keys, v)), plan)
-    out_rounds = out_rounds.view(batch, heads, cfg.n_hashes, seq_len, d_head)
-    lse_rounds = lse_rounds.view(batch, heads, cfg.n_hashes, seq_len)
-    return combine_rounds(out_rounds, lse_rounds)
+    return out.view(batch, heads, seq_len, d_head)
 
 
 class EagerBackend:

@@ -60,7 +60,7 @@ def random_rotations(cfg: LSHConfig, heads: int, d_head: int, device=None,
 # Projections materialised at once while hashing (elements). With n_buckets = 2 * seq / chunk_len
 # the projection is seq x n_buckets/2 per round, quadratic in seq if built whole. CUDA gets larger
 # blocks: each block is a few kernel launches, and launches, not bytes, bound small blocks there.
-HASH_BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 24}
+HASH_BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 24}
 
 
 def hash_buckets(qk: torch.Tensor, cfg: LSHConfig) -> torch.Tensor:
