@@ -15,7 +15,7 @@ one graph and inductor fuses the gathers, masks and softmax around the matmuls:
 
 A Python-level autograd.Function walks blocks of rows (one row = one batch x head x round) and,
 for long rows, steps of chunks, each with about SCORE_BLOCK_ELEMENTS scores, and combines the
-rounds itself (o = sum_r w_r o_r, w = softmax_r lse_r, the formula of lsh.combine_rounds) so that
+rounds itself (o = sum_r w_r o_r, w = softmax_r lse_r, the contract's formula) so that
 its backward needs only lse, w and o. Memory: O(seq * d * n_hashes) plus one block, never
 seq x seq.
 
@@ -320,7 +320,7 @@ def _add_rounds(acc: torch.Tensor, grads: torch.Tensor, r0: int, n_rounds: int) 
 class _CompiledLSHAttention(torch.autograd.Function):
     """o = sum_r w_r o_r, w = softmax_r(lse_r), from the per-round chunked attention (o_r, lse_r).
 
-    The rounds are combined here rather than by autograd over impls.lsh.combine_rounds, so that
+    The rounds are combined here rather than by autograd over a per-round output tensor, so that
     backward needs only lse, w and o (the per-round outputs are freed after forward) and the
     combine's gradient enters the backward kernel directly (see _backward_block).
     """

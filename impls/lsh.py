@@ -123,21 +123,6 @@ def sort_by_buckets(buckets: torch.Tensor, chunk_len: int) -> SortedOrder:
     return SortedOrder(buckets=buckets, perm=perm, rank=rank, chunk_len=chunk_len)
 
 
-def gather_sorted(x: torch.Tensor, order: SortedOrder) -> torch.Tensor:
-    """x (B, H, N, D) -> x in each round's sorted order: (B, H, R, N, D). Differentiable."""
-    b, h, r, n = order.perm.shape
-    idx = order.perm.reshape(b, h, r * n, 1).expand(b, h, r * n, x.shape[-1])
-    return x.gather(2, idx).reshape(b, h, r, n, x.shape[-1])
-
-
-def undo_sort(x_sorted: torch.Tensor, order: SortedOrder) -> torch.Tensor:
-    """Inverse of gather_sorted along the sequence axis: (B, H, R, N, ...) back to original order."""
-    idx = order.rank
-    if x_sorted.dim() == 5:
-        idx = idx.unsqueeze(-1).expand_as(x_sorted)
-    return x_sorted.gather(3, idx)
-
-
 def window_chunks(n_chunks: int) -> int:
     """How many chunks a query chunk attends to: itself and the previous one (circularly within
     the round), or only itself when a round is one chunk (its 'previous' chunk would be itself)."""
@@ -164,17 +149,6 @@ def dedup_counts(rank_rows: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tens
             in_window |= k_chunk == (q_chunk - 1) % n_chunks
         counts = in_window.to(torch.int32) if counts is None else counts + in_window
     return counts
-
-
-def combine_rounds(out_rounds: torch.Tensor, lse_rounds: torch.Tensor) -> torch.Tensor:
-    """o = sum_r exp(lse_r - logsumexp_r lse_r) o_r.
-
-    out_rounds: (B, H, R, N, D) in original order; lse_rounds: (B, H, R, N) in accum_dtype.
-    """
-    if out_rounds.shape[2] == 1:
-        return out_rounds[:, :, 0]
-    weights = torch.softmax(lse_rounds, dim=2).unsqueeze(-1)
-    return (out_rounds.to(weights.dtype) * weights).sum(dim=2).to(out_rounds.dtype)
 
 
 def accum_dtype(dtype: torch.dtype) -> torch.dtype:
