@@ -39,14 +39,17 @@ def dense_attention_flops(batch: int, heads: int, seq_len: int, d_head: int, bac
     return (3 if backward else 1) * forward
 
 
-def analytic_flops(case) -> int | None:
-    """The analytic count for a harness.spec.Case, or None where there is none (train_step)."""
+def analytic_flops(case, n_buckets: int | None = None) -> int | None:
+    """The analytic count for a harness.spec.Case, or None where there is none (train_step).
+
+    n_buckets: the bucket count the backend really hashes into, where it differs from the case's
+    (reformer-pytorch always uses seq / chunk_len)."""
     if case.mode == "train_step":
         return None
     backward = case.mode == "forward_backward"
     if case.backend_kind == "dense":
         return dense_attention_flops(case.batch, case.heads, case.seq_len, case.d_head, backward)
-    return lsh_attention_flops(case.batch, case.heads, case.seq_len, case.d_head, case.n_buckets,
+    return lsh_attention_flops(case.batch, case.heads, case.seq_len, case.d_head, n_buckets or case.n_buckets,
                                case.n_hashes, case.chunk_len, backward)
 
 

@@ -10,11 +10,12 @@ Order of work (each step untimed unless said so):
                then apply the case's address-space limit (mem_limit)
   timing       first call (first_call_s; compile_time_s = first call - warm median), warm-up
                calls, `repeats` timed calls (measure.time_call)
-  compile      backend.compile_stats(), if offered: compilations; a fallback is an error
   memory       one call under harness.memory.track_peak_memory (+ NVML sampling on GPU); the
                output (and gradients) are checked for non-finite values. On the CPU a backend
                with compile_stats (torch.compile) runs this call untracked: dynamo does not run
                compiled frames under the tracker's TorchDispatchMode (mem_peak_bytes null)
+  compile      backend.compile_stats(), if offered, covering the timed and memory calls:
+               compilations; a fallback to eager is status error
   flops        one call under FlopCounterMode (flops.counted_flops)
   fidelity     dense reference on the same inputs: rel_error, attn_mass_recall (accuracy)
 """
@@ -237,6 +238,9 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     if callable(peer_info):
         row["peer"] = peer_info()
     call = CaseCall(case, backend)
+    effective_n_buckets = getattr(backend, "effective_n_buckets", None)
+    if callable(effective_n_buckets):  # a peer that hashes into another bucket count than asked
+        row["n_buckets"] = effective_n_buckets(call.cfg, case.seq_len)
     _warm_thread_pool(torch)
     if case.mem_limit_bytes is not None:
         if case.device.startswith("cuda"):
@@ -254,14 +258,7 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
                # What the first call costs beyond a warm one: compilation, autotuning, lazy init.
                compile_time_s=timing.first_call_s - timing.median_s)
 
-    row["stage"] = "compile_stats"
     compile_stats = getattr(backend, "compile_stats", None)
-    if callable(compile_stats):
-        stats = compile_stats()
-        row["compilations"] = stats.get("compilations")
-        if stats.get("fell_back"):
-            row["status"] = "error"
-            row["reason"] = f"compiled backend fell back to eager: {stats.get('reason', '')}".strip()
 
     row["stage"] = "memory"
     stage("memory")
@@ -278,13 +275,21 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
             out = call()
         row.update(mem_peak_bytes=call.input_bytes + peak.peak_bytes, mem_method=peak.method,
                    nvml_peak_used_bytes=getattr(nvml, "peak_used_bytes", None))
+    if callable(compile_stats):
+        # Read after the memory pass too, so a fallback in any call of the compiled backend counts.
+        row["stage"] = "compile_stats"
+        stats = compile_stats()
+        row["compilations"] = stats.get("compilations")
+        if stats.get("fell_back"):
+            row["status"] = "error"
+            row["reason"] = f"compiled backend fell back to eager: {stats.get('reason', '')}".strip()
     bad = _count_nonfinite([out, *call.gradients()])
     if bad:
         row["status"], row["reason"] = "nonfinite", f"{bad} non-finite values in the output or gradients"
 
     row["stage"] = "flops"
     stage("flops")
-    row["flops_analytic"] = flops_mod.analytic_flops(case)
+    row["flops_analytic"] = flops_mod.analytic_flops(case, n_buckets=row["n_buckets"])
     if case.count_flops:
         counting_call = _counting_call(case, call)
         if counting_call is not None:
@@ -335,8 +340,11 @@ def _fidelity(case: Case, call: CaseCall, out, row: dict) -> None:
     if case.mode != "forward":
         with torch.no_grad():
             out = call.backend.attend(qk, v, call.cfg)
+    # A peer with another score temperature approximates dense attention at that temperature.
+    score_scale = getattr(call.backend, "score_scale", None)
+    reference_qk = qk * score_scale(case.d_head) if callable(score_scale) else qk
     with torch.no_grad():
-        reference = impls.get_backend("dense").attend(qk, v, call.cfg)
+        reference = impls.get_backend("dense").attend(reference_qk, v, call.cfg)
     row["rel_error"] = relative_error(out, reference)
     if case.backend_kind == "lsh":  # peers hash with their own rotations: our windows are not theirs
         row["attn_mass_recall"] = attention_mass_recall(qk, call.cfg)

@@ -16,7 +16,10 @@ the harness records status "unavailable". They are cost-matched to our backends,
   seq to be a multiple of 2 * chunk_len.
 - Different functions: each draws its own random rotations (its own seeding), hf_lsh looks back
   across hash-round boundaries, reformer_pytorch scales scores by 1/sqrt(d_head). So outputs differ
-  from ours for the same seed; fidelity against dense (rel_error) is still comparable.
+  from ours for the same seed. Fidelity (rel_error) is measured against the exact attention each
+  peer approximates: reformer_pytorch offers score_scale(d_head), and its reference is dense
+  attention on qk * score_scale (keys are unit-normalised, so only the scores scale). Its rows
+  carry the bucket count it really uses (effective_n_buckets), which the FLOP count follows.
 """
 from __future__ import annotations
 
@@ -118,6 +121,15 @@ class ReformerPytorchBackend:
 
     def peer_info(self) -> str:
         return f"{self.package} {_package_version(self.package)}"
+
+    def effective_n_buckets(self, cfg: LSHConfig, seq_len: int) -> int:
+        """reformer-pytorch ignores n_buckets: it hashes into seq / bucket_size buckets."""
+        return seq_len // cfg.resolve_chunk_len(seq_len)
+
+    def score_scale(self, d_head: int) -> float:
+        """reformer-pytorch multiplies q . k_unit by d_head**-0.5 (our contract does not): the exact
+        attention it approximates is dense attention on qk scaled by this factor."""
+        return d_head ** -0.5
 
     def attend(self, qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig) -> torch.Tensor:
         chunk_len = check_inputs(qk, v, cfg)

@@ -62,3 +62,19 @@ def test_formulas_scale_as_stated():
            for n in (1024, 2048)]
     assert lsh[1] == 2 * lsh[0]
     assert dense_attention_flops(1, 1, 2048, 64) == 4 * dense_attention_flops(1, 1, 1024, 64)
+
+
+def test_analytic_flops_follow_the_bucket_count_a_backend_really_uses():
+    from pathlib import Path
+
+    from harness.flops import analytic_flops
+    from harness.spec import expand_suite
+
+    suite = {"suite": {"name": "t"}, "defaults": {"backend": "eager", "seq_len": 1024, "heads": 2, "d_head": 16,
+                                                  "chunk_len": 32, "n_hashes": 2}}
+    case = expand_suite(suite, Path("t.toml")).cases[0]
+    assert case.n_buckets == 64  # "auto": 2 * seq / chunk_len
+    as_asked = analytic_flops(case)
+    as_used = analytic_flops(case, n_buckets=32)  # reformer-pytorch: seq / chunk_len
+    hashing = lsh_attention_flops(1, 2, 1024, 16, 64, 2, 32) - lsh_attention_flops(1, 2, 1024, 16, 32, 2, 32)
+    assert as_asked - as_used == hashing == 2 * 1024 * 2 * 16 * 2 * 16

@@ -68,3 +68,20 @@ def test_peers_are_registered_as_peers():
     names = backend_names()
     assert {"hf_lsh", "reformer_pytorch"} <= set(names)
     assert backend_kind("hf_lsh") == backend_kind("reformer_pytorch") == "peer"
+
+
+def test_reformer_pytorch_equals_its_scaled_dense_reference_in_the_exact_regime():
+    """reformer-pytorch scores q . k_unit / sqrt(d): with two chunks and one round it is exactly
+    dense attention on qk * score_scale, the reference the harness measures its rel_error against."""
+    pytest.importorskip("reformer_pytorch")
+    qk, v = inputs(seq_len=64)
+    cfg = LSHConfig(n_buckets=4, n_hashes=1, chunk_len=32)
+    backend = ReformerPytorchBackend()
+    out = backend.attend(qk, v, cfg)
+    scaled_ref = get_backend("dense").attend(qk * backend.score_scale(16), v, cfg)
+    unscaled_ref = get_backend("dense").attend(qk, v, cfg)
+    assert float((out - scaled_ref).norm() / scaled_ref.norm()) < 1e-5
+    assert float((out - unscaled_ref).norm() / unscaled_ref.norm()) > 1e-2  # the scale matters
+    # It hashes into seq / bucket_size buckets whatever n_buckets says; FLOPs follow that count.
+    assert backend.effective_n_buckets(cfg, 64) == 2
+    assert backend.effective_n_buckets(LSHConfig(n_buckets=64, chunk_len=32), 1024) == 32
