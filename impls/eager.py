@@ -30,15 +30,16 @@ from .lsh import (
     window_chunks,
 )
 
-# Upper bound on query-key scores materialised at once (per temporary). 256K fp32 = 1 MiB: measured
-# fastest here (16K tokens fwd+bwd: 0.69 s at 2^18 vs 0.81 s at 2^22; 2^16 is slower again), the
-# temporaries stay in cache, and the peak memory of a block is small next to the per-round outputs.
-SCORE_BLOCK_ELEMENTS = 1 << 18
+# Upper bound on query-key scores materialised at once (per temporary), by device type. CPU: 256K
+# fp32 = 1 MiB, measured fastest here (16K tokens fwd+bwd: 0.69 s at 2^18 vs 0.81 s at 2^22; 2^16 is
+# slower again): the temporaries stay in cache. CUDA: each step is ~20 kernel launches, so steps must
+# be large enough for launches not to dominate (16 MiB).
+SCORE_BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
 
 
-def _row_blocks(rows: int, n_chunks: int, per_chunk: int) -> Iterator[tuple[int, int, int]]:
+def _row_blocks(rows: int, n_chunks: int, per_chunk: int, budget: int) -> Iterator[tuple[int, int, int]]:
     """(row0, row1, chunks per step): rows processed together, and how many chunks per step."""
-    chunks_per_step = max(1, SCORE_BLOCK_ELEMENTS // per_chunk)
+    chunks_per_step = max(1, budget // per_chunk)
     if chunks_per_step >= n_chunks:
         rows_per_block = max(1, chunks_per_step // n_chunks)
         for r0 in range(0, rows, rows_per_block):
@@ -95,7 +96,8 @@ class _Plan:
         perm_rows = self.perm.reshape(rows, seq_len)
         rank_rows = self.rank.reshape(rows, seq_len)
         per_chunk = self.chunk_len * self.window * self.chunk_len
-        for r0, r1, step in _row_blocks(rows, self.n_chunks, per_chunk):
+        budget = SCORE_BLOCK_ELEMENTS.get(self.perm.device.type, SCORE_BLOCK_ELEMENTS["cpu"])
+        for r0, r1, step in _row_blocks(rows, self.n_chunks, per_chunk, budget):
             bh = torch.arange(r0, r1, device=self.perm.device) // self.n_rounds
             yield slice(r0, r1), bh, perm_rows[r0:r1], rank_rows[r0:r1], step
 
