@@ -5,7 +5,8 @@
     reformer-bench show RESULTS
 
 Exit codes: 0 done (failed cases are rows, not errors), 2 bad input (one line on stderr, no
-traceback), 130 interrupted (finished rows kept; rerun with --resume).
+traceback), 130 interrupted (finished rows kept; rerun with --resume). `run` refuses an --out that
+already holds rows unless --resume is given (a second run appended there would repeat case ids).
 Other modules add subcommands through a `register(subparsers)` function (_SUBCOMMAND_MODULES).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ class UsageError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .results import ResultsFileError
     from .spec import SuiteError
 
     parser = build_parser()
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UsageError, SuiteError) as exc:
+    except (UsageError, SuiteError, ResultsFileError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `reformer-bench show ... | head`: the reader left, which is fine
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from .progress import Progress, results_table, status_summary
-    from .results import RUN_FILE, latest_run_dir, new_run_dir, read_rows, read_run_json
+    from .results import RESULTS_FILE, RUN_FILE, ResultsFileError, latest_run_dir, new_run_dir, read_rows, read_run_json
     from .runner import SweepInterrupted, run_suite
     from .spec import load_suite
 
@@ -93,10 +95,27 @@ def cmd_run(args) -> int:
                              f"pass --out DIR")
     else:
         run_dir = new_run_dir(DEFAULT_OUT_BASE, suite.name)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir}: exists and is not a directory")
     if args.resume and (run_dir / RUN_FILE).exists():
-        earlier = read_run_json(run_dir).get("suite")
+        try:
+            earlier = read_run_json(run_dir).get("suite")
+        except (OSError, ResultsFileError) as exc:
+            raise UsageError(f"--resume: cannot continue the run in {run_dir}: {_why(exc)}") from None
         if earlier != suite.name:
             raise UsageError(f"--resume: {run_dir} holds a run of suite {earlier!r}, not {suite.name!r}")
+    results_file = run_dir / RESULTS_FILE
+    try:
+        earlier_rows = read_rows(results_file) if results_file.exists() else []
+    except (OSError, ResultsFileError) as exc:
+        raise UsageError(f"cannot use run directory {run_dir}: {_why(exc)}") from None
+    if earlier_rows and not args.resume:
+        raise UsageError(f"{run_dir} already holds {len(earlier_rows)} result rows of an earlier run: pass "
+                         f"--resume to continue that run, or another --out for a new one")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create run directory {run_dir}: {_why(exc)}") from None
     print(f"{PROG}: suite {suite.name}: {len(suite.cases)} cases -> {run_dir}", file=sys.stderr)
     try:
         result = run_suite(suite, run_dir, resume=args.resume, progress=Progress())
@@ -143,12 +162,22 @@ def cmd_show(args) -> int:
     path = results_path(args.results)
     if not path.exists():
         raise UsageError(f"show: no results at {args.results} (expected results.jsonl or a run directory)")
-    rows = read_rows(path)
+    try:
+        rows = read_rows(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"show: {_why(exc)}") from None
     if not rows:
         raise UsageError(f"show: {path} holds no result rows")
     print(results_table(rows))
     print(status_summary(rows))
     return 0
+
+
+def _why(exc: Exception) -> str:
+    """One line for an OSError (its file and strerror) or a ResultsFileError (which names its file)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ RESULTS_FILE = "results.jsonl"
 REPORT_FILE = "report.html"
 
 
+class ResultsFileError(ValueError):
+    """A results.jsonl or run.json that cannot be read as one; the message names the file."""
+
+
 def new_row(case: Case) -> dict:
     """A row for `case` with its parameters filled in and every metric None (not measured)."""
     params = asdict(case)
@@ -77,21 +81,26 @@ class ResultsWriter:
 def read_rows(path: Path) -> list[dict]:
     """Rows of a results.jsonl (or of the results.jsonl inside a run directory).
 
-    Lines that are not complete JSON objects (a write cut short by a kill) are skipped.
+    Lines that are not complete JSON objects (a write cut short by a kill) are skipped. A file
+    that is not UTF-8 text (rows are written as ASCII JSON) raises ResultsFileError.
     """
     path = results_path(path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "case_id" in row:
-                rows.append(row)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError:
+        raise ResultsFileError(f"{path}: not a results file (not UTF-8 text)") from None
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "case_id" in row:
+            rows.append(row)
     return rows
 
 
@@ -133,4 +142,14 @@ def write_run_json(run_dir: Path, info: dict) -> None:
 
 
 def read_run_json(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / RUN_FILE).read_text())
+    """run_dir/run.json; ResultsFileError (naming the file) when it is not a JSON object."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ResultsFileError(f"{path}: not a run.json (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise ResultsFileError(f"{path}: not a run.json (invalid JSON: {exc})") from None
+    if not isinstance(info, dict):
+        raise ResultsFileError(f"{path}: not a run.json (a JSON {type(info).__name__}, not an object)")
+    return info

@@ -7,8 +7,11 @@ asks Linux to kill it if the runner dies. Failures never stop the sweep:
   - the worker's own row:           ok | oom | error | nonfinite | unavailable (classified in-worker)
   - no row and past timeout_s:      timeout (the worker's process group is killed)
   - no row and the worker died:     crashed (killed by a signal, or exited without writing a row)
+  - the worker could not start:     crashed (the reason names the OS error)
 Rows are appended (and flushed) as soon as each case ends; Ctrl-C kills the running worker, keeps
 every finished row and raises SweepInterrupted; `resume=True` skips cases that already have a row.
+Without resume, a run directory that already holds rows is refused (RunDirInUse): appending a
+second run would give its cases two rows each.
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ from .spec import Case, Suite
 STDERR_TAIL_LINES = 3
 # Grace period between SIGTERM and SIGKILL when a worker has to go.
 KILL_GRACE_S = 2.0
+
+
+class RunDirInUse(ValueError):
+    """The run directory already holds result rows and resume was not asked for."""
 
 
 class SweepInterrupted(Exception):
@@ -53,10 +60,13 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
     progress: an object with start(case), finish(row), close() (harness.progress.Progress) or None.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     results_file = run_dir / RESULTS_FILE
+    done = finished_case_ids(results_file)
+    if done and not resume:
+        raise RunDirInUse(f"{run_dir} already holds {len(done)} result rows; resume to add to that run, "
+                          f"or use another run directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
     _write_run_info(suite, run_dir, resume, environment)
-    done = finished_case_ids(results_file) if resume else set()
     cases = [c for c in suite.cases if c.case_id not in done]
     if suite.settings.get("skip_larger_after_failure"):
         cases.sort(key=lambda c: c.seq_len)  # stable: the suite's order within one length
@@ -94,12 +104,17 @@ def run_case_in_worker(case: Case) -> dict:
         case_file, result_file, log_file = tmp / "case.json", tmp / "result.json", tmp / "worker.log"
         case_file.write_text(case.to_json())
         with open(log_file, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.worker", str(case_file), str(result_file), repr(time.time()),
-                 str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_worker_env(case, tmp),
-                start_new_session=True,
-            )
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "harness.worker", str(case_file), str(result_file),
+                     repr(time.time()), str(os.getpid())],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_worker_env(case, tmp),
+                    start_new_session=True,
+                )
+            except OSError as exc:  # no executable, no memory or process slots left, ...: a row, not the end
+                row = _start_failure_row(case, exc)
+                row["wall_s"] = time.monotonic() - started
+                return row
             try:
                 returncode = proc.wait(timeout=case.timeout_s)
             except subprocess.TimeoutExpired:
@@ -140,6 +155,14 @@ def _worker_row(case: Case, result_file: Path, log_file: Path, returncode: int |
         tail = tail[-300:]
         row["reason"] = f"worker exited with code {returncode} without a result{where}" + (
             f": {tail}" if tail else "")
+    return row
+
+
+def _start_failure_row(case: Case, exc: OSError) -> dict:
+    row = new_row(case)
+    row["status"] = "crashed"
+    row["stage"] = "start-up"
+    row["reason"] = f"could not start the worker: {type(exc).__name__}: {exc}"
     return row
 
 

@@ -114,6 +114,10 @@ class Case:
     plugins: tuple[str, ...] = ()
     plugin_dir: str | None = None
     model: dict | None = None
+    # Parameters whose value the suite derived from seq_len ("auto" n_buckets / chunk_len, batch
+    # under fixed_tokens): they change along a series, so series_key leaves them out. Not hashed
+    # into case_id (the resolved values are).
+    from_seq_len: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -122,12 +126,17 @@ class Case:
     def from_json(cls, text: str) -> Case:
         data = json.loads(text)
         data["plugins"] = tuple(data.get("plugins") or ())
+        data["from_seq_len"] = tuple(data.get("from_seq_len") or ())
         return cls(**data)
 
     def series_key(self) -> str:
-        """Identifies the case with its sequence length (and batch, under a token budget) left out."""
-        params = {k: v for k, v in asdict(self).items() if k not in ("case_id", "seq_len", "batch")}
-        return json.dumps(params, sort_keys=True)
+        """Identifies the case with its sequence length left out, and with it what follows from the
+        length: batch, "auto" n_buckets / chunk_len (from_seq_len) and fidelity (off above
+        fidelity_max_seq_len). The cases of one series differ only in length; see
+        skip_larger_after_failure."""
+        left_out = {"case_id", "seq_len", "batch", "fidelity", "from_seq_len", *self.from_seq_len}
+        params = {k: v for k, v in asdict(self).items() if k not in left_out}
+        return json.dumps(params, sort_keys=True, default=list)
 
 
 @dataclass
@@ -175,13 +184,13 @@ def expand_suite(data: dict, path: Path, backends: list[str] | None = None,
     for i, table in enumerate(includes):
         _check_keys(table, CASE_DEFAULTS, where, f"[[include]] #{i + 1}")
     for i, table in enumerate(excludes):
-        _check_keys(table, CASE_DEFAULTS, where, f"[[exclude]] #{i + 1}")
+        _check_exclude(table, where, f"[[exclude]] #{i + 1}")
     model = _table(data, "model", where) or None
     if settings["fixed_tokens"] is not None and ("batch" in sweep or "batch" in defaults_table):
         raise SuiteError(f"{where}: [suite] fixed_tokens sets batch = fixed_tokens / seq_len; "
                          f"remove batch from [defaults] / [sweep]")
 
-    _register_plugins(settings)
+    _register_plugins(settings, where)
     known = _known_backends()
     raw = list(_product(defaults, sweep))
     for table in includes:
@@ -274,11 +283,13 @@ def _make_case(params: dict, settings: dict, model: dict | None, known: list[str
     _expect(_is_int(p["batch"]) and p["batch"] >= 1, where, "batch", p["batch"], "a positive integer")
     mem_limit = _mem_limit_bytes(p["mem_limit"], where)
 
+    from_seq_len = ["batch"] if settings["fixed_tokens"] is not None else []
     if kind == "dense":
         n_buckets = n_hashes = chunk_len = dedup = None
     else:
         n_buckets, chunk_len = _resolve_buckets(p, where)
         n_hashes, dedup = p["n_hashes"], p["dedup"]
+        from_seq_len += [key for key in ("n_buckets", "chunk_len") if p[key] == "auto"]
     heads, d_head = p["heads"], p["d_head"]
     if p["mode"] == "train_step":
         if model is None:
@@ -296,6 +307,7 @@ def _make_case(params: dict, settings: dict, model: dict | None, known: list[str
         "triton_interpret": settings["triton_interpret"], "threads": settings["threads"],
         "plugins": settings["plugins"], "plugin_dir": settings["plugin_dir"],
         "model": copy.deepcopy(model) if p["mode"] == "train_step" else None,
+        "from_seq_len": tuple(from_seq_len),
     }
     return Case(case_id=case_id(case_params), **case_params)
 
@@ -304,10 +316,11 @@ def case_id(params: dict) -> str:
     """A readable, stable id: the main parameters, then a hash of everything that defines the case.
 
     The same parameters give the same id in every run, which is what --resume relies on; where the
-    suite file lies (plugin_dir) is left out so that ids do not depend on the checkout's path.
+    suite file lies (plugin_dir) is left out so that ids do not depend on the checkout's path, and
+    so is from_seq_len, which says how values were chosen, not what they are.
     """
     p = params
-    hashed = {k: v for k, v in p.items() if k != "plugin_dir"}
+    hashed = {k: v for k, v in p.items() if k not in ("plugin_dir", "from_seq_len")}
     lsh = "" if p["n_hashes"] is None else f"-nb{p['n_buckets']}-r{p['n_hashes']}-c{p['chunk_len']}"
     readable = (f"{p['backend']}-{p['mode']}-n{p['seq_len']}-b{p['batch']}-h{p['heads']}-d{p['d_head']}"
                 f"{lsh}{'-causal' if p['causal'] else ''}-{p['dtype']}-{p['device']}")
@@ -385,15 +398,27 @@ def _product(base: dict, sweep: dict):
         yield {**base, **dict(zip(keys, values))}
 
 
+def _check_exclude(table: dict, where: str, section: str) -> None:
+    """Keys are case parameters; a {min, max} range has only those keys, and numbers for bounds."""
+    _check_keys(table, CASE_DEFAULTS, where, section)
+    for key, wanted in table.items():
+        if not isinstance(wanted, dict):
+            continue
+        _check_keys(wanted, ("min", "max"), where, f"{section} {key}")
+        for bound, limit in wanted.items():
+            if not _is_number(limit):
+                raise SuiteError(f"{where}: {section} {key}.{bound} must be a number, "
+                                 f"got {key} = {{{bound} = {limit!r}}}")
+
+
 def _matches(params: dict, rule: dict, where: str) -> bool:
     for key, wanted in rule.items():
         value = params.get(key)
         if isinstance(wanted, list):
             if value not in wanted:
                 return False
-        elif isinstance(wanted, dict):
-            _check_keys(wanted, ("min", "max"), where, f"[[exclude]] {key}")
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
+        elif isinstance(wanted, dict):  # bounds checked by _check_exclude
+            if not _is_number(value):
                 return False
             if "min" in wanted and value < wanted["min"]:
                 return False
@@ -404,8 +429,11 @@ def _matches(params: dict, rule: dict, where: str) -> bool:
     return True
 
 
-def _register_plugins(settings: dict) -> None:
-    """Import the suite's plugin modules here too, so that their backends are known to validation."""
+def _register_plugins(settings: dict, where: str) -> None:
+    """Import the suite's plugin modules here too, so that their backends are known to validation.
+
+    A plugin that fails to import, whatever it raises, is a SuiteError naming it and the error.
+    """
     if not settings["plugins"]:
         return
     import importlib
@@ -416,8 +444,15 @@ def _register_plugins(settings: dict) -> None:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise SuiteError(f"[suite] plugins: cannot import {module!r} from {settings['plugin_dir']}: "
-                             f"{exc}") from None
+            raise SuiteError(f"{where}: [suite] plugins: cannot import {module!r} from "
+                             f"{settings['plugin_dir']}: {_one_line(exc)}") from None
+        except (Exception, SystemExit) as exc:  # a plugin's own bug: name it, no traceback
+            raise SuiteError(f"{where}: [suite] plugins: importing {module!r} from {settings['plugin_dir']} "
+                             f"failed: {type(exc).__name__}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500]
 
 
 def _known_backends() -> list[str]:
@@ -465,3 +500,7 @@ def _expect(ok: bool, where: str, key: str, value: Any, wanted: str) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -28,10 +28,13 @@ def run_cli(capsys, *argv):
     ("[sweep]\nseq_len = []\n", ["seq_len", "non-empty list"]),
     ("[sweep]\nseq_len = [64]\n[[exclude]]\nseq_len = 64\n", ["sweep is empty"]),
     ("[sweep]\nbackend = [\"eagre\"]\n", ["unknown backend 'eagre'", "did you mean 'eager'"]),
+    ("[sweep]\nseq_len = [64]\n[[exclude]]\nseq_len = {min = \"a\"}\n", ["seq_len.min", "'a'"]),
+    ("[suite]\nplugins = [\"cli_broken_plugin\"]\n", ["'cli_broken_plugin'", "ZeroDivisionError"]),
 ])
 def test_bad_suite_is_one_line_and_exit_2(tmp_path, capsys, text, words):
     suite = tmp_path / "bad.toml"
     suite.write_text(text)
+    (tmp_path / "cli_broken_plugin.py").write_text("1 / 0\n")
     code, _, err = run_cli(capsys, "run", str(suite), "--out", str(tmp_path / "out"))
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("reformer-bench: error: ")
@@ -114,3 +117,78 @@ def test_run_writes_results_and_resume_finds_the_run(tmp_path, capsys, monkeypat
     other.write_text((SUITES / "three_cases.toml").read_text().replace('name = "three"', 'name = "other"'))
     code, _, err = run_cli(capsys, "run", str(other), "--out", str(out_dir), "--resume")
     assert code == 2 and "holds a run of suite 'three'" in err
+
+
+# --- bad run directories and results files: one line, exit 2, nothing written ----------------------
+
+def _assert_one_line_error(code, err, *words):
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("reformer-bench: error: "), err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_out_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("not a directory")
+    code, _, err = run_cli(capsys, "run", str(SUITES / "three_cases.toml"), "--out", str(out), "--no-report")
+    _assert_one_line_error(code, err, str(out), "not a directory")
+    assert out.read_text() == "not a directory"
+
+
+def test_out_below_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "run"
+    code, _, err = run_cli(capsys, "run", str(SUITES / "three_cases.toml"), "--out", str(out), "--no-report")
+    _assert_one_line_error(code, err, str(out))
+
+
+def _earlier_run(run_dir: Path, suite="three") -> Path:
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"suite": suite}))
+    row = {key: None for key in ROW_KEYS}
+    row.update(case_id="earlier", suite=suite, backend="eager", mode="forward", seq_len=32, batch=1, status="ok")
+    (run_dir / "results.jsonl").write_text(json.dumps(row) + "\n")
+    return run_dir
+
+
+def test_out_with_rows_needs_resume(tmp_path, capsys):
+    run_dir = _earlier_run(tmp_path / "run")
+    before = {p.name: p.read_text() for p in run_dir.iterdir()}
+    code, _, err = run_cli(capsys, "run", str(SUITES / "three_cases.toml"), "--out", str(run_dir), "--no-report")
+    _assert_one_line_error(code, err, str(run_dir), "already holds 1 result rows", "--resume", "another --out")
+    assert {p.name: p.read_text() for p in run_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize("run_json", ["{\"suite\": \"thr", "[1, 2]", b"\xff\xfe{}"])
+def test_resume_with_a_corrupt_run_json(tmp_path, capsys, run_json):
+    run_dir = _earlier_run(tmp_path / "run")
+    path = run_dir / "run.json"
+    path.write_bytes(run_json if isinstance(run_json, bytes) else run_json.encode())
+    code, _, err = run_cli(capsys, "run", str(SUITES / "three_cases.toml"), "--out", str(run_dir), "--resume",
+                           "--no-report")
+    _assert_one_line_error(code, err, "--resume", str(path), "not a run.json")
+
+
+def test_resume_with_a_results_file_that_is_not_text(tmp_path, capsys):
+    run_dir = _earlier_run(tmp_path / "run")
+    (run_dir / "results.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xff")
+    code, _, err = run_cli(capsys, "run", str(SUITES / "three_cases.toml"), "--out", str(run_dir), "--resume",
+                           "--no-report")
+    _assert_one_line_error(code, err, str(run_dir / "results.jsonl"), "not UTF-8")
+
+
+def test_show_of_a_file_that_is_not_text(tmp_path, capsys):
+    path = tmp_path / "image.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xd8\xff")
+    code, _, err = run_cli(capsys, "show", str(path))
+    _assert_one_line_error(code, err, "show:", str(path), "not UTF-8")
+
+
+def test_bad_run_directory_from_the_shell_has_no_traceback(tmp_path):
+    out = tmp_path / "taken"
+    out.write_text("")
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(SUITES / "three_cases.toml"),
+                           "--out", str(out)], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0

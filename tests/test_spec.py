@@ -220,3 +220,79 @@ def test_model_table_is_checked(tmp_path):
     assert "did you mean 'layers'" in error_of(tmp_path, base + "layer = 2\n")
     assert "[model] n_hashes is a case parameter" in error_of(tmp_path, base + "n_hashes = 2\n")
     assert "dropout" in error_of(tmp_path, base + "dropout = 2.0\n")
+
+
+# --- series (skip_larger_after_failure) ------------------------------------------------------------
+
+def test_a_series_is_one_configuration_across_lengths(tmp_path):
+    # "auto" n_buckets / chunk_len, fidelity (off above fidelity_max_seq_len) and batch under a token
+    # budget all change with seq_len: none of them splits a series.
+    suite = suite_of(tmp_path, """
+[suite]
+fixed_tokens = 4096
+fidelity_max_seq_len = 1024
+[defaults]
+chunk_len = "auto"
+n_buckets = 16
+[sweep]
+backend = ["eager", "hf_lsh", "dense"]
+seq_len = [512, 1024, 2048, 4096]
+[[include]]
+backend = "eager"
+seq_len = [512, 1024, 2048, 4096]
+n_buckets = "auto"
+chunk_len = 32
+""")
+    assert len({c.fidelity for c in suite.cases if c.backend != "dense"}) == 2
+    by_series: dict[str, list] = {}
+    for case in suite.cases:
+        by_series.setdefault(case.series_key(), []).append(case)
+    assert len(by_series) == 4  # eager auto chunk_len, eager auto n_buckets, hf_lsh, dense
+    for members in by_series.values():
+        assert sorted(c.seq_len for c in members) == [512, 1024, 2048, 4096]
+        assert len({(c.backend, c.n_buckets == 16) for c in members}) == 1
+
+
+def test_fixed_lsh_settings_stay_separate_series(tmp_path):
+    suite = suite_of(tmp_path, "[sweep]\nn_buckets = [16, 32]\nseq_len = [1024, 2048]\n")
+    keys = {c.series_key() for c in suite.cases}
+    assert len(keys) == 2
+
+
+def test_series_survives_the_worker_round_trip(tmp_path):
+    from harness.spec import Case
+
+    case = suite_of(tmp_path, "[defaults]\nseq_len = 512\n").cases[0]
+    assert case.from_seq_len == ("n_buckets",)
+    again = Case.from_json(case.to_json())
+    assert again == case and again.series_key() == case.series_key()
+
+
+def test_case_ids_do_not_depend_on_how_values_were_chosen(tmp_path):
+    # n_buckets "auto" at 512 / 64 is 16: the same case as n_buckets = 16, with the same id.
+    auto = suite_of(tmp_path, "[defaults]\nseq_len = 512\n").cases[0]
+    fixed = suite_of(tmp_path, "[defaults]\nseq_len = 512\nn_buckets = 16\n").cases[0]
+    assert auto.n_buckets == fixed.n_buckets == 16
+    assert auto.case_id == fixed.case_id
+
+
+@pytest.mark.parametrize("rule, words", [
+    ('seq_len = {min = "a"}', ["[[exclude]] #1 seq_len.min", "number", "'a'"]),
+    ("seq_len = {max = true}", ["seq_len.max", "True"]),
+    ('backend = {min = "x"}', ["backend.min", "'x'"]),
+    ("seq_len = {least = 4}", ["unknown key 'least'", "[[exclude]] #1 seq_len"]),
+])
+def test_bad_exclude_range_names_key_and_value(tmp_path, rule, words):
+    message = error_of(tmp_path, f"[sweep]\nseq_len = [256, 512]\n[[exclude]]\n{rule}\n")
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_plugin_that_fails_to_import_is_a_suite_error(tmp_path):
+    (tmp_path / "broken_plugin_rt.py").write_text("raise RuntimeError('no GPU driver\\nsecond line')\n")
+    message = error_of(tmp_path, '[suite]\nplugins = ["broken_plugin_rt"]\n')
+    assert "broken_plugin_rt" in message and "RuntimeError: no GPU driver second line" in message
+    assert str(tmp_path / "s.toml") in message
+    (tmp_path / "broken_plugin_syntax.py").write_text("def f(:\n")
+    message = error_of(tmp_path, '[suite]\nplugins = ["broken_plugin_syntax"]\n')
+    assert "broken_plugin_syntax" in message and "SyntaxError" in message
