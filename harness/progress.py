@@ -98,17 +98,17 @@ def _num(value, fmt: str) -> str:
 
 # Columns of the results table: header, unit, how a row's value is shown.
 COLUMNS = (
-    ("backend", "", lambda r: str(r["backend"])),
-    ("mode", "", lambda r: {"forward": "fwd", "forward_backward": "fwd+bwd"}.get(r["mode"], r["mode"])),
-    ("seq", "", lambda r: str(r["seq_len"])),
-    ("batch", "", lambda r: str(r["batch"])),
+    ("backend", "", lambda r: r.get("backend")),
+    ("mode", "", lambda r: {"forward": "fwd", "forward_backward": "fwd+bwd"}.get(r.get("mode"), r.get("mode"))),
+    ("seq", "", lambda r: r.get("seq_len")),
+    ("batch", "", lambda r: r.get("batch")),
     ("buckets", "", lambda r: _num(r.get("n_buckets"), "d")),
     ("hashes", "", lambda r: _num(r.get("n_hashes"), "d")),
     ("chunk", "", lambda r: _num(r.get("chunk_len"), "d")),
-    ("status", "", lambda r: r["status"]),
+    ("status", "", lambda r: r.get("status")),
     ("median", "ms", lambda r: _ms(r.get("time_median_s"))),
     ("iqr", "ms", lambda r: _ms(r.get("time_iqr_s"))),
-    ("first", "ms", lambda r: _ms(r.get("compile_time_s"))),
+    ("first", "ms", lambda r: _ms(r.get("first_call_s", r.get("compile_time_s")))),
     ("peak mem", "MiB", lambda r: _mib(r.get("mem_peak_bytes"))),
     ("GFLOP/s", "", lambda r: _num(None if r.get("achieved_flops_per_s") is None
                                    else r["achieved_flops_per_s"] / 1e9, ".3g")),
@@ -120,7 +120,8 @@ COLUMNS = (
 def results_table(rows: list[dict], reasons: bool = True) -> str:
     """A plain-text table of rows (units in the header); failed rows' reasons listed below it."""
     headers = [f"{name} ({unit})" if unit else name for name, unit, _ in COLUMNS]
-    body = [[show(r) for _, _, show in COLUMNS] for r in rows]
+    # A row from an older or hand-edited file may lack any key: show "-" rather than fail.
+    body = [["-" if show(r) is None else str(show(r)) for _, _, show in COLUMNS] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in body)) if body else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
              "  ".join("-" * w for w in widths)]
