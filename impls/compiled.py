@@ -41,10 +41,8 @@ import torch.nn.functional as F
 from .config import LSHConfig
 from .lsh import (
     accum_dtype,
-    check_inputs,
-    hash_buckets,
     mask_values,
-    sort_by_buckets,
+    sorted_order,
     window_chunks,
 )
 
@@ -418,18 +416,15 @@ class CompiledBackend:
                buckets: torch.Tensor | None = None) -> torch.Tensor:
         """The contract's LSH attention, (batch, heads, seq, d_head) -> same shape; differentiable.
         buckets: optional precomputed hash_buckets(qk, cfg), as for the eager backend."""
-        chunk_len = check_inputs(qk, v, cfg)
+        order = sorted_order(qk, v, cfg, buckets)
         batch, heads, seq_len, d_head = qk.shape
-        if buckets is None:
-            buckets = hash_buckets(qk, cfg)
-        order = sort_by_buckets(buckets, chunk_len)
         bh_rows = batch * heads
         # Keys are the unit-normalised queries; the normalisation stays outside the kernels so
         # its gradient is autograd's, as in the eager backend.
         keys = F.normalize(qk, p=2.0, dim=-1)
         plan = _Plan(order.perm.reshape(bh_rows, cfg.n_hashes, seq_len),
                      order.rank.reshape(bh_rows, cfg.n_hashes, seq_len),
-                     cfg.n_hashes, chunk_len, cfg.causal, cfg.dedup, qk.dtype)
+                     cfg.n_hashes, order.chunk_len, cfg.causal, cfg.dedup, qk.dtype)
         out = _CompiledLSHAttention.apply(
             qk.reshape(bh_rows, seq_len, d_head), keys.reshape(bh_rows, seq_len, d_head),
             v.reshape(bh_rows, seq_len, d_head), plan, self._kernels)

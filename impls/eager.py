@@ -22,11 +22,9 @@ import torch.nn.functional as F
 from .config import LSHConfig
 from .lsh import (
     accum_dtype,
-    check_inputs,
     dedup_counts,
-    hash_buckets,
     mask_values,
-    sort_by_buckets,
+    sorted_order,
     window_chunks,
 )
 
@@ -258,18 +256,15 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
     buckets: optional precomputed hash_buckets(qk, cfg), e.g. replayed by a reversible layer's
     backward so that its recomputation attends exactly as the forward did.
     """
-    chunk_len = check_inputs(qk, v, cfg)
+    order = sorted_order(qk, v, cfg, buckets)
     batch, heads, seq_len, d_head = qk.shape
-    if buckets is None:
-        buckets = hash_buckets(qk, cfg)
-    order = sort_by_buckets(buckets, chunk_len)
     bh_rows = batch * heads
     # Keys are the unit-normalised queries; the normalisation stays in torch so its gradient is
     # autograd's, and the chunked kernel sees q and k as independent inputs.
     keys = F.normalize(qk, p=2.0, dim=-1)
     plan = _Plan(order.perm.reshape(bh_rows, cfg.n_hashes, seq_len),
                  order.rank.reshape(bh_rows, cfg.n_hashes, seq_len),
-                 cfg.n_hashes, chunk_len, cfg.causal, cfg.dedup, qk.dtype)
+                 cfg.n_hashes, order.chunk_len, cfg.causal, cfg.dedup, qk.dtype)
     # Contiguous (BH, N, D) once here: every row block gathers from flat (BH*N, D) views.
     out = _ChunkedLSHAttention.apply(
         *(x.reshape(bh_rows, seq_len, d_head).contiguous() for x in (qk, keys, v)), plan)

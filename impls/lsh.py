@@ -123,6 +123,16 @@ def sort_by_buckets(buckets: torch.Tensor, chunk_len: int) -> SortedOrder:
     return SortedOrder(buckets=buckets, perm=perm, rank=rank, chunk_len=chunk_len)
 
 
+def sorted_order(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
+                 buckets: torch.Tensor | None = None) -> SortedOrder:
+    """What every LSH backend does first: validate the inputs, hash (unless `buckets` replays an
+    earlier hashing, as a reversible layer's backward does) and sort every round."""
+    chunk_len = check_inputs(qk, v, cfg)
+    if buckets is None:
+        buckets = hash_buckets(qk, cfg)
+    return sort_by_buckets(buckets, chunk_len)
+
+
 def window_chunks(n_chunks: int) -> int:
     """How many chunks a query chunk attends to: itself and the previous one (circularly within
     the round), or only itself when a round is one chunk (its 'previous' chunk would be itself)."""

@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from .config import LSHConfig
-from .lsh import check_inputs, hash_buckets, mask_values, sort_by_buckets, window_chunks
+from .lsh import check_inputs, mask_values, sorted_order, window_chunks
 
 SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 _KERNELS = f"{__package__}.triton_kernels"
@@ -209,13 +209,12 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
 
     buckets: optional precomputed hash_buckets(qk, cfg), as in the eager backend.
     """
-    chunk_len = check_inputs(qk, v, cfg)
+    check_inputs(qk, v, cfg)
     _check_triton_inputs(qk, cfg, buckets)
     batch, heads, seq_len, d_head = qk.shape
     bh_rows = batch * heads
-    if buckets is None:
-        buckets = hash_buckets(qk, cfg)
-    order = sort_by_buckets(buckets, chunk_len)
+    order = sorted_order(qk, v, cfg, buckets)
+    chunk_len = order.chunk_len
     perm = order.perm.reshape(bh_rows, cfg.n_hashes, seq_len).to(torch.int32)
     chunk_ids = None
     if cfg.dedup:
