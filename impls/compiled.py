@@ -46,7 +46,7 @@ from .lsh import (
     window_chunks,
 )
 
-# Upper bound on query-key scores of one block (elements), as in impls.eager: 4M fp32 = 16 MiB.
+# Upper bound on query-key scores of one block (elements): 4M fp32 = 16 MiB.
 SCORE_BLOCK_ELEMENTS = 1 << 22
 
 # How dynamo / inductor report that a kernel could not be compiled (graph break under fullgraph,
