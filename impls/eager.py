@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from .config import LSHConfig
 from .lsh import (
@@ -99,6 +98,11 @@ class _Plan:
             bh = torch.arange(r0, r1, device=self.perm.device) // self.n_rounds
             yield slice(r0, r1), bh, perm_rows[r0:r1], rank_rows[r0:r1], step
 
+    @property
+    def max_rows(self) -> int:
+        """The most rows any block of row_blocks() holds (the size of the work buffers)."""
+        return max(r.stop - r.start for r, *_ in self.row_blocks())
+
     def steps(self, step: int):
         for c0 in range(0, self.n_chunks, step):
             yield c0, min(self.n_chunks, c0 + step)
@@ -134,7 +138,7 @@ def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out.view(*a.shape[:2], *out.shape[1:])
 
 
-def _to_sorted(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+def _to_sorted(x: torch.Tensor, order: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Gather (G, N[, D]) rows into sorted order: out[g, s] = x[g, order[g, s]]."""
     if x.dim() == 2:
         return x.gather(1, order)
@@ -142,14 +146,60 @@ def _to_sorted(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     # would read one index per element (several times slower on the CPU).
     groups, seq_len, d = x.shape
     offsets = torch.arange(groups, device=x.device).unsqueeze(-1) * seq_len
-    return x.reshape(-1, d).index_select(0, (order + offsets).reshape(-1)).view(groups, seq_len, d)
+    return _select_rows(x.reshape(-1, d), (order + offsets).reshape(-1), out, (groups, seq_len, d))
 
 
-def _rows_sorted(x: torch.Tensor, bh: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+def _rows_sorted(x: torch.Tensor, bh: torch.Tensor, perm: torch.Tensor,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """(BH, N, D) -> (G, N, D) with out[g, s] = x[bh[g], perm[g, s]]: one gather, no x[bh] copy."""
     seq_len, d = x.shape[1], x.shape[2]
     flat_index = (bh.unsqueeze(-1) * seq_len + perm).reshape(-1)
-    return x.reshape(-1, d).index_select(0, flat_index).view(*perm.shape, d)
+    return _select_rows(x.reshape(-1, d), flat_index, out, (*perm.shape, d))
+
+
+def _select_rows(rows: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None, shape) -> torch.Tensor:
+    if out is None:
+        return rows.index_select(0, index).view(shape)
+    torch.index_select(rows, 0, index, out=out.view(-1, shape[-1]))
+    return out
+
+
+class _Buffers:
+    """(G, N, D) work buffers, allocated once per call and reused by every block of rows.
+
+    Fresh buffers of a long row (16 MiB at 64K tokens x 64 dims) come from the OS on every block
+    (glibc maps large blocks anew): first-touch page faults then cost more than the arithmetic.
+    """
+
+    def __init__(self, rows: int, seq_len: int, d: int, device) -> None:
+        self.shape, self.device = (rows, seq_len, d), device
+        self._store: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, name: str, rows: int, dtype: torch.dtype) -> torch.Tensor:
+        key = (name, dtype)
+        if key not in self._store:
+            self._store[key] = torch.empty(self.shape, dtype=dtype, device=self.device)
+        return self._store[key][:rows]
+
+
+# F.normalize's floor on the norm: keys are x / max(|x|, eps), so a zero query gives a zero key.
+NORM_EPS = 1e-12
+
+
+def _unit_keys(q_s: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys of a block of sorted rows: the queries at unit length (into out), and the norms."""
+    norm = torch.linalg.vector_norm(q_s, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
+    return torch.div(q_s, norm, out=out), norm
+
+
+def _keys_backward_(d_keys: torch.Tensor, keys: torch.Tensor, norm: torch.Tensor,
+                    scratch: torch.Tensor) -> torch.Tensor:
+    """Gradient through k = q / max(|q|, eps), in place in d_keys: (dk - k (k . dk)) / max(|q|, eps).
+
+    Below the floor this differs from F.normalize's dk / eps only by k (k . dk) with |k| < 1 there;
+    for a zero query (k = 0) the two agree exactly."""
+    along = torch.mul(keys, d_keys, out=scratch).sum(-1, keepdim=True)
+    return d_keys.addcmul_(keys, along, value=-1).div_(norm)
 
 
 class _ChunkedLSHAttention(torch.autograd.Function):
@@ -167,7 +217,7 @@ class _ChunkedLSHAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, plan: _Plan):
+    def forward(ctx, q, v, plan: _Plan):
         bh_rows, seq_len, d = q.shape
         # Running max of lse_r and sum of exp(lse_r - max), not a running logsumexp: lse values
         # near the -1e5 self-mask (a token seeing only itself) are spaced ~0.008 apart in fp32, so
@@ -176,9 +226,15 @@ class _ChunkedLSHAttention(torch.autograd.Function):
         lse_max = torch.full((bh_rows, seq_len), float("-inf"), dtype=plan.acc, device=q.device)
         weight_sum = torch.zeros(bh_rows, seq_len, dtype=plan.acc, device=q.device)
         lse_rounds = torch.empty(bh_rows * plan.n_rounds, seq_len, dtype=plan.acc, device=q.device)
+        buffers = _Buffers(plan.max_rows, seq_len, d, q.device)
         for rows, bh, perm, rank, step in plan.row_blocks():
-            q_s, k_s, v_s = (_rows_sorted(x, bh, perm) for x in (q, k, v))
-            out_s, lse_s = torch.empty_like(q_s), lse_rounds.new_empty(perm.shape)
+            g = perm.shape[0]
+            q_s = _rows_sorted(q, bh, perm, out=buffers.get("q", g, q.dtype))
+            v_s = _rows_sorted(v, bh, perm, out=buffers.get("v", g, v.dtype))
+            # Keys are normalised here, per block, from the sorted queries: no full-size key tensor
+            # exists, and the normalisation's gradient is folded into dq in the backward.
+            k_s, _ = _unit_keys(q_s, out=buffers.get("k", g, q.dtype))
+            out_s, lse_s = buffers.get("out", g, q.dtype), lse_rounds.new_empty(perm.shape)
             for c0, c1 in plan.steps(step):
                 scores, _ = plan.masked_scores(_chunks(q_s, c0, c1, plan.chunk_len), plan.window_of(k_s, c0, c1),
                                                bh, _chunks(perm, c0, c1, plan.chunk_len), plan.window_of(perm, c0, c1))
@@ -189,7 +245,8 @@ class _ChunkedLSHAttention(torch.autograd.Function):
                 span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
                 out_s[:, span] = _bmm(probs.to(v.dtype), plan.window_of(v_s, c0, c1)).flatten(1, 2)
                 lse_s[:, span] = (row_max + row_sum.log()).flatten(1)
-            out_rows, lse_rows = _to_sorted(out_s, rank), _to_sorted(lse_s, rank)
+            out_rows = _to_sorted(out_s, rank, out=buffers.get("out_rows", g, q.dtype))
+            lse_rows = _to_sorted(lse_s, rank)
             lse_rounds[rows] = lse_rows
             for i, row_bh in enumerate(bh.tolist()):  # rows are (bh, round) pairs, bh-major
                 new_max = torch.maximum(lse_max[row_bh], lse_rows[i])
@@ -198,28 +255,34 @@ class _ChunkedLSHAttention(torch.autograd.Function):
                 combined[row_bh].mul_(rescale.unsqueeze(-1)).addcmul_(out_rows[i].to(plan.acc), weight.unsqueeze(-1))
                 weight_sum[row_bh].mul_(rescale).add_(weight)
                 lse_max[row_bh] = new_max
+        del buffers
         combined.div_(weight_sum.unsqueeze(-1))
-        ctx.save_for_backward(q, k, v, combined, lse_rounds, lse_max, weight_sum)
+        ctx.save_for_backward(q, v, combined, lse_rounds, lse_max, weight_sum)
         ctx.plan = plan
         return combined.to(q.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, combined, lse_rounds, lse_max, weight_sum = ctx.saved_tensors
+        q, v, combined, lse_rounds, lse_max, weight_sum = ctx.saved_tensors
         plan: _Plan = ctx.plan
         bh_rows, seq_len, d = q.shape
         grad_out = grad_out.contiguous()
         out_dot = (grad_out.to(plan.acc) * combined).sum(-1)  # dO . o per (bh, position)
         dq = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
-        dk, dv = torch.zeros_like(dq), torch.zeros_like(dq)
+        dv = torch.zeros_like(dq)
+        buffers = _Buffers(plan.max_rows, seq_len, d, q.device)
         for rows, bh, perm, rank, step in plan.row_blocks():
-            q_s, k_s, v_s = (_rows_sorted(x, bh, perm) for x in (q, k, v))
+            g = perm.shape[0]
+            q_s = _rows_sorted(q, bh, perm, out=buffers.get("q", g, q.dtype))
+            v_s = _rows_sorted(v, bh, perm, out=buffers.get("v", g, v.dtype))
+            k_s, norm_s = _unit_keys(q_s, out=buffers.get("k", g, q.dtype))
             lse_s = _to_sorted(lse_rounds[rows], perm)
             # w_r = exp(lse_r - max) / sum, in sorted order
             weight_s = (lse_s - _to_sorted(lse_max[bh], perm)).exp_().div_(_to_sorted(weight_sum[bh], perm))
-            d_out_s = _rows_sorted(grad_out, bh, perm).to(plan.acc).mul_(weight_s.unsqueeze(-1)).to(q.dtype)
+            d_out_s = _rows_sorted(grad_out, bh, perm, out=buffers.get("d_out", g, grad_out.dtype))
+            d_out_s = d_out_s.mul_(weight_s.unsqueeze(-1).to(d_out_s.dtype))
             row_term = _to_sorted(out_dot[bh], perm).mul_(weight_s)  # w_r dO . o
-            dq_s, dk_s, dv_s = (torch.zeros(q_s.shape, dtype=plan.acc, device=q.device) for _ in range(3))
+            dq_s, dk_s, dv_s = (buffers.get(name, g, plan.acc).zero_() for name in ("dq", "dk", "dv"))
             for c0, c1 in plan.steps(step):
                 span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
                 q_c = _chunks(q_s, c0, c1, plan.chunk_len)
@@ -244,9 +307,12 @@ class _ChunkedLSHAttention(torch.autograd.Function):
                         _add_prev_chunks(acc, _bmm(weights[..., prev].transpose(-1, -2), rhs),
                                          c0, c1, plan.chunk_len, plan.n_chunks)
             # Back to original order, summed over the rounds (rows) of each (batch x head).
-            for acc, grads_s in ((dq, dq_s), (dk, dk_s), (dv, dv_s)):
-                acc.index_add_(0, bh, _to_sorted(grads_s, rank))
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+            # q reaches k through k = q / |q|
+            dq_s += _keys_backward_(dk_s, k_s.to(plan.acc), norm_s.to(plan.acc),
+                                    scratch=buffers.get("scratch", g, plan.acc))
+            for acc, grads_s in ((dq, dq_s), (dv, dv_s)):
+                acc.index_add_(0, bh, _to_sorted(grads_s, rank, out=buffers.get("orig", g, plan.acc)))
+        return dq.to(q.dtype), dv.to(v.dtype), None
 
 
 def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
@@ -259,15 +325,12 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
     order = sorted_order(qk, v, cfg, buckets)
     batch, heads, seq_len, d_head = qk.shape
     bh_rows = batch * heads
-    # Keys are the unit-normalised queries; the normalisation stays in torch so its gradient is
-    # autograd's, and the chunked kernel sees q and k as independent inputs.
-    keys = F.normalize(qk, p=2.0, dim=-1)
     plan = _Plan(order.perm.reshape(bh_rows, cfg.n_hashes, seq_len),
                  order.rank.reshape(bh_rows, cfg.n_hashes, seq_len),
                  cfg.n_hashes, order.chunk_len, cfg.causal, cfg.dedup, qk.dtype)
     # Contiguous (BH, N, D) once here: every row block gathers from flat (BH*N, D) views.
     out = _ChunkedLSHAttention.apply(
-        *(x.reshape(bh_rows, seq_len, d_head).contiguous() for x in (qk, keys, v)), plan)
+        *(x.reshape(bh_rows, seq_len, d_head).contiguous() for x in (qk, v)), plan)
     return out.view(batch, heads, seq_len, d_head)
 
 
