@@ -282,12 +282,22 @@ class RngState:
 
 class LayerRecord:
     """What one layer's forward leaves for its backward: the buckets it hashed into and the RNG
-    states before each sublayer (None when not training). O(seq * heads * n_hashes) int64."""
+    states before each sublayer (None when not training). Buckets are kept as int32
+    (O(seq * heads * n_hashes) * 4 bytes: half of int64, and this is the part of the reversible
+    stack's memory that grows with depth) and widened back to int64 when replayed."""
 
     def __init__(self) -> None:
-        self.buckets: torch.Tensor | None = None
+        self._buckets: torch.Tensor | None = None
         self.attn_rng: RngState | None = None
         self.ff_rng: RngState | None = None
+
+    @property
+    def buckets(self) -> torch.Tensor | None:
+        return None if self._buckets is None else self._buckets.long()
+
+    @buckets.setter
+    def buckets(self, value: torch.Tensor | None) -> None:
+        self._buckets = None if value is None else value.to(torch.int32)
 
 
 @contextmanager
