@@ -149,12 +149,34 @@ def _to_sorted(x: torch.Tensor, order: torch.Tensor, out: torch.Tensor | None = 
     return _select_rows(x.reshape(-1, d), (order + offsets).reshape(-1), out, (groups, seq_len, d))
 
 
-def _rows_sorted(x: torch.Tensor, bh: torch.Tensor, perm: torch.Tensor,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
-    """(BH, N, D) -> (G, N, D) with out[g, s] = x[bh[g], perm[g, s]]: one gather, no x[bh] copy."""
-    seq_len, d = x.shape[1], x.shape[2]
-    flat_index = (bh.unsqueeze(-1) * seq_len + perm).reshape(-1)
-    return _select_rows(x.reshape(-1, d), flat_index, out, (*perm.shape, d))
+class _RowTable:
+    """The D-vectors of a (B, H, N, D) tensor as rows of a 2-d view of its storage, so that a strided
+    input (a transposed projection, typically) is gathered from in place instead of copied whole:
+    vector (b, h, n) is rows[start[b*H + h] + n * step]."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        batch, heads, _, d = x.shape
+        if not _rows_addressable(x):
+            x = x.contiguous()
+        s_b, s_h, s_n, _ = x.stride()
+        n_rows = x.untyped_storage().nbytes() // x.element_size() // d
+        self.rows = x.as_strided((n_rows, d), (d, 1), 0)
+        starts = (torch.arange(batch, device=x.device).unsqueeze(1) * s_b
+                  + torch.arange(heads, device=x.device).unsqueeze(0) * s_h + x.storage_offset())
+        self.start = (starts // d).reshape(-1)
+        self.step = s_n // d
+        self.d = d
+
+    def sorted_rows(self, bh: torch.Tensor, perm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(G, N, D) with out[g, s] = x[bh[g], perm[g, s]]: one gather."""
+        index = (self.start[bh].unsqueeze(-1) + perm * self.step).reshape(-1)
+        return _select_rows(self.rows, index, out, (*perm.shape, self.d))
+
+
+def _rows_addressable(x: torch.Tensor) -> bool:
+    d = x.shape[-1]
+    return (x.stride(-1) == 1 and x.storage_offset() % d == 0
+            and all(stride % d == 0 and stride > 0 for stride in x.stride()[:-1]))
 
 
 def _select_rows(rows: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None, shape) -> torch.Tensor:
@@ -218,7 +240,9 @@ class _ChunkedLSHAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, v, plan: _Plan):
-        bh_rows, seq_len, d = q.shape
+        batch, heads, seq_len, d = q.shape  # (B, H, N, D), any strides with unit last stride
+        bh_rows = batch * heads
+        q_rows, v_rows = _RowTable(q), _RowTable(v)
         # Running max of lse_r and sum of exp(lse_r - max), not a running logsumexp: lse values
         # near the -1e5 self-mask (a token seeing only itself) are spaced ~0.008 apart in fp32, so
         # exp(lse_r - logsumexp) would not sum to 1; weights exp(lse_r - max) / sum do.
@@ -229,8 +253,8 @@ class _ChunkedLSHAttention(torch.autograd.Function):
         buffers = _Buffers(plan.max_rows, seq_len, d, q.device)
         for rows, bh, perm, rank, step in plan.row_blocks():
             g = perm.shape[0]
-            q_s = _rows_sorted(q, bh, perm, out=buffers.get("q", g, q.dtype))
-            v_s = _rows_sorted(v, bh, perm, out=buffers.get("v", g, v.dtype))
+            q_s = q_rows.sorted_rows(bh, perm, out=buffers.get("q", g, q.dtype))
+            v_s = v_rows.sorted_rows(bh, perm, out=buffers.get("v", g, v.dtype))
             # Keys are normalised here, per block, from the sorted queries: no full-size key tensor
             # exists, and the normalisation's gradient is folded into dq in the backward.
             k_s, _ = _unit_keys(q_s, out=buffers.get("k", g, q.dtype))
@@ -259,27 +283,29 @@ class _ChunkedLSHAttention(torch.autograd.Function):
         combined.div_(weight_sum.unsqueeze(-1))
         ctx.save_for_backward(q, v, combined, lse_rounds, lse_max, weight_sum)
         ctx.plan = plan
-        return combined.to(q.dtype)
+        return combined.view(batch, heads, seq_len, d).to(q.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         q, v, combined, lse_rounds, lse_max, weight_sum = ctx.saved_tensors
         plan: _Plan = ctx.plan
-        bh_rows, seq_len, d = q.shape
-        grad_out = grad_out.contiguous()
-        out_dot = (grad_out.to(plan.acc) * combined).sum(-1)  # dO . o per (bh, position)
+        batch, heads, seq_len, d = q.shape
+        bh_rows = batch * heads
+        q_rows, v_rows, grad_rows = _RowTable(q), _RowTable(v), _RowTable(grad_out)
+        # dO . o per (bh, position)
+        out_dot = (grad_out.to(plan.acc) * combined.view(grad_out.shape)).sum(-1).reshape(bh_rows, seq_len)
         dq = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
         dv = torch.zeros_like(dq)
         buffers = _Buffers(plan.max_rows, seq_len, d, q.device)
         for rows, bh, perm, rank, step in plan.row_blocks():
             g = perm.shape[0]
-            q_s = _rows_sorted(q, bh, perm, out=buffers.get("q", g, q.dtype))
-            v_s = _rows_sorted(v, bh, perm, out=buffers.get("v", g, v.dtype))
+            q_s = q_rows.sorted_rows(bh, perm, out=buffers.get("q", g, q.dtype))
+            v_s = v_rows.sorted_rows(bh, perm, out=buffers.get("v", g, v.dtype))
             k_s, norm_s = _unit_keys(q_s, out=buffers.get("k", g, q.dtype))
             lse_s = _to_sorted(lse_rounds[rows], perm)
             # w_r = exp(lse_r - max) / sum, in sorted order
             weight_s = (lse_s - _to_sorted(lse_max[bh], perm)).exp_().div_(_to_sorted(weight_sum[bh], perm))
-            d_out_s = _rows_sorted(grad_out, bh, perm, out=buffers.get("d_out", g, grad_out.dtype))
+            d_out_s = grad_rows.sorted_rows(bh, perm, out=buffers.get("d_out", g, grad_out.dtype))
             d_out_s = d_out_s.mul_(weight_s.unsqueeze(-1).to(d_out_s.dtype))
             row_term = _to_sorted(out_dot[bh], perm).mul_(weight_s)  # w_r dO . o
             dq_s, dk_s, dv_s = (buffers.get(name, g, plan.acc).zero_() for name in ("dq", "dk", "dv"))
@@ -312,7 +338,7 @@ class _ChunkedLSHAttention(torch.autograd.Function):
                                     scratch=buffers.get("scratch", g, plan.acc))
             for acc, grads_s in ((dq, dq_s), (dv, dv_s)):
                 acc.index_add_(0, bh, _to_sorted(grads_s, rank, out=buffers.get("orig", g, plan.acc)))
-        return dq.to(q.dtype), dv.to(v.dtype), None
+        return dq.view(q.shape).to(q.dtype), dv.view(v.shape).to(v.dtype), None
 
 
 def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
@@ -328,10 +354,8 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
     plan = _Plan(order.perm.reshape(bh_rows, cfg.n_hashes, seq_len),
                  order.rank.reshape(bh_rows, cfg.n_hashes, seq_len),
                  cfg.n_hashes, order.chunk_len, cfg.causal, cfg.dedup, qk.dtype)
-    # Contiguous (BH, N, D) once here: every row block gathers from flat (BH*N, D) views.
-    out = _ChunkedLSHAttention.apply(
-        *(x.reshape(bh_rows, seq_len, d_head).contiguous() for x in (qk, v)), plan)
-    return out.view(batch, heads, seq_len, d_head)
+    # qk and v go in as they are (a transposed projection is gathered from in place, not copied).
+    return _ChunkedLSHAttention.apply(qk, v, plan)
 
 
 class EagerBackend:
