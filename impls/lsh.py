@@ -63,29 +63,40 @@ def random_rotations(cfg: LSHConfig, heads: int, d_head: int, device=None,
 HASH_BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 24}
 
 
-def hash_buckets(qk: torch.Tensor, cfg: LSHConfig) -> torch.Tensor:
+def bucket_of_projection(proj: torch.Tensor) -> torch.Tensor:
+    """argmax([p ; -p]) over the last dim of p = x R, without building the concatenation: argmax(p)
+    where max(p) >= -min(p) (ties go to the first half, as argmax's first-occurrence rule does on
+    the concatenation), else n_buckets/2 + argmin(p)."""
+    top, top_idx = proj.max(dim=-1)
+    bottom, bottom_idx = proj.min(dim=-1)
+    return torch.where(top >= -bottom, top_idx, bottom_idx + proj.shape[-1])
+
+
+def hash_buckets(qk: torch.Tensor, cfg: LSHConfig, bucket_of=bucket_of_projection) -> torch.Tensor:
     """bucket = argmax([x R ; -x R]) per round: (batch, heads, n_hashes, seq) int64.
 
     Hashing runs in float32 whatever the input dtype, so half-precision inputs hash like fp32 ones
-    (a bf16 projection can flip the argmax between near-tied directions). The concatenation is
-    never built: argmax([p; -p]) is argmax(p) where max(p) >= -min(p) (ties go to the first half,
-    as argmax's first-occurrence rule does on the concatenation), else n_buckets/2 + argmin(p).
-    All batches and heads are projected together, in blocks of sequence positions.
+    (a bf16 projection can flip the argmax between near-tied directions). All batches and heads are
+    projected together, in blocks of sequence positions. bucket_of: bucket_of_projection or a
+    function with the same result (the compiled backend passes its compiled form).
     """
     batch, heads, seq_len, d_head = qk.shape
     n_rounds, half = cfg.n_hashes, cfg.n_buckets // 2
     rot = random_rotations(cfg, heads, d_head, device=qk.device).reshape(heads, d_head, n_rounds * half)
+    rot = rot.repeat(batch, 1, 1)  # (B*H, d, R*half): one bmm for all batches and heads
     buckets = torch.empty(batch, heads, n_rounds, seq_len, dtype=torch.int64, device=qk.device)
     budget = HASH_BLOCK_ELEMENTS.get(qk.device.type, HASH_BLOCK_ELEMENTS["cpu"])
-    positions_per_block = max(1, budget // (batch * heads * n_rounds * half))
+    positions_per_block = min(seq_len, max(1, budget // (batch * heads * n_rounds * half)))
+    # One projection buffer for every block, written by bmm in place: a fresh 4 MiB result per
+    # block (torch.matmul) made hashing 1.5x slower on the CPU.
+    store = torch.empty(batch * heads * positions_per_block * n_rounds * half, device=qk.device)
     with torch.no_grad():
-        x = qk.detach()
+        x = qk.detach().reshape(batch * heads, seq_len, d_head)
         for s0 in range(0, seq_len, positions_per_block):
             s1 = min(seq_len, s0 + positions_per_block)
-            proj = torch.matmul(x[:, :, s0:s1].float(), rot).view(batch, heads, s1 - s0, n_rounds, half)
-            top, top_idx = proj.max(dim=-1)
-            bottom, bottom_idx = proj.min(dim=-1)
-            block = torch.where(top >= -bottom, top_idx, bottom_idx + half)  # (B, H, n, R)
+            proj = store[:batch * heads * (s1 - s0) * n_rounds * half].view(batch * heads, s1 - s0, n_rounds * half)
+            torch.bmm(x[:, s0:s1].float(), rot, out=proj)
+            block = bucket_of(proj.view(batch, heads, s1 - s0, n_rounds, half))  # (B, H, n, R)
             buckets[:, :, :, s0:s1] = block.transpose(2, 3)
     return buckets
 
@@ -124,12 +135,12 @@ def sort_by_buckets(buckets: torch.Tensor, chunk_len: int) -> SortedOrder:
 
 
 def sorted_order(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
-                 buckets: torch.Tensor | None = None) -> SortedOrder:
+                 buckets: torch.Tensor | None = None, bucket_of=bucket_of_projection) -> SortedOrder:
     """What every LSH backend does first: validate the inputs, hash (unless `buckets` replays an
     earlier hashing, as a reversible layer's backward does) and sort every round."""
     chunk_len = check_inputs(qk, v, cfg)
     if buckets is None:
-        buckets = hash_buckets(qk, cfg)
+        buckets = hash_buckets(qk, cfg, bucket_of)
     return sort_by_buckets(buckets, chunk_len)
 
 
