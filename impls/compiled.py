@@ -1,53 +1,54 @@
-"""`compiled` backend: the contract's LSH attention with its chunked core compiled by torch.compile.
+"""`compiled` backend: the contract's LSH attention with its elementwise work compiled by torch.compile.
 
-Hashing, sorting and key normalisation are the shared code of impls.lsh, run in plain PyTorch as
-in impls.eager, so for one seed both backends see the same buckets. What is compiled (inductor:
-C++ on CPU, Triton on GPU) are two block kernels written with gathers, reshapes and batched
-matmuls only (no Python loop over chunks, no in-place scatter), so that dynamo traces each into
-one graph and inductor fuses the gathers, masks and softmax around the matmuls:
+Hashing and sorting are the shared code of impls.lsh, so for one seed every backend sees the same
+buckets. The attention is eager's algorithm (impls.eager): per block of rows (one row = one batch x
+head x round), gather into sorted order, attend chunk against (previous, own) chunk, softmax, gather
+back, combine the rounds online by their log-sum-exp; the backward recomputes the scores. What
+torch.compile (inductor: C++ on the CPU, Triton on GPUs) compiles are the passes between the matrix
+products, each fused into one kernel per step of chunks:
 
-  forward:  gather a block's queries and window keys / values (own chunk, previous chunk) ->
-            S = q k^T -> self / causal masks (and -log N_ij with dedup) -> lse = logsumexp_j S ->
-            o_r = exp(S - lse) v
-  backward: P = exp(S - lse) from the saved lse -> dS = P w (g v^T - g.o) on unmasked entries
-            (g = dL/do, w = the round's combining weight) -> dq = dS k, dk = dS^T q,
-            dv = P^T (w g), the previous-chunk part of dk / dv shifted onto the chunk it came from
+  forward:  S = q k^T (matmul) -> [masks, row max, exp, row sum, P, lse]            -> o = P v
+  backward: S = q k^T, dP = g v^T (matmuls) -> [masks, P = exp(S - lse), dS = P (dP - w g.o)]
+            -> dq = dS k, dk = dS^T q, dv = P^T g (matmuls)
 
-A Python-level autograd.Function walks blocks of rows (one row = one batch x head x round) and,
-for long rows, steps of chunks, each with about SCORE_BLOCK_ELEMENTS scores, and combines the
-rounds itself (o = sum_r w_r o_r, w = softmax_r lse_r, the contract's formula) so that
-its backward needs only lse, w and o. Memory: O(seq * d * n_hashes) plus one block, never
-seq x seq.
+The matrix products stay torch.bmm calls outside the compiled graphs: inductor would call the same
+BLAS routine (it does not fuse into extern matmuls on the CPU), but inside a graph it copies the
+operands below into contiguous buffers first, and they need no copy:
 
-Sweep safety: the kernels are compiled with dynamic=True and without duck sizing, so seq_len,
-chunk_len, n_buckets, n_hashes and block sizes are symbols of one graph; the causal flag is a 0-d
-tensor, so causal and non-causal share it too. Blocks avoid sizes of 1, which dynamo specialises.
-Only dedup, dtype, the one-chunk case and a lone row (batch x heads x n_hashes = 1 or an odd
-count of long rows) pick another graph, each compiled once per process. fullgraph=True turns a
-graph break or a hit of dynamo's recompile limit into an exception instead of silently running
-Python; the backend then runs the same kernel uncompiled (the result stays right) and records
-fell_back=True with the reason. Each kernel also returns torch.compiler.is_compiling(), a
-constant True in compiled code, so a call that dynamo ran as Python anyway
-(set_stance("force_eager") or "eager_on_recompile", suppress_errors) is recorded too.
-compile_stats() reports compilations and fallbacks for the harness.
+- Windows are strided views, not copies. Each block keeps its rows' sorted q, k, v in one flat
+  buffer, every row preceded by a copy of its last chunk (the circular look-back), so the keys of
+  chunk c are the 2C contiguous slots of chunks c-1 and c: window t of all the block's windows is
+  flat[t C : (t + 2) C], one as_strided view for a whole step. When several short rows share a
+  block, the windows whose queries are a row's leading copy are computed and discarded (their
+  log-sum-exp is +inf in the backward, so their probabilities and gradients are exactly 0).
+- The self mask is the window's diagonal: the sorted order is a permutation per round, so the only
+  key at a query's own position is the query's own slot (own chunk, same offset). Positions are read
+  only for the causal mask.
+
+Sweep safety: kernels are compiled with dynamic=True and without duck sizing, so seq_len, chunk_len,
+n_buckets, n_hashes and step sizes are symbols of one graph, and the causal flag is a 0-d tensor.
+Only dedup, dtype, and a step of one chunk pick another graph. fullgraph=True turns a graph break or
+a hit of dynamo's recompile limit into an exception instead of silently running Python; the backend
+then runs the same kernel uncompiled (the result stays right) and records fell_back=True with the
+reason. Each kernel also returns torch.compiler.is_compiling(), a constant True in compiled code, so a
+call that dynamo ran as Python anyway (set_stance("force_eager") or "eager_on_recompile",
+suppress_errors) is recorded too. compile_stats() reports compilations and fallbacks for the harness.
 """
 from __future__ import annotations
 
 import itertools
 
 import torch
-import torch.nn.functional as F
 
 from .config import LSHConfig
-from .lsh import (
-    accum_dtype,
-    mask_values,
-    sorted_order,
-    window_chunks,
-)
+from .eager import _keys_backward_, _RowTable, _unit_keys
+from .lsh import accum_dtype, mask_values, sorted_order, window_chunks
+from .lsh import dedup_counts as _dedup_counts
 
-# Upper bound on query-key scores of one block (elements): 4M fp32 = 16 MiB.
-SCORE_BLOCK_ELEMENTS = 1 << 22
+# Upper bound on the scores of one step (elements), by device type. CPU: 256K fp32 = 1 MiB, so a
+# step's scores and matmul operands stay in the core's cache (as in impls.eager). CUDA: steps large
+# enough for launches not to dominate.
+SCORE_BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
 
 # How dynamo / inductor report that a kernel could not be compiled (graph break under fullgraph,
 # recompile limit, backend failure). Anything else is a real error and propagates.
@@ -60,104 +61,90 @@ except ImportError:  # pragma: no cover - torch without dynamo
 
 
 # ---------------------------------------------------------------------------------------------
-# Block kernels (traced by dynamo). A block is G rows x cb chunks of C sorted slots. pos_ext
-# (G, cb + 1, C) holds the original positions of chunks c0 - 1, c0, ..., c1 - 1 of each row's
-# sorted order (chunk c0 - 1 circularly), so every chunk's previous chunk is inside the block.
+# Step kernels (traced by dynamo). A step is cb windows; scores are (cb, C, K) with K = W * C keys
+# per window, (previous chunk, own chunk) when W = 2, the own chunk alone when W = 1.
 # ---------------------------------------------------------------------------------------------
 
-def _window(x_ext: torch.Tensor, has_prev: bool) -> torch.Tensor:
-    """(G, cb + 1, C, ...) chunks c0-1..c1-1 -> keys of chunks c0..c1-1: (G, cb, W*C, ...),
-    own chunk then previous chunk (W = 2), or own chunk only when a round is one chunk (W = 1)."""
-    own = x_ext[:, 1:]
-    return torch.cat([own, x_ext[:, :-1]], dim=2) if has_prev else own
+def _bucket_step(proj):
+    """impls.lsh.bucket_of_projection, same buckets, as float reductions that vectorise: the first
+    index of the max (min) is the smallest index whose value equals it, which is argmax's
+    (argmin's) first-occurrence rule. Indices are exact in float32 (half < 2^24); the clamp keeps a
+    NaN projection's bucket in range (eager's NaN bucket differs; the output is NaN either way)."""
+    half = proj.shape[-1]
+    index = torch.arange(half, device=proj.device, dtype=proj.dtype)
+    top, bottom = proj.amax(dim=-1, keepdim=True), proj.amin(dim=-1, keepdim=True)
+    top_idx = torch.where(proj == top, index, float(half)).amin(dim=-1)
+    bottom_idx = torch.where(proj == bottom, index, float(half)).amin(dim=-1)
+    bucket = torch.where(top.squeeze(-1) >= -bottom.squeeze(-1), top_idx, bottom_idx + half)
+    return bucket.to(torch.int64).clamp(0, 2 * half - 1), torch.compiler.is_compiling()
 
 
-def _bmm(a: torch.Tensor, b: torch.Tensor, batch: tuple) -> torch.Tensor:
-    """a @ b for flat (G*cb, ., .) operands (4-d ones are flattened), as (G, cb, ., .)."""
-    a, b = (x.flatten(0, 1) if x.dim() == 4 else x for x in (a, b))
-    return torch.bmm(a, b).unflatten(0, batch)
+def _softmax_(scores, lse, masked_scores) -> None:
+    """scores <- softmax of masked_scores over keys (in place), lse <- its log-sum-exp."""
+    row_max = masked_scores.amax(dim=-1, keepdim=True)
+    exps = torch.exp(masked_scores - row_max)
+    row_sum = exps.sum(dim=-1, keepdim=True)
+    scores.copy_(exps / row_sum)
+    lse.copy_((row_max + row_sum.log()).squeeze(-1))
 
 
-def _masked_scores(q_c, k_w, q_pos, k_pos, causal, chunk_of, n_chunks, acc: torch.dtype):
-    """S_ij = q_i . k_j in acc, with S = -1e5 on self pairs, -1e9 on future keys where `causal`
-    (0-d bool tensor), minus log N_ij when chunk_of (G, R, N) gives every position's chunk in
-    every round (dedup, paper Eq. 16). Also returns the mask of constant-filled entries."""
-    self_value, causal_value = mask_values(acc if q_c.dtype == torch.float64 else q_c.dtype)
-    scores = _bmm(q_c, k_w.transpose(-1, -2), q_pos.shape[:2]).to(acc)
-    q_p, k_p = q_pos.unsqueeze(-1), k_pos.unsqueeze(-2)
-    is_self = q_p == k_p
-    is_future = (k_p > q_p) & causal
-    scores = torch.where(is_future, causal_value, torch.where(is_self, self_value, scores))
-    if chunk_of is not None:
-        g, n_rounds = chunk_of.shape[:2]
-        q_chunk = chunk_of.gather(2, q_pos.reshape(g, 1, -1).expand(g, n_rounds, -1))
-        k_chunk = chunk_of.gather(2, k_pos.reshape(g, 1, -1).expand(g, n_rounds, -1))
-        q_chunk = q_chunk.view(g, n_rounds, *q_pos.shape[1:]).unsqueeze(-1)
-        k_chunk = k_chunk.view(g, n_rounds, *k_pos.shape[1:]).unsqueeze(-2)
-        # N_ij: rounds in which key j is in query i's chunk or the one before it (circularly);
-        # with one chunk per round the second test repeats the first, as the window is that chunk.
-        in_window = (k_chunk == q_chunk) | (k_chunk == torch.remainder(q_chunk - 1, n_chunks))
-        scores = scores - in_window.sum(dim=1).to(acc).log()
-    return scores, is_self | is_future
+def _causal_masked(scores, q_pos, k_pos, dtype):
+    """Scores with the causal constant of the input dtype on keys after the query (original
+    positions), and that mask."""
+    future = k_pos.unsqueeze(-2) > q_pos.unsqueeze(-1)
+    return torch.where(future, mask_values(dtype)[1], scores), future
 
 
-def _forward_block(q, k, v, bh, pos_ext, causal, chunk_of, n_chunks, has_prev: bool):
-    """O (G, cb, C, D) and lse (G, cb, C) of a block, in sorted order.
-
-    q, k, v: (BH, N, D) whole inputs (k = unit-normalised q); bh (G, 1, 1): each row's batch x
-    head. The last output is torch.compiler.is_compiling(): True only in compiled code.
-    """
-    acc = accum_dtype(q.dtype)
-    q_pos, k_pos = pos_ext[:, 1:], _window(pos_ext, has_prev)
-    q_c, k_w, v_w = _gather_chunks(q, bh, q_pos), _gather_chunks(k, bh, k_pos), _gather_chunks(v, bh, k_pos)
-    scores, _ = _masked_scores(q_c, k_w, q_pos, k_pos, causal, chunk_of, n_chunks, acc)
-    lse = torch.logsumexp(scores, dim=-1)
-    out = _bmm(torch.exp(scores - lse.unsqueeze(-1)).to(v.dtype), v_w, q_pos.shape[:2])
-    return out, lse, torch.compiler.is_compiling()
+# Forward kernels. scores (cb, C, K): a step's q k^T in the accumulation dtype with the self mask on
+# the diagonal already; overwritten with the probabilities. lse (cb, C): written.
+def _softmax_step(scores, lse, dtype: torch.dtype):
+    _softmax_(scores, lse, scores)
+    return (torch.compiler.is_compiling(),)
 
 
-def _gather_chunks(x: torch.Tensor, bh: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """x[bh, pos] for x (BH, N, D), pos (G, cb, L): flat (G*cb, L, D), the layout torch.bmm
-    reads. Kept flat: every 4-d view of it that reaches a bmm makes inductor write another copy."""
-    g, cb, length = pos.shape
-    rows = bh.view(g, 1, 1).expand(g, cb, 1).reshape(g * cb, 1)
-    return x[rows, pos.reshape(g * cb, length)]
+def _softmax_causal_step(scores, lse, q_pos, k_pos, dtype: torch.dtype):
+    _softmax_(scores, lse, _causal_masked(scores, q_pos, k_pos, dtype)[0])
+    return (torch.compiler.is_compiling(),)
 
 
-def _backward_block(q, k, v, bh, pos_ext, rows, lse, weights, grad, grad_dot_out, causal, chunk_of,
-                    n_chunks, has_prev: bool):
-    """dq (G, cb, C, D) of chunks c0..c1-1 and dk, dv (G, cb + 1, C, D) of chunks c0-1..c1-1,
-    in sorted order, in acc dtype.
-
-    rows (G, 1, 1) index lse and the round weights w (rows, N); bh indexes grad = dL/do and
-    grad_dot_out = dL/do . o (BH, N[, D]); all in original order. With o = sum_r w_r o_r:
-    dL/do_r = w_r g, dL/dlse_r = w_r (g.o_r - g.o), so for round r's scores
-    dL/dS_ij = P_ij (dP_ij - sum_l P_il dP_il + dL/dlse_i) = P_ij w_i (g_i . v_j - g_i . o_i).
-    """
-    acc = lse.dtype
-    q_pos, k_pos = pos_ext[:, 1:], _window(pos_ext, has_prev)
-    q_c, k_w, v_w = _gather_chunks(q, bh, q_pos), _gather_chunks(k, bh, k_pos), _gather_chunks(v, bh, k_pos)
-    scores, masked = _masked_scores(q_c, k_w, q_pos, k_pos, causal, chunk_of, n_chunks, acc)
-    probs = torch.exp(scores - lse[rows, q_pos].unsqueeze(-1))
-    w = weights[rows, q_pos].unsqueeze(-1)
-    batch = q_pos.shape[:2]
-    d_out = (w.flatten(0, 1) * _gather_chunks(grad, bh, q_pos).to(acc)).to(v.dtype)  # (G*cb, C, D)
-    d_probs = _bmm(d_out, v_w.transpose(-1, -2), batch).to(acc)
-    row_term = w * grad_dot_out[bh, q_pos].unsqueeze(-1)
-    # Constant-filled (masked) scores depend on neither q nor k.
-    d_scores = torch.where(masked, 0.0, probs * (d_probs - row_term)).to(q.dtype)
-    d_q = _bmm(d_scores, k_w, batch).to(acc)
-    d_k = _fold_window(_bmm(d_scores.transpose(-1, -2), q_c, batch).to(acc), q_pos.shape[-1], has_prev)
-    d_v = _fold_window(_bmm(probs.to(v.dtype).transpose(-1, -2), d_out, batch).to(acc),
-                       q_pos.shape[-1], has_prev)
-    return d_q, d_k, d_v, torch.compiler.is_compiling()
+def _softmax_dedup_step(scores, lse, q_pos, k_pos, log_counts, causal, dtype: torch.dtype):
+    """dedup (paper Eq. 16): scores - log N_ij; causal is a 0-d bool tensor here (one graph)."""
+    masked_scores = torch.where(causal, _causal_masked(scores, q_pos, k_pos, dtype)[0], scores)
+    _softmax_(scores, lse, masked_scores - log_counts)
+    return (torch.compiler.is_compiling(),)
 
 
-def _fold_window(grad_w: torch.Tensor, chunk_len, has_prev: bool) -> torch.Tensor:
-    """Adjoint of _window: (G, cb, W*C, D) key gradients -> (G, cb + 1, C, D) per chunk c0-1..c1-1
-    (the own part of chunk c lands on c, the previous-chunk part on c - 1)."""
-    own = F.pad(grad_w[:, :, :chunk_len], (0, 0, 0, 0, 1, 0))
-    return own + F.pad(grad_w[:, :, chunk_len:], (0, 0, 0, 0, 0, 1)) if has_prev else own
+# Backward kernels: P = exp(S - lse) and dL/dS = P (dP - w g.o), in place of S and dP. With
+# o = sum_r w_r o_r, dL/do_r = w_r g and dL/dlse_r = w_r (g.o_r - g.o), so for round r's scores
+# dL/dS_ij = P_ij (dP_ij - sum_l P_il dP_il + dL/dlse_i) = P_ij (dP_ij - w_i g_i.o_i), where
+# dP = (w g) v^T and row_term = w g.o. Masked (constant) scores get dL/dS = 0: the caller zeroes
+# the self diagonal; future keys are zeroed here (their P is 0 anyway, exp(-1e9 - lse)).
+def _score_grads_(scores, d_probs, lse, row_term, masked_scores, future=None) -> None:
+    probs = torch.exp(masked_scores - lse.unsqueeze(-1))
+    d_scores = probs * (d_probs - row_term.unsqueeze(-1))
+    if future is not None:
+        d_scores = torch.where(future, 0.0, d_scores)
+    scores.copy_(probs)
+    d_probs.copy_(d_scores)
+
+
+def _score_grads_step(scores, d_probs, lse, row_term, dtype: torch.dtype):
+    _score_grads_(scores, d_probs, lse, row_term, scores)
+    return (torch.compiler.is_compiling(),)
+
+
+def _score_grads_causal_step(scores, d_probs, lse, row_term, q_pos, k_pos, dtype: torch.dtype):
+    masked_scores, future = _causal_masked(scores, q_pos, k_pos, dtype)
+    _score_grads_(scores, d_probs, lse, row_term, masked_scores, future)
+    return (torch.compiler.is_compiling(),)
+
+
+def _score_grads_dedup_step(scores, d_probs, lse, row_term, q_pos, k_pos, log_counts, causal,
+                            dtype: torch.dtype):
+    masked_scores, future = _causal_masked(scores, q_pos, k_pos, dtype)
+    masked_scores = torch.where(causal, masked_scores, scores) - log_counts
+    _score_grads_(scores, d_probs, lse, row_term, masked_scores, future & causal)
+    return (torch.compiler.is_compiling(),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,10 +199,16 @@ class _Kernel:
         # which change between calls and would recompile. The kernels need no autograd.
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         try:
-            # Without duck sizing, sizes that happen to be equal in the first call (e.g. a block's
-            # rows and batch x heads) are not assumed equal, which would recompile later.
-            with torch.fx.experimental._config.patch(use_duck_shape=False):
+            # Without duck sizing, sizes that happen to be equal in the first call (e.g. a step's
+            # windows and the chunk length) are not assumed equal, which would recompile later.
+            # Set and restored by hand: config.patch() costs more than a whole small step.
+            shape_config = torch.fx.experimental._config
+            duck = shape_config.use_duck_shape
+            shape_config.use_duck_shape = False
+            try:
                 *outputs, ran_compiled = self.compiled(*args)
+            finally:
+                shape_config.use_duck_shape = duck
         except _COMPILE_ERRORS as exc:
             self.stats.fall_back(f"{self.fn.__name__} not compiled, ran eagerly: {_describe(exc)}")
             *outputs, _ = self.fn(*args)
@@ -232,51 +225,90 @@ class _Kernel:
 # The blocked autograd.Function around the kernels.
 # ---------------------------------------------------------------------------------------------
 
+class _Block:
+    """G consecutive batch x head rows of one hash round, laid out flat: every row is its leading
+    copy of the last chunk (P = W - 1 chunks) then its n_chunks sorted chunks, (G (n + P) C, .)."""
+
+    def __init__(self, plan: _Plan, round_index: int, bh0: int, bh1: int, steps) -> None:
+        self.round, self.bh0, self.bh1, self.steps = round_index, bh0, bh1, steps
+        self.bh = torch.arange(bh0, bh1, device=plan.perm.device)
+        perm = plan.perm[bh0:bh1, round_index]  # (G, N)
+        rank = plan.rank[bh0:bh1, round_index]
+        seq_len = perm.shape[1]
+        c, pad = plan.chunk_len, plan.pad
+        # Original position of every slot of every row.
+        self.positions = torch.cat([perm[:, seq_len - pad * c:], perm], dim=1) if pad else perm
+        # Flat slot of every original position: for gathering results back to original order.
+        row_starts = torch.arange(self.rows, device=perm.device).unsqueeze(1) * (plan.n_chunks + pad) * c
+        self.slot_of = (rank + row_starts + pad * c).reshape(-1)
+
+    @property
+    def rows(self) -> int:
+        return self.bh1 - self.bh0
+
+
 class _Plan:
-    """The blocks of one call and the settings forward and backward share.
+    """The blocks and steps of one call and the settings forward and backward share."""
 
-    A row is one (batch x head, round) pair. A block is several whole rows or, when rows have
-    more than SCORE_BLOCK_ELEMENTS scores, two rows walked in steps of a few chunks.
-    """
-
-    def __init__(self, perm, rank, n_rounds, chunk_len, causal, dedup, dtype):
-        bh_rows, _, seq_len = perm.shape
-        self.n_rounds = n_rounds
+    def __init__(self, perm, rank, chunk_len, causal, dedup, dtype):
+        self.perm, self.rank = perm, rank  # (BH, R, N): position per sorted slot, slot per position
+        bh_rows, self.n_rounds, seq_len = perm.shape
         self.chunk_len = chunk_len
         self.n_chunks = seq_len // chunk_len
-        self.has_prev = window_chunks(self.n_chunks) == 2
+        self.window = window_chunks(self.n_chunks)
+        self.pad = self.window - 1
         self.acc = accum_dtype(dtype)
-        rows = bh_rows * n_rounds
-        self.perm_chunks = perm.reshape(rows, self.n_chunks, chunk_len)  # original position per slot
-        self.rank = rank.reshape(rows, seq_len)  # sorted slot per original position
-        # The causal flag is data, not a Python constant, so one graph serves both settings.
-        self.causal = torch.tensor(causal, device=perm.device)
-        self.chunk_of = rank // chunk_len if dedup else None  # (BH, R, N)
+        self.dtype = dtype
+        self.dedup, self.causal = dedup, causal
+        self.self_value = mask_values(dtype)[0]
+        # The dedup kernels take the causal flag as data: one graph for both settings.
+        self.causal_flag = torch.tensor(causal, device=perm.device)
+        budget = SCORE_BLOCK_ELEMENTS.get(perm.device.type, SCORE_BLOCK_ELEMENTS["cpu"])
+        self.windows_per_step = max(1, budget // (chunk_len * self.window * chunk_len))
+        self.step_scores = self.windows_per_step * chunk_len * self.window * chunk_len
+        windows_per_row = self.n_chunks + self.pad
+        fit = self.windows_per_step // windows_per_row
+        # dedup reads one row's sorted order across all rounds: one row per block keeps that simple.
+        self.rows_per_block = 1 if dedup or fit < 1 else min(bh_rows, fit)
 
-    def row_blocks(self):
-        """Yield (r0, r1, bh (G, 1, 1), chunk steps [(c0, c1), ...]): G rows, walked together in
-        steps of chunks, with G x (chunks per step) x (scores per chunk) <= SCORE_BLOCK_ELEMENTS
-        where possible. Long rows go two at a time in shorter steps rather than one at a time, so
-        the kernels see the same sizes >= 2 as for short rows (dynamo specialises sizes 0 and 1)."""
-        rows, n_chunks = self.perm_chunks.shape[:2]
-        per_chunk = self.chunk_len * (2 if self.has_prev else 1) * self.chunk_len
-        chunks_fit = max(1, SCORE_BLOCK_ELEMENTS // per_chunk)
-        if chunks_fit >= n_chunks:
-            spans = _even_ranges(rows, chunks_fit // n_chunks)
-            steps = [(0, n_chunks)]
-        else:
-            spans = _even_ranges(rows, 2)
-            steps = _even_ranges(n_chunks, max(2, chunks_fit // 2))
-        for r0, r1 in spans:
-            bh = (torch.arange(r0, r1, device=self.rank.device) // self.n_rounds).view(-1, 1, 1)
-            yield r0, r1, bh, steps
+    def blocks(self):
+        bh_rows = self.perm.shape[0]
+        for r in range(self.n_rounds):
+            for bh0 in range(0, bh_rows, self.rows_per_block):
+                bh1 = min(bh_rows, bh0 + self.rows_per_block)
+                n_windows = (bh1 - bh0) * (self.n_chunks + self.pad) - self.pad
+                yield _Block(self, r, bh0, bh1, _even_ranges(n_windows, self.windows_per_step))
 
-    def kernel_args(self, r0, r1, bh, c0, c1):
-        """pos_ext (G, cb + 1, C) of chunks c0-1..c1-1, and the (G, R, N) chunk_of rows or None."""
-        chunk_ids = torch.arange(c0 - 1, c1, device=self.rank.device) % self.n_chunks
-        pos_ext = self.perm_chunks[r0:r1, chunk_ids]
-        chunk_of = None if self.chunk_of is None else self.chunk_of[bh.view(-1)]
-        return pos_ext, chunk_of
+    def flat_shape(self, block: _Block, d: int) -> tuple[int, int]:
+        return block.rows * (self.n_chunks + self.pad) * self.chunk_len, d
+
+    # Views of a step (windows t0..t1-1) into a block's flat buffers.
+    def queries(self, flat: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        c = self.chunk_len
+        part = flat[(t0 + self.pad) * c:(t1 + self.pad) * c]
+        return part.view(t1 - t0, c, *flat.shape[1:])
+
+    def windows(self, flat: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """Window t = flat slots [t C, (t + W) C): overlapping views, no copy."""
+        c = self.chunk_len
+        inner = flat.stride()[1:]
+        return flat.as_strided((t1 - t0, self.window * c, *flat.shape[1:]), (c * flat.stride(0), *(
+            (flat.stride(0),) + inner)), flat.storage_offset() + t0 * c * flat.stride(0))
+
+    def mask_args(self, block: _Block, positions, t0: int, t1: int) -> tuple:
+        """The kernel variant's extra inputs for a step: none, positions (causal), or positions,
+        log N_ij and the causal flag (dedup)."""
+        if not (self.causal or self.dedup):
+            return ()
+        q_pos, k_pos = self.queries(positions, t0, t1), self.windows(positions, t0, t1)
+        if not self.dedup:
+            return q_pos, k_pos
+        counts = _dedup_counts(self.rank[block.bh0:block.bh1], q_pos.unsqueeze(0), k_pos.unsqueeze(0),
+                               self.chunk_len, self.n_chunks)[0]
+        return q_pos, k_pos, counts.to(self.acc).log_(), self.causal_flag
+
+    def variant(self) -> str:
+        return "dedup" if self.dedup else "causal" if self.causal else "plain"
 
 
 def _even_ranges(total: int, most: int) -> list[tuple[int, int]]:
@@ -288,115 +320,216 @@ def _even_ranges(total: int, most: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(bounds))
 
 
-def _to_original(x_sorted: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-    """(G, N[, D]) in sorted order -> original order: out[g, p] = x_sorted[g, rank[g, p]].
-    One index_select of whole D-rows on the flattened rows (torch.gather along dim 1 copies
-    element by element, over 10x slower on the CPU)."""
-    g, n = rank.shape
-    flat = (rank + torch.arange(g, device=rank.device).unsqueeze(1) * n).reshape(-1)
-    return x_sorted.reshape(g * n, *x_sorted.shape[2:]).index_select(0, flat).view(x_sorted.shape)
-
-
-def _add_chunks(acc: torch.Tensor, grads_ext: torch.Tensor, c0: int, c1: int, n_chunks: int) -> None:
-    """acc (G, nC, C, D) chunks (c0-1..c1-1) mod nC += grads_ext (G, c1-c0+1, C, D)."""
-    if c0 > 0:
-        acc[:, c0 - 1:c1] += grads_ext
+def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out = a @ b (batched); in place when the dtypes agree (no temporary), else through one."""
+    if out.dtype == a.dtype == b.dtype:
+        torch.bmm(a, b, out=out)
     else:
-        acc[:, n_chunks - 1] += grads_ext[:, 0]
-        acc[:, :c1] += grads_ext[:, 1:]
+        out.copy_(torch.bmm(a.to(b.dtype), b))
 
 
-def _add_rounds(acc: torch.Tensor, grads: torch.Tensor, r0: int, n_rounds: int) -> None:
-    """acc (BH, N, D)[row // n_rounds] += grads (G, N, D)[row - r0] for rows r0..r0+G-1: the sum
-    over rounds, as slab adds (index_add_ over dim 0 takes a slow scatter path on CPU)."""
-    r1 = r0 + grads.shape[0]
-    for b in range(r0 // n_rounds, (r1 - 1) // n_rounds + 1):
-        lo, hi = max(r0, b * n_rounds) - r0, min(r1, (b + 1) * n_rounds) - r0
-        acc[b] += grads[lo:hi].sum(0) if hi - lo > 1 else grads[lo]
+def _baddbmm_into(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b (batched); in place when the dtypes agree."""
+    if acc.dtype == a.dtype == b.dtype:
+        acc.baddbmm_(a, b)
+    else:
+        acc += torch.bmm(a.to(b.dtype), b)
+
+
+class _Buffers:
+    """Work buffers, allocated once per call and reused by every block (see impls.eager): the
+    views of every step are then made once per call too, not per block."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self._store: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        key = (name, dtype)
+        numel = 1
+        for size in shape:
+            numel *= size
+        store = self._store.get(key)
+        if store is None or store.numel() < numel:
+            store = self._store[key] = torch.empty(numel, dtype=dtype, device=self.device)
+        return store[:numel].view(shape)
+
+
+class _ForwardStep:
+    """Views of one forward step into the call's buffers."""
+
+    def __init__(self, plan: _Plan, buf: dict, t0: int, t1: int) -> None:
+        c, pad, cb = plan.chunk_len, plan.pad, t1 - t0
+        self.span = (t0, t1)
+        self.q = plan.queries(buf["q"], t0, t1)
+        self.k_t = plan.windows(buf["k"], t0, t1).transpose(1, 2)
+        self.v = plan.windows(buf["v"], t0, t1)
+        self.out = plan.queries(buf["out"], t0, t1)
+        self.lse = plan.queries(buf["lse"], t0, t1)
+        self.scores = buf["scores"][:cb * c * plan.window * c].view(cb, c, plan.window * c)
+        self.diagonal = self.scores.diagonal(pad * c, 1, 2)
+
+
+class _BackwardStep:
+    """Views of one backward step into the call's buffers."""
+
+    def __init__(self, plan: _Plan, buf: dict, t0: int, t1: int) -> None:
+        c, pad, cb = plan.chunk_len, plan.pad, t1 - t0
+        self.span = (t0, t1)
+        self.q = plan.queries(buf["q"], t0, t1)
+        self.k = plan.windows(buf["k"], t0, t1)
+        self.k_t = self.k.transpose(1, 2)
+        self.v_t = plan.windows(buf["v"], t0, t1).transpose(1, 2)
+        self.d_out = plan.queries(buf["d_out"], t0, t1)
+        self.lse = plan.queries(buf["lse"], t0, t1)
+        self.row_term = plan.queries(buf["row_term"], t0, t1)
+        self.dq = plan.queries(buf["dq"], t0, t1)
+        scores_shape = (cb, c, plan.window * c)
+        self.scores = buf["scores"][:cb * c * plan.window * c].view(scores_shape)  # then P
+        self.d_probs = buf["d_probs"][:cb * c * plan.window * c].view(scores_shape)  # then dS
+        self.diagonal = self.scores.diagonal(pad * c, 1, 2)
+        self.d_diagonal = self.d_probs.diagonal(pad * c, 1, 2)
+        # Window t's keys are chunks t (previous) and t + P (own) of the flat layout: the own
+        # part's key gradients are written to chunk t + P, the previous part's added to chunk t.
+        dk, dv = buf["dk"].view(-1, c, buf["dk"].shape[-1]), buf["dv"].view(-1, c, buf["dv"].shape[-1])
+        self.key_grads = []
+        for chunks, weights, rhs in ((dk, self.d_probs, self.q), (dv, self.scores, self.d_out)):
+            own = (chunks[t0 + pad:t1 + pad], weights[:, :, pad * c:].transpose(1, 2), rhs)
+            prev = (chunks[t0:t1], weights[:, :, :c].transpose(1, 2), rhs) if pad else None
+            self.key_grads.append((own, prev))
 
 
 class _CompiledLSHAttention(torch.autograd.Function):
-    """o = sum_r w_r o_r, w = softmax_r(lse_r), from the per-round chunked attention (o_r, lse_r).
-
-    The rounds are combined here rather than by autograd over a per-round output tensor, so that
-    backward needs only lse, w and o (the per-round outputs are freed after forward) and the
-    combine's gradient enters the backward kernel directly (see _backward_block).
-    """
+    """o = sum_r w_r o_r, w = softmax_r(lse_r): the rounds are combined online (running max and
+    sum of exp(lse_r - max), as in impls.eager), so backward needs only o, lse_r and the two
+    running statistics."""
 
     @staticmethod
-    def forward(ctx, q, k, v, plan: _Plan, kernels):
-        forward_kernel = kernels[0]
-        bh_rows, seq_len, d = q.shape
-        rows_total = bh_rows * plan.n_rounds
-        out_rounds = q.new_empty(rows_total, seq_len, d)
-        lse = torch.empty(rows_total, seq_len, dtype=plan.acc, device=q.device)
-        for r0, r1, bh, steps in plan.row_blocks():
-            outs, lses = [], []
-            for c0, c1 in steps:
-                pos_ext, chunk_of = plan.kernel_args(r0, r1, bh, c0, c1)
-                out_c, lse_c = forward_kernel(q, k, v, bh, pos_ext, plan.causal, chunk_of,
-                                              plan.n_chunks, plan.has_prev)
-                outs.append(out_c.flatten(1, 2))
-                lses.append(lse_c.flatten(1, 2))
-            out_s = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-            lse_s = lses[0] if len(lses) == 1 else torch.cat(lses, dim=1)
-            out_rounds[r0:r1] = _to_original(out_s, plan.rank[r0:r1])
-            lse[r0:r1] = _to_original(lse_s, plan.rank[r0:r1])
-        weights = torch.softmax(lse.view(bh_rows, plan.n_rounds, seq_len), dim=1)
-        out_rounds = out_rounds.view(bh_rows, plan.n_rounds, seq_len, d)
-        out = (out_rounds[:, 0] * weights[:, 0].unsqueeze(-1)).to(plan.acc)
-        for r in range(1, plan.n_rounds):
-            out.addcmul_(out_rounds[:, r], weights[:, r].unsqueeze(-1))
-        out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, lse, weights.view(rows_total, seq_len), out)
+    def forward(ctx, q, v, plan: _Plan, kernels):
+        softmax_kernel = kernels[("softmax", plan.variant())]
+        batch, heads, seq_len, d = q.shape
+        bh_rows, acc = batch * heads, plan.acc
+        q_rows, v_rows = _RowTable(q), _RowTable(v)
+        combined = torch.zeros(bh_rows, seq_len, d, dtype=acc, device=q.device)
+        lse_max = torch.full((bh_rows, seq_len), float("-inf"), dtype=acc, device=q.device)
+        weight_sum = torch.zeros(bh_rows, seq_len, dtype=acc, device=q.device)
+        lse_rounds = torch.empty(plan.n_rounds, bh_rows, seq_len, dtype=acc, device=q.device)
+        buffers = _Buffers(q.device)
+        steps_by_size: dict[int, list[_ForwardStep]] = {}
+        for block in plan.blocks():
+            n_slots = block.positions.numel()
+            buf = {name: buffers.get(name, (n_slots, d), q.dtype) for name in ("q", "k", "v", "out")}
+            buf["lse"] = buffers.get("lse", (n_slots,), acc)
+            buf["scores"] = buffers.get("scores", (plan.step_scores,), acc)
+            q_rows.sorted_rows(block.bh, block.positions, out=buf["q"])
+            v_rows.sorted_rows(block.bh, block.positions, out=buf["v"])
+            _unit_keys(buf["q"], out=buf["k"])
+            steps = steps_by_size.get(n_slots)
+            if steps is None:  # same buffers, same views: made once per block size
+                steps = steps_by_size[n_slots] = [_ForwardStep(plan, buf, t0, t1) for t0, t1 in block.steps]
+            positions = block.positions.reshape(-1)
+            for step in steps:
+                _bmm_into(step.scores, step.q, step.k_t)
+                step.diagonal.fill_(plan.self_value)
+                softmax_kernel(step.scores, step.lse, *plan.mask_args(block, positions, *step.span), q.dtype)
+                _bmm_into(step.out, step.scores, step.v)
+            out_rows = buf["out"].index_select(0, block.slot_of).view(block.rows, seq_len, d)
+            lse_rows = buf["lse"].index_select(0, block.slot_of).view(block.rows, seq_len)
+            rows = slice(block.bh0, block.bh1)
+            lse_rounds[block.round, rows] = lse_rows
+            new_max = torch.maximum(lse_max[rows], lse_rows)
+            rescale = (lse_max[rows] - new_max).exp_()
+            weight = (lse_rows - new_max).exp_()
+            combined[rows].mul_(rescale.unsqueeze(-1)).addcmul_(out_rows.to(acc), weight.unsqueeze(-1))
+            weight_sum[rows].mul_(rescale).add_(weight)
+            lse_max[rows] = new_max
+        del buffers, steps_by_size
+        combined.div_(weight_sum.unsqueeze(-1))
+        ctx.save_for_backward(q, v, combined, lse_rounds, lse_max, weight_sum)
         ctx.plan, ctx.kernels = plan, kernels
-        return out
+        return combined.view(batch, heads, seq_len, d).to(q.dtype)
 
     @staticmethod
-    def backward(ctx, grad):
-        q, k, v, lse, weights, out = ctx.saved_tensors
+    def backward(ctx, grad_out):
+        q, v, combined, lse_rounds, lse_max, weight_sum = ctx.saved_tensors
         plan: _Plan = ctx.plan
-        backward_kernel = ctx.kernels[1]
-        bh_rows, seq_len, d = q.shape
-        grad = grad.contiguous()  # e.g. the expanded ones of out.sum(): one layout, one graph
-        grad_dot_out = (grad.to(plan.acc) * out.to(plan.acc)).sum(-1)
-        dq = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
-        dk, dv = torch.zeros_like(dq), torch.zeros_like(dq)
-        shape_c = (plan.n_chunks, plan.chunk_len, d)
-        for r0, r1, bh, steps in plan.row_blocks():
-            rows = torch.arange(r0, r1, device=q.device).view(-1, 1, 1)
-            dq_s = dk_s = dv_s = None
-            for c0, c1 in steps:
-                pos_ext, chunk_of = plan.kernel_args(r0, r1, bh, c0, c1)
-                dq_c, dk_ext, dv_ext = backward_kernel(q, k, v, bh, pos_ext, rows, lse, weights, grad,
-                                                       grad_dot_out, plan.causal, chunk_of, plan.n_chunks,
-                                                       plan.has_prev)
-                if len(steps) == 1:
-                    # Whole rows: the extra leading chunk is chunk nC - 1, the circular look-back.
-                    dq_s = dq_c
-                    dk_s, dv_s = dk_ext[:, 1:], dv_ext[:, 1:]
-                    dk_s[:, -1] += dk_ext[:, 0]
-                    dv_s[:, -1] += dv_ext[:, 0]
-                    break
-                if dq_s is None:
-                    dq_s, dk_s, dv_s = (dq_c.new_zeros(r1 - r0, *shape_c) for _ in range(3))
-                dq_s[:, c0:c1] = dq_c
-                _add_chunks(dk_s, dk_ext, c0, c1, plan.n_chunks)
-                _add_chunks(dv_s, dv_ext, c0, c1, plan.n_chunks)
-            for acc, grads_s in ((dq, dq_s), (dk, dk_s), (dv, dv_s)):
-                _add_rounds(acc, _to_original(grads_s.flatten(1, 2), plan.rank[r0:r1]), r0, plan.n_rounds)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
+        grads_kernel = ctx.kernels[("grads", plan.variant())]
+        batch, heads, seq_len, d = q.shape
+        bh_rows = batch * heads
+        c, pad, acc = plan.chunk_len, plan.pad, plan.acc
+        q_rows, v_rows, grad_rows = _RowTable(q), _RowTable(v), _RowTable(grad_out)
+        out_dot = (grad_out.to(acc) * combined.view(grad_out.shape)).sum(-1).reshape(bh_rows, seq_len)
+        dq = torch.zeros(bh_rows, seq_len, d, dtype=acc, device=q.device)
+        dv = torch.zeros_like(dq)
+        buffers = _Buffers(q.device)
+        steps_by_size: dict[int, list[_BackwardStep]] = {}
+        for block in plan.blocks():
+            n_slots = block.positions.numel()
+            rows = slice(block.bh0, block.bh1)
+            buf = {name: buffers.get(name, (n_slots, d), q.dtype) for name in ("q", "k", "v", "d_out")}
+            buf.update({name: buffers.get(name, (n_slots, d), acc) for name in ("dq", "dk", "dv", "scratch")})
+            buf.update({name: buffers.get(name, (n_slots,), acc) for name in ("lse", "row_term")})
+            buf.update({name: buffers.get(name, (plan.step_scores,), acc) for name in ("scores", "d_probs")})
+            q_rows.sorted_rows(block.bh, block.positions, out=buf["q"])
+            v_rows.sorted_rows(block.bh, block.positions, out=buf["v"])
+            _, norm_s = _unit_keys(buf["q"], out=buf["k"])
+            lse_r = lse_rounds[block.round, rows]
+            # w_r = exp(lse_r - max) / sum per original position, then every flat slot's value.
+            weight = (lse_r - lse_max[rows]).exp_().div_(weight_sum[rows])
+            weight_s = weight.gather(1, block.positions).view(-1, 1)
+            grad_rows.sorted_rows(block.bh, block.positions, out=buf["d_out"]).mul_(weight_s.to(q.dtype))
+            torch.gather(out_dot[rows].mul(weight), 1, block.positions, out=buf["row_term"].view(block.rows, -1))
+            lse_s = torch.gather(lse_r, 1, block.positions, out=buf["lse"].view(block.rows, -1))
+            # A row's leading copy is never a query: +inf makes its (discarded) windows' P exactly 0.
+            lse_s.view(block.rows, -1, c)[:, :pad] = float("inf")
+            # Key gradients: every chunk but the first is some window's own chunk (written there).
+            buf["dk"][:c].zero_()
+            buf["dv"][:c].zero_()
+            steps = steps_by_size.get(n_slots)
+            if steps is None:
+                steps = steps_by_size[n_slots] = [_BackwardStep(plan, buf, t0, t1) for t0, t1 in block.steps]
+            positions = block.positions.reshape(-1)
+            for step in steps:
+                _bmm_into(step.scores, step.q, step.k_t)
+                step.diagonal.fill_(plan.self_value)
+                _bmm_into(step.d_probs, step.d_out, step.v_t)
+                grads_kernel(step.scores, step.d_probs, step.lse, step.row_term,
+                             *plan.mask_args(block, positions, *step.span), q.dtype)
+                step.d_diagonal.zero_()  # the self score is a constant
+                _bmm_into(step.dq, step.d_probs, step.k)
+                for own, prev in step.key_grads:
+                    _bmm_into(*own)
+                    if prev is not None:
+                        _baddbmm_into(*prev)
+            dq_s, dk_s, dv_s = buf["dq"], buf["dk"], buf["dv"]
+            if pad:  # a row's leading copy is its last chunk: its key gradients belong there
+                for flat in (dk_s, dv_s):
+                    per_row = flat.view(block.rows, -1, c, d)
+                    per_row[:, -1] += per_row[:, 0]
+            # q reaches k through k = q / |q|
+            dq_s += _keys_backward_(dk_s, buf["k"].to(acc), norm_s.to(acc), scratch=buf["scratch"])
+            dq[rows] += dq_s.index_select(0, block.slot_of).view(block.rows, seq_len, d)
+            dv[rows] += dv_s.index_select(0, block.slot_of).view(block.rows, seq_len, d)
+        return dq.view(q.shape).to(q.dtype), dv.view(v.shape).to(v.dtype), None, None
 
 
 class CompiledBackend:
-    """LSH attention whose chunked forward and backward kernels are compiled by torch.compile."""
+    """LSH attention whose per-step softmax and score-gradient kernels are compiled by torch.compile."""
 
     name = "compiled"
     kind = "lsh"
 
     def __init__(self) -> None:
         self._stats = _CompileStats()
-        self._kernels = (_Kernel(_forward_block, self._stats), _Kernel(_backward_block, self._stats))
+        self._kernels = {
+            "buckets": _Kernel(_bucket_step, self._stats),
+            ("softmax", "plain"): _Kernel(_softmax_step, self._stats),
+            ("softmax", "causal"): _Kernel(_softmax_causal_step, self._stats),
+            ("softmax", "dedup"): _Kernel(_softmax_dedup_step, self._stats),
+            ("grads", "plain"): _Kernel(_score_grads_step, self._stats),
+            ("grads", "causal"): _Kernel(_score_grads_causal_step, self._stats),
+            ("grads", "dedup"): _Kernel(_score_grads_dedup_step, self._stats),
+        }
 
     def available(self) -> tuple[bool, str]:
         if not _COMPILE_ERRORS:
@@ -404,8 +537,8 @@ class CompiledBackend:
         return True, ""
 
     def compile_stats(self) -> dict:
-        """Since the last reset_compile_stats(): compilations (dynamo compiles of the two kernels,
-        first compiles and recompiles), fell_back (some block ran uncompiled) and its reason."""
+        """Since the last reset_compile_stats(): compilations (dynamo compiles of the kernels,
+        first compiles and recompiles), fell_back (some step ran uncompiled) and its reason."""
         return {"compilations": len(self._stats.compile_ids), "fell_back": self._stats.fell_back,
                 "reason": self._stats.reason}
 
@@ -416,16 +549,11 @@ class CompiledBackend:
                buckets: torch.Tensor | None = None) -> torch.Tensor:
         """The contract's LSH attention, (batch, heads, seq, d_head) -> same shape; differentiable.
         buckets: optional precomputed hash_buckets(qk, cfg), as for the eager backend."""
-        order = sorted_order(qk, v, cfg, buckets)
-        batch, heads, seq_len, d_head = qk.shape
-        bh_rows = batch * heads
-        # Keys are the unit-normalised queries; the normalisation stays outside the kernels so
-        # its gradient is autograd's, as in the eager backend.
-        keys = F.normalize(qk, p=2.0, dim=-1)
-        plan = _Plan(order.perm.reshape(bh_rows, cfg.n_hashes, seq_len),
-                     order.rank.reshape(bh_rows, cfg.n_hashes, seq_len),
-                     cfg.n_hashes, order.chunk_len, cfg.causal, cfg.dedup, qk.dtype)
-        out = _CompiledLSHAttention.apply(
-            qk.reshape(bh_rows, seq_len, d_head), keys.reshape(bh_rows, seq_len, d_head),
-            v.reshape(bh_rows, seq_len, d_head), plan, self._kernels)
-        return out.view(batch, heads, seq_len, d_head)
+        bucket_kernel = self._kernels["buckets"]
+        order = sorted_order(qk, v, cfg, buckets, bucket_of=lambda proj: bucket_kernel(proj)[0])
+        batch, heads, seq_len, _ = qk.shape
+        plan = _Plan(order.perm.reshape(batch * heads, cfg.n_hashes, seq_len),
+                     order.rank.reshape(batch * heads, cfg.n_hashes, seq_len),
+                     order.chunk_len, cfg.causal, cfg.dedup, qk.dtype)
+        # qk and v go in as they are (a transposed projection is gathered from in place, not copied).
+        return _CompiledLSHAttention.apply(qk, v, plan, self._kernels)

@@ -48,9 +48,9 @@ def _assert_matches_eager(be, seq_len, cfg, dtype=torch.float32, tol=1e-5):
 
 def test_sweep_matches_eager_with_one_compile(backend):
     """Two sequence lengths, causal and not, 1 and 4 hash rounds, in one process: outputs and
-    gradients equal eager's within 1e-5, and only the first case compiles (forward and backward
-    kernel); every later case reuses the dynamic-shape graphs."""
-    compilations = []
+    gradients equal eager's within 1e-5, and only the first case of each masking variant compiles
+    (its softmax and score-gradient kernels); every later case reuses the dynamic-shape graphs."""
+    seen, compilations = set(), []
     for seq_len in (64, 128):
         for causal in (False, True):
             for n_hashes in (1, 4):
@@ -59,9 +59,31 @@ def test_sweep_matches_eager_with_one_compile(backend):
                 _assert_matches_eager(backend, seq_len, cfg)
                 stats = backend.compile_stats()
                 assert not stats["fell_back"], stats["reason"]
-                compilations.append(stats["compilations"])
-    assert compilations[0] <= 2, compilations  # 0 when an earlier test compiled already
-    assert compilations[1:] == [0] * (len(compilations) - 1), compilations
+                compilations.append((seq_len, causal, n_hashes, stats["compilations"]))
+                if causal in seen:
+                    assert stats["compilations"] == 0, compilations
+                else:  # 0 when an earlier test compiled this variant already
+                    assert stats["compilations"] <= 2, compilations
+                seen.add(causal)
+
+
+def test_own_hashing_gives_eager_buckets(backend):
+    """attend() without buckets= hashes with the compiled bucket kernel: same buckets as
+    impls.lsh.hash_buckets, ties included (a zero query ties every direction), hence eager's output."""
+    from impls.lsh import bucket_of_projection
+
+    cfg = LSHConfig(n_buckets=N_BUCKETS, n_hashes=2, chunk_len=CHUNK_LEN)
+    qk, v, _ = _inputs(64)
+    qk[0, 0, :5] = 0.0
+    want = hash_buckets(qk, cfg)
+    got = hash_buckets(qk, cfg, bucket_of=lambda proj: backend._kernels["buckets"](proj)[0])
+    assert torch.equal(got, want)
+    proj = torch.randn(2, 3, 5, 2, 8)
+    proj[0, 0, 0, 0, 3] = proj[0, 0, 0, 0, 6] = proj[0, 0, 0, 0].abs().max() + 1  # a tied maximum
+    assert torch.equal(backend._kernels["buckets"](proj)[0], bucket_of_projection(proj))
+    with torch.no_grad():
+        torch.testing.assert_close(backend.attend(qk, v, cfg), get_backend("eager").attend(qk, v, cfg),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_dedup_and_default_chunk_len_match_eager(backend):
@@ -71,31 +93,33 @@ def test_dedup_and_default_chunk_len_match_eager(backend):
     assert not backend.compile_stats()["fell_back"], backend.compile_stats()["reason"]
 
 
-def test_long_rows_walked_in_chunk_steps_match_eager_without_recompiling(backend, monkeypatch):
-    """The path that bounds memory for long sequences: with a score budget of 6 chunks, below one
-    row's 8 chunks, rows go two at a time in steps of 2-3 chunks, through the same graphs as
-    whole rows."""
-    cfg = LSHConfig(n_buckets=N_BUCKETS, n_hashes=2, chunk_len=CHUNK_LEN, causal=True)
-    _assert_matches_eager(backend, 128, cfg)  # whole-row blocks: the graphs exist from here on
-    monkeypatch.setattr(compiled_module, "SCORE_BLOCK_ELEMENTS", 6 * CHUNK_LEN * 2 * CHUNK_LEN)
-    blocks = _blocks_of(cfg, 128)
-    assert [(r0, r1) for r0, r1, _ in blocks] == [(0, 2), (2, 4)]
-    assert blocks[0][2] == [(0, 2), (2, 5), (5, 8)]
+@pytest.mark.parametrize("causal", [False, True])
+def test_long_rows_walked_in_chunk_steps_match_eager_without_recompiling(backend, monkeypatch, causal):
+    """The path that bounds memory for long sequences: with a score budget of 3 windows, below one
+    row's 8 chunks (+ its leading copy), every block is one row walked in steps of 2-3 windows,
+    through the same graphs as blocks of several whole rows."""
+    cfg = LSHConfig(n_buckets=N_BUCKETS, n_hashes=2, chunk_len=CHUNK_LEN, causal=causal)
+    # Both rows in one step: 2 x (1 leading copy + 8 chunks) - 1 = 17 windows (one is discarded).
+    assert _blocks_of(cfg, 128) == [(r, 0, 2, [(0, 17)]) for r in range(2)]
+    _assert_matches_eager(backend, 128, cfg)  # the graphs exist from here on
+    monkeypatch.setitem(compiled_module.SCORE_BLOCK_ELEMENTS, "cpu", 3 * CHUNK_LEN * 2 * CHUNK_LEN)
+    steps = [(0, 2), (2, 5), (5, 8)]
+    assert _blocks_of(cfg, 128) == [(r, bh, bh + 1, steps) for r in range(2) for bh in range(HEADS)]
     backend.reset_compile_stats()
     _assert_matches_eager(backend, 128, cfg)
     assert backend.compile_stats() == {"compilations": 0, "fell_back": False, "reason": ""}
 
 
 def _blocks_of(cfg, seq_len):
-    """[(r0, r1, chunk steps)] of the compiled backend's plan for this config."""
+    """[(round, first bh row, end bh row, window steps)] of the compiled backend's plan."""
     from impls.lsh import sort_by_buckets
 
     qk, _, _ = _inputs(seq_len)
     order = sort_by_buckets(hash_buckets(qk, cfg), CHUNK_LEN)
     plan = compiled_module._Plan(order.perm.reshape(HEADS, cfg.n_hashes, seq_len),
-                                 order.rank.reshape(HEADS, cfg.n_hashes, seq_len), cfg.n_hashes,
+                                 order.rank.reshape(HEADS, cfg.n_hashes, seq_len),
                                  CHUNK_LEN, cfg.causal, cfg.dedup, torch.float32)
-    return [(r0, r1, steps) for r0, r1, _, steps in plan.row_blocks()]
+    return [(b.round, b.bh0, b.bh1, b.steps) for b in plan.blocks()]
 
 
 def test_recompile_limit_hit_is_recorded_as_fallback(backend):
