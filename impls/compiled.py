@@ -25,14 +25,25 @@ operands below into contiguous buffers first, and they need no copy:
   key at a query's own position is the query's own slot (own chunk, same offset). Positions are read
   only for the causal mask.
 
-Sweep safety: kernels are compiled with dynamic=True and without duck sizing, so seq_len, chunk_len,
-n_buckets, n_hashes and step sizes are symbols of one graph, and the causal flag is a 0-d tensor.
-Only dedup, dtype, and a step of one chunk pick another graph. fullgraph=True turns a graph break or
-a hit of dynamo's recompile limit into an exception instead of silently running Python; the backend
-then runs the same kernel uncompiled (the result stays right) and records fell_back=True with the
-reason. Each kernel also returns torch.compiler.is_compiling(), a constant True in compiled code, so a
-call that dynamo ran as Python anyway (set_stance("force_eager") or "eager_on_recompile",
-suppress_errors) is recorded too. compile_stats() reports compilations and fallbacks for the harness.
+Hashing runs the shared impls.lsh.hash_buckets with its per-block bucket choice (argmax over
+[xR, -xR]) compiled: same buckets as eager's, ties included (tests/test_compiled.py).
+
+Sweep safety: kernels are compiled with dynamic=True and without duck sizing, so seq_len,
+chunk_len, n_buckets, n_hashes, batch x heads and step sizes are symbols of one graph. Each masking
+variant is its own kernel (plain, causal, dedup: the dedup kernels take the causal flag as a 0-d
+tensor), so a sweep compiles each kernel it uses once per dtype, never per size (a step of a single
+window, which the step split avoids unless a call has one window or a window exceeds the step
+budget, gets its own graph once: dynamo specialises sizes 0 and 1). fullgraph=True turns a graph
+break or a hit of dynamo's recompile limit into an exception instead of silently running Python;
+the backend then runs the same kernel uncompiled (the result stays right) and records
+fell_back=True with the reason. Each kernel also returns torch.compiler.is_compiling(), a constant
+True in compiled code, so a call that dynamo ran as Python anyway (set_stance("force_eager") or
+"eager_on_recompile", suppress_errors) is recorded too. compile_stats() reports compilations and
+fallbacks for the harness.
+
+Speed (python -m harness.bench_compiled, 16,384 tokens, 4 heads x 64, 4 rounds, fwd+bwd, 2-core
+CPU): 1.35x eager. The matrix products, the same BLAS calls and flops as eager's, are 55% of the
+step; the rest is gathers into and out of sorted order, the compiled passes, and Python.
 """
 from __future__ import annotations
 
@@ -278,9 +289,6 @@ class _Plan:
                 bh1 = min(bh_rows, bh0 + self.rows_per_block)
                 n_windows = (bh1 - bh0) * (self.n_chunks + self.pad) - self.pad
                 yield _Block(self, r, bh0, bh1, _even_ranges(n_windows, self.windows_per_step))
-
-    def flat_shape(self, block: _Block, d: int) -> tuple[int, int]:
-        return block.rows * (self.n_chunks + self.pad) * self.chunk_len, d
 
     # Views of a step (windows t0..t1-1) into a block's flat buffers.
     def queries(self, flat: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
