@@ -72,8 +72,9 @@ except ImportError:  # pragma: no cover - torch without dynamo
 
 
 # ---------------------------------------------------------------------------------------------
-# Step kernels (traced by dynamo). A step is cb windows; scores are (cb, C, K) with K = W * C keys
-# per window, (previous chunk, own chunk) when W = 2, the own chunk alone when W = 1.
+# Kernels (traced by dynamo): the bucket choice of hashing, and the step kernels. A step is cb
+# windows; its scores are (cb, C, K) with K = W * C keys per window, (previous chunk, own chunk)
+# when W = 2, the own chunk alone when W = 1.
 # ---------------------------------------------------------------------------------------------
 
 def _bucket_step(proj):
@@ -186,7 +187,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Kernel:
-    """A block kernel, its compiled form, and the fallback bookkeeping around every call."""
+    """A kernel, its compiled form, and the fallback bookkeeping around every call."""
 
     def __init__(self, fn, stats: _CompileStats) -> None:
         self.fn = fn
@@ -269,7 +270,6 @@ class _Plan:
         self.window = window_chunks(self.n_chunks)
         self.pad = self.window - 1
         self.acc = accum_dtype(dtype)
-        self.dtype = dtype
         self.dedup, self.causal = dedup, causal
         self.self_value = mask_values(dtype)[0]
         # The dedup kernels take the causal flag as data: one graph for both settings.
@@ -522,7 +522,8 @@ class _CompiledLSHAttention(torch.autograd.Function):
 
 
 class CompiledBackend:
-    """LSH attention whose per-step softmax and score-gradient kernels are compiled by torch.compile."""
+    """LSH attention with its bucket choice and per-step softmax and score-gradient kernels compiled
+    by torch.compile."""
 
     name = "compiled"
     kind = "lsh"
