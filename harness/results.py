@@ -104,14 +104,6 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def finished_case_ids(path: Path) -> set[str]:
-    """Ids of the cases that already have a row (whatever its status): what --resume skips."""
-    path = Path(path)
-    if not path.exists():
-        return set()
-    return {row["case_id"] for row in read_rows(path)}
-
-
 def results_path(path: Path) -> Path:
     path = Path(path)
     return path / RESULTS_FILE if path.is_dir() else path

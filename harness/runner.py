@@ -9,7 +9,8 @@ asks Linux to kill it if the runner dies. Failures never stop the sweep:
   - no row and the worker died:     crashed (killed by a signal, or exited without writing a row)
   - the worker could not start:     crashed (the reason names the OS error)
 Rows are appended (and flushed) as soon as each case ends; Ctrl-C kills the running worker, keeps
-every finished row and raises SweepInterrupted; `resume=True` skips cases that already have a row.
+every finished row and raises SweepInterrupted; `resume=True` skips cases that already have a row
+(and, with skip_larger_after_failure, remembers the oom / timeout rows among them).
 Without resume, a run directory that already holds rows is refused (RunDirInUse): appending a
 second run would give its cases two rows each.
 """
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .results import RESULTS_FILE, ResultsWriter, finished_case_ids, new_row, read_run_json, write_run_json
+from .results import RESULTS_FILE, ResultsWriter, new_row, read_rows, read_run_json, write_run_json
 from .spec import Case, Suite
 
 # Lines of the worker's stderr kept for the reason of a crash.
@@ -61,7 +62,8 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
     """
     run_dir = Path(run_dir)
     results_file = run_dir / RESULTS_FILE
-    done = finished_case_ids(results_file)
+    earlier_rows = read_rows(results_file) if results_file.exists() else []
+    done = {row["case_id"] for row in earlier_rows}
     if done and not resume:
         raise RunDirInUse(f"{run_dir} already holds {len(done)} result rows; resume to add to that run, "
                           f"or use another run directory")
@@ -71,7 +73,8 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
     if suite.settings.get("skip_larger_after_failure"):
         cases.sort(key=lambda c: c.seq_len)  # stable: the suite's order within one length
     result = SweepResult(run_dir=run_dir, skipped=len(suite.cases) - len(cases))
-    failed_series: dict[str, tuple[int, str]] = {}  # series -> (seq_len, status) of its first failure
+    # series -> (seq_len, status) of its first failure, remembered across a resume
+    failed_series = _earlier_failures(suite, earlier_rows) if suite.settings.get("skip_larger_after_failure") else {}
     if progress is not None:
         progress.begin(len(cases), skipped=result.skipped)
     with ResultsWriter(results_file) as writer:
@@ -164,6 +167,21 @@ def _start_failure_row(case: Case, exc: OSError) -> dict:
     row["stage"] = "start-up"
     row["reason"] = f"could not start the worker: {type(exc).__name__}: {exc}"
     return row
+
+
+def _earlier_failures(suite: Suite, rows: list[dict]) -> dict[str, tuple[int, str]]:
+    """series -> (shortest seq_len, status) of the oom / timeout rows a resumed run already holds,
+    so that the resumed sweep does not run (and crash on) lengths above them again."""
+    cases = {case.case_id: case for case in suite.cases}
+    failures: dict[str, tuple[int, str]] = {}
+    for row in rows:
+        case = cases.get(row.get("case_id"))
+        if case is None or row.get("status") not in ("oom", "timeout"):
+            continue
+        key = case.series_key()
+        if key not in failures or case.seq_len < failures[key][0]:
+            failures[key] = (case.seq_len, row["status"])
+    return failures
 
 
 def _skip_row(case: Case, failed_series: dict[str, tuple[int, str]]) -> dict | None:

@@ -6,6 +6,7 @@ skipped without a worker.
 """
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -127,6 +128,22 @@ def test_timeout_skips_like_oom(tmp_path, monkeypatch):
     rows = run_suite(suite, tmp_path / "out", environment={}).rows
     assert [r["status"] for r in rows] == ["timeout"] * 4
     assert [r["stage"] for r in rows] == ["measure", "skipped", "skipped", "skipped"]
+
+
+def test_a_resumed_sweep_remembers_earlier_failures(tmp_path, monkeypatch):
+    """An interrupted sweep whose 64-token case ran out of memory: the resume skips the longer
+    cases of that series instead of running them."""
+    suite = load_suite(_failing_lsh_suite(tmp_path, extra_defaults="chunk_len = 16"))
+    out = tmp_path / "out"
+    monkeypatch.setattr(runner, "run_case_in_worker", _oom_row)
+    first = [c for c in suite.cases if c.seq_len == 64]
+    run_suite(dataclasses.replace(suite, cases=first), out, environment={})
+    started = []
+    monkeypatch.setattr(runner, "run_case_in_worker", lambda case: started.append(case.seq_len) or _oom_row(case))
+    rows = run_suite(suite, out, resume=True, environment={}).rows
+    assert started == []
+    assert [(r["seq_len"], r["stage"]) for r in rows] == [(128, "skipped"), (256, "skipped"), (512, "skipped")]
+    assert all("seq_len=64" in r["reason"] for r in rows)
 
 
 def _oom_row(case) -> dict:
