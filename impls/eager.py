@@ -116,19 +116,20 @@ class _Plan:
 
     def masked_scores(self, q_blk, k_blk, bh, q_pos, k_pos):
         """Scores q.k of a block with the self / causal masks and the dedup correction applied,
-        in the accumulation dtype; also returns the mask of constant-filled entries."""
+        in the accumulation dtype; also returns the causal mask (None without causality).
+
+        The self mask is the diagonal of the own chunk (the window's first C keys): the sorted order
+        is a permutation per round, so a query's own position appears only at its own slot."""
         scores = _bmm(q_blk, k_blk.transpose(-1, -2)).to(self.acc)
-        q_p, k_p = q_pos.unsqueeze(-1), k_pos.unsqueeze(-2)
-        masked = q_p == k_p
-        scores.masked_fill_(masked, self.self_value)
+        scores.diagonal(0, -2, -1).fill_(self.self_value)
+        future = None
         if self.causal:
-            future = k_p > q_p
+            future = k_pos.unsqueeze(-2) > q_pos.unsqueeze(-1)
             scores.masked_fill_(future, self.causal_value)
-            masked |= future
         if self.dedup:
             counts = dedup_counts(self.rank[bh], q_pos, k_pos, self.chunk_len, self.n_chunks)
             scores.sub_(counts.to(self.acc).log_())
-        return scores, masked
+        return scores, future
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -314,13 +315,16 @@ class _ChunkedLSHAttention(torch.autograd.Function):
                 q_c = _chunks(q_s, c0, c1, plan.chunk_len)
                 k_w, v_w = plan.window_of(k_s, c0, c1), plan.window_of(v_s, c0, c1)
                 d_out_c = _chunks(d_out_s, c0, c1, plan.chunk_len)
-                scores, masked = plan.masked_scores(q_c, k_w, bh, _chunks(perm, c0, c1, plan.chunk_len),
+                scores, future = plan.masked_scores(q_c, k_w, bh, _chunks(perm, c0, c1, plan.chunk_len),
                                                     plan.window_of(perm, c0, c1))
                 probs = scores.sub_(_chunks(lse_s, c0, c1, plan.chunk_len).unsqueeze(-1)).exp_()
                 # dL/ds_ij = P_ij (dO_r . v_j - w_r dO . o)
                 d_scores = _bmm(d_out_c, v_w.transpose(-1, -2)).to(plan.acc)
                 d_scores.sub_(_chunks(row_term, c0, c1, plan.chunk_len).unsqueeze(-1)).mul_(probs)
-                d_scores.masked_fill_(masked, 0.0)  # constant-filled scores depend on neither q nor k
+                # Constant-filled scores (self, future) depend on neither q nor k.
+                d_scores.diagonal(0, -2, -1).zero_()
+                if future is not None:
+                    d_scores.masked_fill_(future, 0.0)
                 d_scores = d_scores.to(q.dtype)
                 dq_s[:, span] += _bmm(d_scores, k_w).flatten(1, 2)
                 probs = probs.to(v.dtype)
