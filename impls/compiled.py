@@ -41,9 +41,10 @@ True in compiled code, so a call that dynamo ran as Python anyway (set_stance("f
 "eager_on_recompile", suppress_errors) is recorded too. compile_stats() reports compilations and
 fallbacks for the harness.
 
-Speed (python -m harness.bench_compiled, 16,384 tokens, 4 heads x 64, 4 rounds, fwd+bwd, 2-core
-CPU): 1.35x eager. The matrix products, the same BLAS calls and flops as eager's, are 55% of the
-step; the rest is gathers into and out of sorted order, the compiled passes, and Python.
+Speed (python -m harness.bench_compiled, 4 heads x 64, 4 rounds, fwd+bwd, 2-core CPU): 1.2x eager
+at 16,384 and 65,536 tokens, 1.7x causal. The matrix products, the same BLAS calls and flops
+as eager's, are 55% of the step; the rest is gathers into and out of sorted order, the compiled
+passes, and Python.
 """
 from __future__ import annotations
 
