@@ -110,6 +110,27 @@ def test_long_rows_walked_in_chunk_steps_match_eager_without_recompiling(backend
     assert backend.compile_stats() == {"compilations": 0, "fell_back": False, "reason": ""}
 
 
+def test_blocks_of_several_rows_and_a_shorter_last_block_match_eager(backend, monkeypatch):
+    """batch 3 x 1 head, a budget of 2 rows per block: blocks of rows (0, 1) and (2,), with the
+    discarded window between the two rows of a block; outputs and gradients still equal eager's."""
+    monkeypatch.setitem(compiled_module.SCORE_BLOCK_ELEMENTS, "cpu", 10 * CHUNK_LEN * 2 * CHUNK_LEN)
+    cfg = LSHConfig(n_buckets=N_BUCKETS, n_hashes=2, chunk_len=CHUNK_LEN, causal=True)
+    gen = torch.Generator().manual_seed(3)
+    qk, v, grad = (torch.randn(3, 1, 64, D_HEAD, generator=gen) for _ in range(3))
+    buckets = hash_buckets(qk, cfg)
+    got = _output_and_grads(backend, qk, v, grad, cfg, buckets)
+    want = _output_and_grads(get_backend("eager"), qk, v, grad, cfg, buckets)
+    for name, g, w in zip(("output", "d qk", "d v"), got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    from impls.lsh import sort_by_buckets
+
+    order = sort_by_buckets(buckets, CHUNK_LEN)
+    plan = compiled_module._Plan(order.perm.reshape(3, 2, 64), order.rank.reshape(3, 2, 64), CHUNK_LEN,
+                                 True, False, torch.float32)
+    assert [(b.round, b.bh0, b.bh1, b.steps) for b in plan.blocks()] == [
+        (0, 0, 2, [(0, 9)]), (0, 2, 3, [(0, 4)]), (1, 0, 2, [(0, 9)]), (1, 2, 3, [(0, 4)])]
+
+
 def _blocks_of(cfg, seq_len):
     """[(round, first bh row, end bh row, window steps)] of the compiled backend's plan."""
     from impls.lsh import sort_by_buckets
