@@ -89,13 +89,15 @@ def hash_buckets(qk: torch.Tensor, cfg: LSHConfig, bucket_of=bucket_of_projectio
     positions_per_block = min(seq_len, max(1, budget // (batch * heads * n_rounds * half)))
     # One projection buffer for every block, written by bmm in place: a fresh 4 MiB result per
     # block (torch.matmul) made hashing 1.5x slower on the CPU.
-    store = torch.empty(batch * heads * positions_per_block * n_rounds * half, device=qk.device)
+    store = torch.empty(batch * heads * positions_per_block * n_rounds * half, dtype=torch.float32,
+                        device=qk.device)
     with torch.no_grad():
-        x = qk.detach().reshape(batch * heads, seq_len, d_head)
+        x = qk.detach()
         for s0 in range(0, seq_len, positions_per_block):
             s1 = min(seq_len, s0 + positions_per_block)
             proj = store[:batch * heads * (s1 - s0) * n_rounds * half].view(batch * heads, s1 - s0, n_rounds * half)
-            torch.bmm(x[:, s0:s1].float(), rot, out=proj)
+            # Per block: a transposed input (the model's projections) is copied a block at a time.
+            torch.bmm(x[:, :, s0:s1].float().reshape(batch * heads, s1 - s0, d_head), rot, out=proj)
             block = bucket_of(proj.view(batch, heads, s1 - s0, n_rounds, half))  # (B, H, n, R)
             buckets[:, :, :, s0:s1] = block.transpose(2, 3)
     return buckets

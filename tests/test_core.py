@@ -89,6 +89,28 @@ def test_hash_blocks_agree_with_one_block(monkeypatch):
     assert torch.equal(lsh.hash_buckets(qk, cfg), whole)
 
 
+def test_hashing_a_transposed_batch_copies_one_block_at_a_time(monkeypatch):
+    """The model's qk is a transposed projection (batch, seq, heads, d) -> (batch, heads, seq, d):
+    hashing must not copy it whole (blocks of 128 positions here), and must not depend on the
+    default dtype."""
+    import impls.lsh as lsh
+    from harness.memory import track_peak_memory
+
+    monkeypatch.setattr(lsh, "HASH_BLOCK_ELEMENTS", {"cpu": 2 * 4 * 2 * 32 * 128})
+    qk = torch.randn(2, 4096, 4, 64, generator=torch.Generator().manual_seed(0)).transpose(1, 2)
+    cfg = LSHConfig(n_buckets=64, n_hashes=2)
+    with track_peak_memory("cpu") as peak:
+        buckets = lsh.hash_buckets(qk, cfg)
+    assert peak.peak_bytes < qk.numel() * qk.element_size() // 4, peak.peak_bytes
+    assert torch.equal(buckets, lsh.hash_buckets(qk.contiguous(), cfg))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert torch.equal(lsh.hash_buckets(qk, cfg), buckets)
+    finally:
+        torch.set_default_dtype(default)
+
+
 def test_same_seed_same_output_other_seed_other_buckets():
     qk, v = inputs(seq=256)
     cfg = LSHConfig(n_buckets=16, n_hashes=2, seed=11)
