@@ -29,17 +29,19 @@ Hashing runs the shared impls.lsh.hash_buckets with its per-block bucket choice 
 [xR, -xR]) compiled: same buckets as eager's, ties included (tests/test_compiled.py).
 
 Sweep safety: kernels are compiled with dynamic=True and without duck sizing, so seq_len,
-chunk_len, n_buckets, n_hashes, batch x heads and step sizes are symbols of one graph. Each masking
-variant is its own kernel (plain, causal, dedup: the dedup kernels take the causal flag as a 0-d
-tensor), so a sweep compiles each kernel it uses once per dtype, never per size (a step of a single
-window, which the step split avoids unless a call has one window or a window exceeds the step
-budget, gets its own graph once: dynamo specialises sizes 0 and 1). fullgraph=True turns a graph
-break or a hit of dynamo's recompile limit into an exception instead of silently running Python;
-the backend then runs the same kernel uncompiled (the result stays right) and records
-fell_back=True with the reason. Each kernel also returns torch.compiler.is_compiling(), a constant
-True in compiled code, so a call that dynamo ran as Python anyway (set_stance("force_eager") or
-"eager_on_recompile", suppress_errors) is recorded too. compile_stats() reports compilations and
-fallbacks for the harness.
+chunk_len, n_buckets, n_hashes, batch x heads and step sizes are symbols of one graph: the bucket
+kernel sees (rows, n_buckets / 2) projections, so batch, heads or rounds of 1 are no size of their
+own, and work buffers start a few elements into their storage, so the first step of a call has no
+storage offset of 0 (dynamo specialises sizes and offsets of 0 and 1). Each masking variant is its
+own kernel (plain, causal, dedup: the dedup kernels take the causal flag as a 0-d tensor), so a
+sweep compiles each kernel it uses once per dtype; the one size with a graph of its own is a step
+of a single window (a one-chunk round in a one-row block, or a window above the step budget),
+compiled once. fullgraph=True turns a graph break or a hit of dynamo's recompile limit into an
+exception instead of silently running Python; the backend then runs the same kernel uncompiled (the
+result stays right) and records fell_back=True with the reason. Each kernel also returns
+torch.compiler.is_compiling(), a constant True in compiled code, so a call that dynamo ran as
+Python anyway (set_stance("force_eager") or "eager_on_recompile", suppress_errors) is recorded too.
+compile_stats() reports compilations and fallbacks for the harness.
 
 Speed (python -m harness.bench_compiled, 4 heads x 64, 4 rounds, fwd+bwd, 2-core CPU): 1.2x eager
 at 16,384 and 65,536 tokens, 1.7x causal. The matrix products, the same BLAS calls and flops
@@ -109,7 +111,8 @@ def _causal_masked(scores, q_pos, k_pos, dtype):
 
 
 # Forward kernels. scores (cb, C, K): a step's q k^T in the accumulation dtype with the self mask on
-# the diagonal already; overwritten with the probabilities. lse (cb, C): written.
+# the diagonal already; overwritten with the probabilities. lse (cb, C): written. dtype is the
+# input dtype: it picks the mask constants, and gives each input dtype a graph of its own.
 def _softmax_step(scores, lse, dtype: torch.dtype):
     _softmax_(scores, lse, scores)
     return (torch.compiler.is_compiling(),)
@@ -346,8 +349,13 @@ def _baddbmm_into(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 class _Buffers:
-    """Work buffers, allocated once per call and reused by every block (see impls.eager): the
-    views of every step are then made once per call too, not per block."""
+    """Work buffers, allocated once per call and reused by every block (see impls.eager), so that
+    the views of every step can be made once per call too.
+
+    Every buffer starts LEAD elements into its storage: a view at storage offset 0 would be a
+    size dynamo specialises (0 and 1), so the first step of a call would need a graph of its own."""
+
+    LEAD = 64  # elements; keeps 256-byte alignment for float32
 
     def __init__(self, device) -> None:
         self.device = device
@@ -359,9 +367,25 @@ class _Buffers:
         for size in shape:
             numel *= size
         store = self._store.get(key)
-        if store is None or store.numel() < numel:
-            store = self._store[key] = torch.empty(numel, dtype=dtype, device=self.device)
-        return store[:numel].view(shape)
+        if store is None or store.numel() < self.LEAD + numel:
+            store = self._store[key] = torch.empty(self.LEAD + numel, dtype=dtype, device=self.device)
+        return store[self.LEAD:self.LEAD + numel].view(shape)
+
+
+def _cached_steps(cache: dict, step_class, plan: _Plan, buf: dict, block: _Block) -> list:
+    """The step views (step_class) of a block, made once per block size and set of buffers (a
+    buffer that grew is new storage: views of the old one must not be reused)."""
+    key = (block.positions.numel(), *(t.data_ptr() for t in buf.values()))
+    steps = cache.get(key)
+    if steps is None:
+        steps = cache[key] = [step_class(plan, buf, t0, t1) for t0, t1 in block.steps]
+    return steps
+
+
+def _flat_positions(buffers: _Buffers, block: _Block) -> torch.Tensor:
+    """The block's slot positions, flat, in a buffer (read by the causal and dedup kernels)."""
+    positions = buffers.get("positions", (block.positions.numel(),), block.positions.dtype)
+    return positions.copy_(block.positions.reshape(-1))
 
 
 class _ForwardStep:
@@ -424,7 +448,7 @@ class _CompiledLSHAttention(torch.autograd.Function):
         weight_sum = torch.zeros(bh_rows, seq_len, dtype=acc, device=q.device)
         lse_rounds = torch.empty(plan.n_rounds, bh_rows, seq_len, dtype=acc, device=q.device)
         buffers = _Buffers(q.device)
-        steps_by_size: dict[int, list[_ForwardStep]] = {}
+        step_views: dict[tuple, list[_ForwardStep]] = {}
         for block in plan.blocks():
             n_slots = block.positions.numel()
             buf = {name: buffers.get(name, (n_slots, d), q.dtype) for name in ("q", "k", "v", "out")}
@@ -433,10 +457,8 @@ class _CompiledLSHAttention(torch.autograd.Function):
             q_rows.sorted_rows(block.bh, block.positions, out=buf["q"])
             v_rows.sorted_rows(block.bh, block.positions, out=buf["v"])
             _unit_keys(buf["q"], out=buf["k"])
-            steps = steps_by_size.get(n_slots)
-            if steps is None:  # same buffers, same views: made once per block size
-                steps = steps_by_size[n_slots] = [_ForwardStep(plan, buf, t0, t1) for t0, t1 in block.steps]
-            positions = block.positions.reshape(-1)
+            steps = _cached_steps(step_views, _ForwardStep, plan, buf, block)
+            positions = _flat_positions(buffers, block)
             for step in steps:
                 _bmm_into(step.scores, step.q, step.k_t)
                 step.diagonal.fill_(plan.self_value)
@@ -452,7 +474,7 @@ class _CompiledLSHAttention(torch.autograd.Function):
             combined[rows].mul_(rescale.unsqueeze(-1)).addcmul_(out_rows.to(acc), weight.unsqueeze(-1))
             weight_sum[rows].mul_(rescale).add_(weight)
             lse_max[rows] = new_max
-        del buffers, steps_by_size
+        del buffers, step_views
         combined.div_(weight_sum.unsqueeze(-1))
         ctx.save_for_backward(q, v, combined, lse_rounds, lse_max, weight_sum)
         ctx.plan, ctx.kernels = plan, kernels
@@ -471,7 +493,7 @@ class _CompiledLSHAttention(torch.autograd.Function):
         dq = torch.zeros(bh_rows, seq_len, d, dtype=acc, device=q.device)
         dv = torch.zeros_like(dq)
         buffers = _Buffers(q.device)
-        steps_by_size: dict[int, list[_BackwardStep]] = {}
+        step_views: dict[tuple, list[_BackwardStep]] = {}
         for block in plan.blocks():
             n_slots = block.positions.numel()
             rows = slice(block.bh0, block.bh1)
@@ -494,10 +516,8 @@ class _CompiledLSHAttention(torch.autograd.Function):
             # Key gradients: every chunk but the first is some window's own chunk (written there).
             buf["dk"][:c].zero_()
             buf["dv"][:c].zero_()
-            steps = steps_by_size.get(n_slots)
-            if steps is None:
-                steps = steps_by_size[n_slots] = [_BackwardStep(plan, buf, t0, t1) for t0, t1 in block.steps]
-            positions = block.positions.reshape(-1)
+            steps = _cached_steps(step_views, _BackwardStep, plan, buf, block)
+            positions = _flat_positions(buffers, block)
             for step in steps:
                 _bmm_into(step.scores, step.q, step.k_t)
                 step.diagonal.fill_(plan.self_value)
@@ -555,12 +575,16 @@ class CompiledBackend:
     def reset_compile_stats(self) -> None:
         self._stats.__init__()
 
+    def _bucket_of(self, proj: torch.Tensor) -> torch.Tensor:
+        """The compiled bucket choice on (rows, n_buckets / 2) projections: batch, heads and
+        rounds of size 1 would each be a new graph as dimensions of their own."""
+        return self._kernels["buckets"](proj.reshape(-1, proj.shape[-1]))[0].view(proj.shape[:-1])
+
     def attend(self, qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
                buckets: torch.Tensor | None = None) -> torch.Tensor:
         """The contract's LSH attention, (batch, heads, seq, d_head) -> same shape; differentiable.
         buckets: optional precomputed hash_buckets(qk, cfg), as for the eager backend."""
-        bucket_kernel = self._kernels["buckets"]
-        order = sorted_order(qk, v, cfg, buckets, bucket_of=lambda proj: bucket_kernel(proj)[0])
+        order = sorted_order(qk, v, cfg, buckets, bucket_of=self._bucket_of)
         batch, heads, seq_len, _ = qk.shape
         plan = _Plan(order.perm.reshape(batch * heads, cfg.n_hashes, seq_len),
                      order.rank.reshape(batch * heads, cfg.n_hashes, seq_len),

@@ -76,14 +76,32 @@ def test_own_hashing_gives_eager_buckets(backend):
     qk, v, _ = _inputs(64)
     qk[0, 0, :5] = 0.0
     want = hash_buckets(qk, cfg)
-    got = hash_buckets(qk, cfg, bucket_of=lambda proj: backend._kernels["buckets"](proj)[0])
+    got = hash_buckets(qk, cfg, bucket_of=backend._bucket_of)
     assert torch.equal(got, want)
     proj = torch.randn(2, 3, 5, 2, 8)
     proj[0, 0, 0, 0, 3] = proj[0, 0, 0, 0, 6] = proj[0, 0, 0, 0].abs().max() + 1  # a tied maximum
-    assert torch.equal(backend._kernels["buckets"](proj)[0], bucket_of_projection(proj))
+    assert torch.equal(backend._bucket_of(proj), bucket_of_projection(proj))
     with torch.no_grad():
         torch.testing.assert_close(backend.attend(qk, v, cfg), get_backend("eager").attend(qk, v, cfg),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_own_hashing_and_one_chunk_rounds_compile_once_across_shapes(backend):
+    """attend() without buckets= over batch 1 / 2, heads 1 / 2, 1 / 2 rounds and a round of one chunk
+    (no leading copy, steps starting at the buffer's first slot): after the first case, nothing
+    compiles again."""
+    eager = get_backend("eager")
+    counts = []
+    for batch, heads, n_hashes, seq_len in ((1, 2, 2, 64), (2, 2, 2, 64), (1, 1, 2, 64), (1, 2, 1, 64),
+                                            (1, 2, 2, 16), (2, 3, 3, 128)):
+        gen = torch.Generator().manual_seed(seq_len + batch)
+        qk, v = (torch.randn(batch, heads, seq_len, D_HEAD, generator=gen) for _ in range(2))
+        cfg = LSHConfig(n_buckets=N_BUCKETS, n_hashes=n_hashes, chunk_len=CHUNK_LEN)
+        backend.reset_compile_stats()
+        with torch.no_grad():
+            torch.testing.assert_close(backend.attend(qk, v, cfg), eager.attend(qk, v, cfg), rtol=1e-5, atol=1e-5)
+        counts.append(backend.compile_stats()["compilations"])
+    assert counts[0] <= 2 and counts[1:] == [0] * 5, counts
 
 
 def test_dedup_and_default_chunk_len_match_eager(backend):
