@@ -88,7 +88,7 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
                 writer.append(row)
                 result.rows.append(row)
                 if row["status"] in ("oom", "timeout") and suite.settings.get("skip_larger_after_failure"):
-                    failed_series.setdefault(case.series_key(), (case.seq_len, row["status"]))
+                    _note_failure(failed_series, case, row["status"])
                 if progress is not None:
                     progress.finish(row)
         except KeyboardInterrupt:
@@ -176,12 +176,16 @@ def _earlier_failures(suite: Suite, rows: list[dict]) -> dict[str, tuple[int, st
     failures: dict[str, tuple[int, str]] = {}
     for row in rows:
         case = cases.get(row.get("case_id"))
-        if case is None or row.get("status") not in ("oom", "timeout"):
-            continue
-        key = case.series_key()
-        if key not in failures or case.seq_len < failures[key][0]:
-            failures[key] = (case.seq_len, row["status"])
+        if case is not None and row.get("status") in ("oom", "timeout"):
+            _note_failure(failures, case, row["status"])
     return failures
+
+
+def _note_failure(failures: dict[str, tuple[int, str]], case: Case, status: str) -> None:
+    """Keep the shortest failing length per series (a resumed run may fail below a remembered one)."""
+    key = case.series_key()
+    if key not in failures or case.seq_len < failures[key][0]:
+        failures[key] = (case.seq_len, status)
 
 
 def _skip_row(case: Case, failed_series: dict[str, tuple[int, str]]) -> dict | None:
