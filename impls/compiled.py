@@ -55,7 +55,7 @@ import itertools
 import torch
 
 from .config import LSHConfig
-from .eager import _keys_backward_, _RowTable, _unit_keys
+from .eager import _Buffers, _combine_round_, _keys_backward_, _RowTable, _unit_keys
 from .lsh import accum_dtype, mask_values, sorted_order, window_chunks
 from .lsh import dedup_counts as _dedup_counts
 
@@ -348,28 +348,9 @@ def _baddbmm_into(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc += torch.bmm(a.to(b.dtype), b)
 
 
-class _Buffers:
-    """Work buffers, allocated once per call and reused by every block (see impls.eager), so that
-    the views of every step can be made once per call too.
-
-    Every buffer starts LEAD elements into its storage: a view at storage offset 0 would be a
-    size dynamo specialises (0 and 1), so the first step of a call would need a graph of its own."""
-
-    LEAD = 64  # elements; keeps 256-byte alignment for float32
-
-    def __init__(self, device) -> None:
-        self.device = device
-        self._store: dict[tuple[str, torch.dtype], torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        key = (name, dtype)
-        numel = 1
-        for size in shape:
-            numel *= size
-        store = self._store.get(key)
-        if store is None or store.numel() < self.LEAD + numel:
-            store = self._store[key] = torch.empty(self.LEAD + numel, dtype=dtype, device=self.device)
-        return store[self.LEAD:self.LEAD + numel].view(shape)
+# Work buffers start this many elements into their storage: a view at storage offset 0 is a value
+# dynamo specialises, so the first step of a call would need a graph of its own.
+BUFFER_LEAD = 64  # keeps 256-byte alignment for float32
 
 
 def _cached_steps(cache: dict, step_class, plan: _Plan, buf: dict, block: _Block) -> list:
@@ -447,7 +428,7 @@ class _CompiledLSHAttention(torch.autograd.Function):
         lse_max = torch.full((bh_rows, seq_len), float("-inf"), dtype=acc, device=q.device)
         weight_sum = torch.zeros(bh_rows, seq_len, dtype=acc, device=q.device)
         lse_rounds = torch.empty(plan.n_rounds, bh_rows, seq_len, dtype=acc, device=q.device)
-        buffers = _Buffers(q.device)
+        buffers = _Buffers(q.device, lead=BUFFER_LEAD)
         step_views: dict[tuple, list[_ForwardStep]] = {}
         for block in plan.blocks():
             n_slots = block.positions.numel()
@@ -468,12 +449,7 @@ class _CompiledLSHAttention(torch.autograd.Function):
             lse_rows = buf["lse"].index_select(0, block.slot_of).view(block.rows, seq_len)
             rows = slice(block.bh0, block.bh1)
             lse_rounds[block.round, rows] = lse_rows
-            new_max = torch.maximum(lse_max[rows], lse_rows)
-            rescale = (lse_max[rows] - new_max).exp_()
-            weight = (lse_rows - new_max).exp_()
-            combined[rows].mul_(rescale.unsqueeze(-1)).addcmul_(out_rows.to(acc), weight.unsqueeze(-1))
-            weight_sum[rows].mul_(rescale).add_(weight)
-            lse_max[rows] = new_max
+            _combine_round_(combined[rows], lse_max[rows], weight_sum[rows], out_rows, lse_rows)
         del buffers, step_views
         combined.div_(weight_sum.unsqueeze(-1))
         ctx.save_for_backward(q, v, combined, lse_rounds, lse_max, weight_sum)
@@ -492,7 +468,7 @@ class _CompiledLSHAttention(torch.autograd.Function):
         out_dot = (grad_out.to(acc) * combined.view(grad_out.shape)).sum(-1).reshape(bh_rows, seq_len)
         dq = torch.zeros(bh_rows, seq_len, d, dtype=acc, device=q.device)
         dv = torch.zeros_like(dq)
-        buffers = _Buffers(q.device)
+        buffers = _Buffers(q.device, lead=BUFFER_LEAD)
         step_views: dict[tuple, list[_BackwardStep]] = {}
         for block in plan.blocks():
             n_slots = block.positions.numel()

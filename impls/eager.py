@@ -98,11 +98,6 @@ class _Plan:
             bh = torch.arange(r0, r1, device=self.perm.device) // self.n_rounds
             yield slice(r0, r1), bh, perm_rows[r0:r1], rank_rows[r0:r1], step
 
-    @property
-    def max_rows(self) -> int:
-        """The most rows any block of row_blocks() holds (the size of the work buffers)."""
-        return max(r.stop - r.start for r, *_ in self.row_blocks())
-
     def steps(self, step: int):
         for c0 in range(0, self.n_chunks, step):
             yield c0, min(self.n_chunks, c0 + step)
@@ -188,21 +183,43 @@ def _select_rows(rows: torch.Tensor, index: torch.Tensor, out: torch.Tensor | No
 
 
 class _Buffers:
-    """(G, N, D) work buffers, allocated once per call and reused by every block of rows.
+    """Work buffers, allocated once per call and reused by every block of rows.
 
     Fresh buffers of a long row (16 MiB at 64K tokens x 64 dims) come from the OS on every block
     (glibc maps large blocks anew): first-touch page faults then cost more than the arithmetic.
+    Every buffer starts `lead` elements into its storage (impls.compiled needs views that never
+    start at storage offset 0, a value dynamo specialises).
     """
 
-    def __init__(self, rows: int, seq_len: int, d: int, device) -> None:
-        self.shape, self.device = (rows, seq_len, d), device
+    def __init__(self, device, lead: int = 0) -> None:
+        self.device, self.lead = device, lead
         self._store: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
-    def get(self, name: str, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A contiguous `shape` view of buffer (name, dtype), grown when too small."""
+        numel = 1
+        for size in shape:
+            numel *= size
         key = (name, dtype)
-        if key not in self._store:
-            self._store[key] = torch.empty(self.shape, dtype=dtype, device=self.device)
-        return self._store[key][:rows]
+        store = self._store.get(key)
+        if store is None or store.numel() < self.lead + numel:
+            store = self._store[key] = torch.empty(self.lead + numel, dtype=dtype, device=self.device)
+        return store[self.lead:self.lead + numel].view(shape)
+
+
+def _combine_round_(combined, lse_max, weight_sum, out_r, lse_r) -> None:
+    """Fold one round's output and log-sum-exp (original order) into the online combination, in
+    place: running max of lse_r, sum of exp(lse_r - max), sum of exp(lse_r - max) o_r.
+
+    A running max, not a running logsumexp: lse values near the -1e5 self mask (a token seeing only
+    itself) are spaced ~0.008 apart in fp32, so exp(lse_r - logsumexp) would not sum to 1; weights
+    exp(lse_r - max) / sum do."""
+    new_max = torch.maximum(lse_max, lse_r)
+    rescale = (lse_max - new_max).exp_()
+    weight = (lse_r - new_max).exp_()
+    combined.mul_(rescale.unsqueeze(-1)).addcmul_(out_r.to(combined.dtype), weight.unsqueeze(-1))
+    weight_sum.mul_(rescale).add_(weight)
+    lse_max.copy_(new_max)
 
 
 # F.normalize's floor on the norm: keys are x / max(|x|, eps), so a zero query gives a zero key.
@@ -244,22 +261,20 @@ class _ChunkedLSHAttention(torch.autograd.Function):
         batch, heads, seq_len, d = q.shape  # (B, H, N, D), any strides with unit last stride
         bh_rows = batch * heads
         q_rows, v_rows = _RowTable(q), _RowTable(v)
-        # Running max of lse_r and sum of exp(lse_r - max), not a running logsumexp: lse values
-        # near the -1e5 self-mask (a token seeing only itself) are spaced ~0.008 apart in fp32, so
-        # exp(lse_r - logsumexp) would not sum to 1; weights exp(lse_r - max) / sum do.
+        # The online combination of the rounds (see _combine_round_).
         combined = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
         lse_max = torch.full((bh_rows, seq_len), float("-inf"), dtype=plan.acc, device=q.device)
         weight_sum = torch.zeros(bh_rows, seq_len, dtype=plan.acc, device=q.device)
         lse_rounds = torch.empty(bh_rows * plan.n_rounds, seq_len, dtype=plan.acc, device=q.device)
-        buffers = _Buffers(plan.max_rows, seq_len, d, q.device)
+        buffers = _Buffers(q.device)
         for rows, bh, perm, rank, step in plan.row_blocks():
             g = perm.shape[0]
-            q_s = q_rows.sorted_rows(bh, perm, out=buffers.get("q", g, q.dtype))
-            v_s = v_rows.sorted_rows(bh, perm, out=buffers.get("v", g, v.dtype))
+            q_s = q_rows.sorted_rows(bh, perm, out=buffers.get("q", (g, seq_len, d), q.dtype))
+            v_s = v_rows.sorted_rows(bh, perm, out=buffers.get("v", (g, seq_len, d), v.dtype))
             # Keys are normalised here, per block, from the sorted queries: no full-size key tensor
             # exists, and the normalisation's gradient is folded into dq in the backward.
-            k_s, _ = _unit_keys(q_s, out=buffers.get("k", g, q.dtype))
-            out_s, lse_s = buffers.get("out", g, q.dtype), lse_rounds.new_empty(perm.shape)
+            k_s, _ = _unit_keys(q_s, out=buffers.get("k", (g, seq_len, d), q.dtype))
+            out_s, lse_s = buffers.get("out", (g, seq_len, d), q.dtype), lse_rounds.new_empty(perm.shape)
             for c0, c1 in plan.steps(step):
                 scores, _ = plan.masked_scores(_chunks(q_s, c0, c1, plan.chunk_len), plan.window_of(k_s, c0, c1),
                                                bh, _chunks(perm, c0, c1, plan.chunk_len), plan.window_of(perm, c0, c1))
@@ -270,16 +285,11 @@ class _ChunkedLSHAttention(torch.autograd.Function):
                 span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
                 out_s[:, span] = _bmm(probs.to(v.dtype), plan.window_of(v_s, c0, c1)).flatten(1, 2)
                 lse_s[:, span] = (row_max + row_sum.log()).flatten(1)
-            out_rows = _to_sorted(out_s, rank, out=buffers.get("out_rows", g, q.dtype))
+            out_rows = _to_sorted(out_s, rank, out=buffers.get("out_rows", (g, seq_len, d), q.dtype))
             lse_rows = _to_sorted(lse_s, rank)
             lse_rounds[rows] = lse_rows
             for i, row_bh in enumerate(bh.tolist()):  # rows are (bh, round) pairs, bh-major
-                new_max = torch.maximum(lse_max[row_bh], lse_rows[i])
-                rescale = (lse_max[row_bh] - new_max).exp_()
-                weight = (lse_rows[i] - new_max).exp_()
-                combined[row_bh].mul_(rescale.unsqueeze(-1)).addcmul_(out_rows[i].to(plan.acc), weight.unsqueeze(-1))
-                weight_sum[row_bh].mul_(rescale).add_(weight)
-                lse_max[row_bh] = new_max
+                _combine_round_(combined[row_bh], lse_max[row_bh], weight_sum[row_bh], out_rows[i], lse_rows[i])
         del buffers
         combined.div_(weight_sum.unsqueeze(-1))
         ctx.save_for_backward(q, v, combined, lse_rounds, lse_max, weight_sum)
@@ -297,19 +307,19 @@ class _ChunkedLSHAttention(torch.autograd.Function):
         out_dot = (grad_out.to(plan.acc) * combined.view(grad_out.shape)).sum(-1).reshape(bh_rows, seq_len)
         dq = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
         dv = torch.zeros_like(dq)
-        buffers = _Buffers(plan.max_rows, seq_len, d, q.device)
+        buffers = _Buffers(q.device)
         for rows, bh, perm, rank, step in plan.row_blocks():
             g = perm.shape[0]
-            q_s = q_rows.sorted_rows(bh, perm, out=buffers.get("q", g, q.dtype))
-            v_s = v_rows.sorted_rows(bh, perm, out=buffers.get("v", g, v.dtype))
-            k_s, norm_s = _unit_keys(q_s, out=buffers.get("k", g, q.dtype))
+            q_s = q_rows.sorted_rows(bh, perm, out=buffers.get("q", (g, seq_len, d), q.dtype))
+            v_s = v_rows.sorted_rows(bh, perm, out=buffers.get("v", (g, seq_len, d), v.dtype))
+            k_s, norm_s = _unit_keys(q_s, out=buffers.get("k", (g, seq_len, d), q.dtype))
             lse_s = _to_sorted(lse_rounds[rows], perm)
             # w_r = exp(lse_r - max) / sum, in sorted order
             weight_s = (lse_s - _to_sorted(lse_max[bh], perm)).exp_().div_(_to_sorted(weight_sum[bh], perm))
-            d_out_s = grad_rows.sorted_rows(bh, perm, out=buffers.get("d_out", g, grad_out.dtype))
+            d_out_s = grad_rows.sorted_rows(bh, perm, out=buffers.get("d_out", (g, seq_len, d), grad_out.dtype))
             d_out_s = d_out_s.mul_(weight_s.unsqueeze(-1).to(d_out_s.dtype))
             row_term = _to_sorted(out_dot[bh], perm).mul_(weight_s)  # w_r dO . o
-            dq_s, dk_s, dv_s = (buffers.get(name, g, plan.acc).zero_() for name in ("dq", "dk", "dv"))
+            dq_s, dk_s, dv_s = (buffers.get(name, (g, seq_len, d), plan.acc).zero_() for name in ("dq", "dk", "dv"))
             for c0, c1 in plan.steps(step):
                 span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
                 q_c = _chunks(q_s, c0, c1, plan.chunk_len)
@@ -339,9 +349,9 @@ class _ChunkedLSHAttention(torch.autograd.Function):
             # Back to original order, summed over the rounds (rows) of each (batch x head).
             # q reaches k through k = q / |q|
             dq_s += _keys_backward_(dk_s, k_s.to(plan.acc), norm_s.to(plan.acc),
-                                    scratch=buffers.get("scratch", g, plan.acc))
+                                    scratch=buffers.get("scratch", (g, seq_len, d), plan.acc))
             for acc, grads_s in ((dq, dq_s), (dv, dv_s)):
-                acc.index_add_(0, bh, _to_sorted(grads_s, rank, out=buffers.get("orig", g, plan.acc)))
+                acc.index_add_(0, bh, _to_sorted(grads_s, rank, out=buffers.get("orig", (g, seq_len, d), plan.acc)))
         return dq.view(q.shape).to(q.dtype), dv.view(v.shape).to(v.dtype), None
 
 
