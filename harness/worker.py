@@ -47,14 +47,10 @@ def backend_names() -> list[str]:
 
 
 def backend_kind(name: str) -> str:
-    """"lsh" | "dense" | "peer". Instantiates the backend (imports its module); a backend whose
-    module fails to import counts as "lsh" (its rows will say unavailable)."""
+    """"lsh" | "dense" | "peer", from the registration (nothing is imported or built)."""
     import impls
 
-    try:
-        return getattr(impls.get_backend(name), "kind", "lsh")
-    except Exception:  # noqa: BLE001 -- any import failure: the row will say unavailable
-        return "lsh"
+    return impls.backend_info(name).kind
 
 
 def backend_kinds() -> dict[str, str]:
@@ -66,14 +62,7 @@ def backend_availability(name: str) -> tuple[bool, str]:
     """(ok, reason) of a backend, import failures included; never raises."""
     import impls
 
-    try:
-        backend = impls.get_backend(name)
-    except Exception as exc:  # noqa: BLE001 -- reported, not raised: `list` shows every backend
-        return False, f"import failed: {type(exc).__name__}: {exc}"
-    try:
-        return backend.available()
-    except Exception as exc:  # noqa: BLE001 -- as above
-        return False, f"available() raised {type(exc).__name__}: {exc}"
+    return impls.backend_availability(name)
 
 
 # --- the measured call --------------------------------------------------------------------------
@@ -234,9 +223,11 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
         row["status"], row["reason"] = "unavailable", f"device={case.device!r} but CUDA is not available"
         return
     backend = impls.get_backend(case.backend)
-    peer_info = getattr(backend, "peer_info", None)
-    if callable(peer_info):
-        row["peer"] = peer_info()
+    package = impls.backend_info(case.backend).package
+    if package:
+        from .env import package_version
+
+        row["peer"] = f"{package} {package_version(package)}"
     call = CaseCall(case, backend)
     effective_n_buckets = getattr(backend, "effective_n_buckets", None)
     if callable(effective_n_buckets):  # a peer that hashes into another bucket count than asked

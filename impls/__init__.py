@@ -1,14 +1,26 @@
 """What reformer-bench measures: LSH attention backends, dense baselines and models.
 
-impls never imports harness; harness reaches backends only through this registry.
+impls never imports harness; harness reaches backends only through this registry, and reads what
+it needs to know about one (impls.registry.BackendInfo) without building it.
 """
 from .config import LSHConfig
-from .registry import AttentionBackend, get_backend, list_backends, register_backend
+from .registry import (
+    AttentionBackend,
+    BackendInfo,
+    backend_availability,
+    backend_info,
+    get_backend,
+    list_backends,
+    reference_backend,
+    register_backend,
+)
 
 
 def _register_builtin_backends() -> None:
-    from .dense import DenseBackend, SdpaBackend
-    from .eager import EagerBackend
+    def eager():
+        from .eager import EagerBackend
+
+        return EagerBackend()
 
     def compiled():
         from .compiled import CompiledBackend  # imports torch._dynamo machinery: only when asked
@@ -20,11 +32,26 @@ def _register_builtin_backends() -> None:
 
         return TritonBackend()
 
-    register_backend("eager", EagerBackend)
-    register_backend("compiled", compiled)
-    register_backend("triton", triton)
-    register_backend("dense", DenseBackend)
-    register_backend("sdpa", SdpaBackend)
+    def dense():
+        from .dense import DenseBackend
+
+        return DenseBackend()
+
+    def sdpa():
+        from .dense import SdpaBackend
+
+        return SdpaBackend()
+
+    register_backend("eager", eager, kind="lsh", description="LSH attention in plain PyTorch (blocked, in place)")
+    register_backend("compiled", compiled, kind="lsh", compiles=True, flops_via="eager",
+                     description="eager's algorithm with the passes between matmuls compiled by torch.compile")
+    register_backend("triton", triton, kind="lsh", devices=("cuda",), compiles=True, flops_via="eager",
+                     cpu_interpreter_env={"TRITON_INTERPRET": "1"},
+                     description="fused Triton kernels (on the CPU only under the Triton interpreter)")
+    register_backend("dense", dense, kind="dense", reference=True,
+                     description="exact shared-QK attention, seq x seq scores: the reference LSH approximates")
+    register_backend("sdpa", sdpa, kind="dense",
+                     description="torch scaled_dot_product_attention (flash / memory-efficient kernels)")
 
     from .peers import register_peers  # public implementations; their packages load only when asked
 
@@ -33,4 +60,5 @@ def _register_builtin_backends() -> None:
 
 _register_builtin_backends()
 
-__all__ = ["LSHConfig", "AttentionBackend", "get_backend", "list_backends", "register_backend"]
+__all__ = ["LSHConfig", "AttentionBackend", "BackendInfo", "backend_availability", "backend_info", "get_backend",
+           "list_backends", "reference_backend", "register_backend"]

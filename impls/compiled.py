@@ -54,15 +54,10 @@ import itertools
 
 import torch
 
+from .blocked import BlockPlan, Buffers, RowTable, combine_round_, keys_backward_, unit_keys
 from .config import LSHConfig
-from .eager import _Buffers, _combine_round_, _keys_backward_, _RowTable, _unit_keys
-from .lsh import accum_dtype, mask_values, sorted_order, window_chunks
 from .lsh import dedup_counts as _dedup_counts
-
-# Upper bound on the scores of one step (elements), by device type. CPU: 256K fp32 = 1 MiB, so a
-# step's scores and matmul operands stay in the core's cache (as in impls.eager). CUDA: steps large
-# enough for launches not to dominate.
-SCORE_BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
+from .lsh import mask_values, sorted_order
 
 # How dynamo / inductor report that a kernel could not be compiled (graph break under fullgraph,
 # recompile limit, backend failure). Anything else is a real error and propagates.
@@ -263,28 +258,21 @@ class _Block:
         return self.bh1 - self.bh0
 
 
-class _Plan:
-    """The blocks and steps of one call and the settings forward and backward share."""
+class _Plan(BlockPlan):
+    """The shared plan, walked the compiled way: blocks of rows of one round laid out flat, steps of
+    overlapping window views (impls.blocked.BlockPlan holds the sorted order, masks and dtypes)."""
 
     def __init__(self, perm, rank, chunk_len, causal, dedup, dtype):
-        self.perm, self.rank = perm, rank  # (BH, R, N): position per sorted slot, slot per position
-        bh_rows, self.n_rounds, seq_len = perm.shape
-        self.chunk_len = chunk_len
-        self.n_chunks = seq_len // chunk_len
-        self.window = window_chunks(self.n_chunks)
+        super().__init__(perm, rank, chunk_len, causal, dedup, dtype)
         self.pad = self.window - 1
-        self.acc = accum_dtype(dtype)
-        self.dedup, self.causal = dedup, causal
-        self.self_value = mask_values(dtype)[0]
         # The dedup kernels take the causal flag as data: one graph for both settings.
         self.causal_flag = torch.tensor(causal, device=perm.device)
-        budget = SCORE_BLOCK_ELEMENTS.get(perm.device.type, SCORE_BLOCK_ELEMENTS["cpu"])
-        self.windows_per_step = max(1, budget // (chunk_len * self.window * chunk_len))
+        self.windows_per_step = max(1, self.budget // (chunk_len * self.window * chunk_len))
         self.step_scores = self.windows_per_step * chunk_len * self.window * chunk_len
         windows_per_row = self.n_chunks + self.pad
         fit = self.windows_per_step // windows_per_row
         # dedup reads one row's sorted order across all rounds: one row per block keeps that simple.
-        self.rows_per_block = 1 if dedup or fit < 1 else min(bh_rows, fit)
+        self.rows_per_block = 1 if dedup or fit < 1 else min(perm.shape[0], fit)
 
     def blocks(self):
         bh_rows = self.perm.shape[0]
@@ -363,7 +351,7 @@ def _cached_steps(cache: dict, step_class, plan: _Plan, buf: dict, block: _Block
     return steps
 
 
-def _flat_positions(buffers: _Buffers, block: _Block) -> torch.Tensor:
+def _flat_positions(buffers: Buffers, block: _Block) -> torch.Tensor:
     """The block's slot positions, flat, in a buffer (read by the causal and dedup kernels)."""
     positions = buffers.get("positions", (block.positions.numel(),), block.positions.dtype)
     return positions.copy_(block.positions.reshape(-1))
@@ -423,12 +411,12 @@ class _CompiledLSHAttention(torch.autograd.Function):
         softmax_kernel = kernels[("softmax", plan.variant())]
         batch, heads, seq_len, d = q.shape
         bh_rows, acc = batch * heads, plan.acc
-        q_rows, v_rows = _RowTable(q), _RowTable(v)
+        q_rows, v_rows = RowTable(q), RowTable(v)
         combined = torch.zeros(bh_rows, seq_len, d, dtype=acc, device=q.device)
         lse_max = torch.full((bh_rows, seq_len), float("-inf"), dtype=acc, device=q.device)
         weight_sum = torch.zeros(bh_rows, seq_len, dtype=acc, device=q.device)
         lse_rounds = torch.empty(plan.n_rounds, bh_rows, seq_len, dtype=acc, device=q.device)
-        buffers = _Buffers(q.device, lead=BUFFER_LEAD)
+        buffers = Buffers(q.device, lead=BUFFER_LEAD)
         step_views: dict[tuple, list[_ForwardStep]] = {}
         for block in plan.blocks():
             n_slots = block.positions.numel()
@@ -437,7 +425,7 @@ class _CompiledLSHAttention(torch.autograd.Function):
             buf["scores"] = buffers.get("scores", (plan.step_scores,), acc)
             q_rows.sorted_rows(block.bh, block.positions, out=buf["q"])
             v_rows.sorted_rows(block.bh, block.positions, out=buf["v"])
-            _unit_keys(buf["q"], out=buf["k"])
+            unit_keys(buf["q"], out=buf["k"])
             steps = _cached_steps(step_views, _ForwardStep, plan, buf, block)
             positions = _flat_positions(buffers, block)
             for step in steps:
@@ -449,7 +437,7 @@ class _CompiledLSHAttention(torch.autograd.Function):
             lse_rows = buf["lse"].index_select(0, block.slot_of).view(block.rows, seq_len)
             rows = slice(block.bh0, block.bh1)
             lse_rounds[block.round, rows] = lse_rows
-            _combine_round_(combined[rows], lse_max[rows], weight_sum[rows], out_rows, lse_rows)
+            combine_round_(combined[rows], lse_max[rows], weight_sum[rows], out_rows, lse_rows)
         del buffers, step_views
         combined.div_(weight_sum.unsqueeze(-1))
         ctx.save_for_backward(q, v, combined, lse_rounds, lse_max, weight_sum)
@@ -464,11 +452,11 @@ class _CompiledLSHAttention(torch.autograd.Function):
         batch, heads, seq_len, d = q.shape
         bh_rows = batch * heads
         c, pad, acc = plan.chunk_len, plan.pad, plan.acc
-        q_rows, v_rows, grad_rows = _RowTable(q), _RowTable(v), _RowTable(grad_out)
+        q_rows, v_rows, grad_rows = RowTable(q), RowTable(v), RowTable(grad_out)
         out_dot = (grad_out.to(acc) * combined.view(grad_out.shape)).sum(-1).reshape(bh_rows, seq_len)
         dq = torch.zeros(bh_rows, seq_len, d, dtype=acc, device=q.device)
         dv = torch.zeros_like(dq)
-        buffers = _Buffers(q.device, lead=BUFFER_LEAD)
+        buffers = Buffers(q.device, lead=BUFFER_LEAD)
         step_views: dict[tuple, list[_BackwardStep]] = {}
         for block in plan.blocks():
             n_slots = block.positions.numel()
@@ -479,7 +467,7 @@ class _CompiledLSHAttention(torch.autograd.Function):
             buf.update({name: buffers.get(name, (plan.step_scores,), acc) for name in ("scores", "d_probs")})
             q_rows.sorted_rows(block.bh, block.positions, out=buf["q"])
             v_rows.sorted_rows(block.bh, block.positions, out=buf["v"])
-            _, norm_s = _unit_keys(buf["q"], out=buf["k"])
+            _, norm_s = unit_keys(buf["q"], out=buf["k"])
             lse_r = lse_rounds[block.round, rows]
             # w_r = exp(lse_r - max) / sum per original position, then every flat slot's value.
             weight = (lse_r - lse_max[rows]).exp_().div_(weight_sum[rows])
@@ -512,7 +500,7 @@ class _CompiledLSHAttention(torch.autograd.Function):
                     per_row = flat.view(block.rows, -1, c, d)
                     per_row[:, -1] += per_row[:, 0]
             # q reaches k through k = q / |q|
-            dq_s += _keys_backward_(dk_s, buf["k"].to(acc), norm_s.to(acc), scratch=buf["scratch"])
+            dq_s += keys_backward_(dk_s, buf["k"].to(acc), norm_s.to(acc), scratch=buf["scratch"])
             dq[rows] += dq_s.index_select(0, block.slot_of).view(block.rows, seq_len, d)
             dv[rows] += dv_s.index_select(0, block.slot_of).view(block.rows, seq_len, d)
         return dq.view(q.shape).to(q.dtype), dv.view(v.shape).to(v.dtype), None, None
@@ -523,7 +511,6 @@ class CompiledBackend:
     by torch.compile."""
 
     name = "compiled"
-    kind = "lsh"
 
     def __init__(self) -> None:
         self._stats = _CompileStats()

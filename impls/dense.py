@@ -28,7 +28,6 @@ class DenseBackend:
     """The reference: exact shared-QK attention, O(seq^2) memory."""
 
     name = "dense"
-    kind = "dense"
 
     def available(self) -> tuple[bool, str]:
         return True, ""
@@ -44,7 +43,6 @@ class SdpaBackend:
     key normalisation and no self-mask, so it computes a different function from `dense`."""
 
     name = "sdpa"
-    kind = "dense"
 
     def available(self) -> tuple[bool, str]:
         return True, ""

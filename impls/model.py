@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import LSHConfig
 from .lsh import hash_buckets
-from .registry import get_backend
+from .registry import backend_info, get_backend
 
 # Logits materialised at once by the LM-head loss (elements): 4M fp32 = 16 MiB, so seq x vocab never is.
 LOSS_BLOCK_ELEMENTS = 1 << 22
@@ -197,10 +197,11 @@ class SelfAttention(nn.Module):
     differs from the original in the last bit.
     """
 
-    def __init__(self, cfg: ModelConfig, backend) -> None:
+    def __init__(self, cfg: ModelConfig, backend, hashes: bool) -> None:
         super().__init__()
         self.heads = cfg.heads
         self.backend = backend
+        self.hashes = hashes  # an LSH backend: hash here, so that a recomputation can replay the buckets
         self.norm = nn.LayerNorm(cfg.d_model)
         self.to_qk = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.to_v = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -213,7 +214,7 @@ class SelfAttention(nn.Module):
         h = self.norm(x)
         qk = self.to_qk(h).view(batch, seq_len, self.heads, -1).transpose(1, 2)
         v = self.to_v(h).view(batch, seq_len, self.heads, -1).transpose(1, 2)
-        if self.backend.kind == "lsh":
+        if self.hashes:
             if buckets is None:
                 buckets = hash_buckets(qk, lsh_cfg)
             out = self.backend.attend(qk, v, lsh_cfg, buckets=buckets)
@@ -250,9 +251,9 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """One layer's two sublayers; ReformerLM wires them reversibly, TransformerLM as residuals."""
 
-    def __init__(self, cfg: ModelConfig, backend) -> None:
+    def __init__(self, cfg: ModelConfig, backend, hashes: bool) -> None:
         super().__init__()
-        self.attn = SelfAttention(cfg, backend)
+        self.attn = SelfAttention(cfg, backend, hashes)
         self.ff = FeedForward(cfg)
 
 
@@ -421,14 +422,16 @@ def _resolve_ff_chunks(cfg: ModelConfig, ff_chunks: int | None) -> int:
 
 
 def _available_backend(name: str, allowed_kinds: tuple[str, ...]):
-    backend = get_backend(name)
-    if backend.kind not in allowed_kinds:
-        raise ValueError(f"backend={name!r} is a {backend.kind!r} backend; this model takes "
+    """(backend, whether it hashes) for a registered backend of one of allowed_kinds."""
+    kind = backend_info(name).kind
+    if kind not in allowed_kinds:
+        raise ValueError(f"backend={name!r} is a {kind!r} backend; this model takes "
                          f"{' or '.join(allowed_kinds)} backends")
+    backend = get_backend(name)
     ok, reason = backend.available()
     if not ok:
         raise ValueError(f"backend={name!r} is not available here: {reason}")
-    return backend
+    return backend, kind == "lsh"
 
 
 class ReformerLM(_LanguageModel):
@@ -449,17 +452,17 @@ class ReformerLM(_LanguageModel):
         if not isinstance(reversible, bool):
             raise ValueError(f"reversible must be a bool, got reversible={reversible!r}")  # noqa: TRY004
         self.cfg = cfg
-        self.backend = _available_backend(backend, ("lsh", "dense"))
+        self.backend, self.hashes = _available_backend(backend, ("lsh", "dense"))
         self.reversible = reversible
         self.ff_chunks = _resolve_ff_chunks(cfg, ff_chunks)
         self.embed = Embedding(cfg)
-        self.blocks = nn.ModuleList(Block(cfg, self.backend) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(Block(cfg, self.backend, self.hashes) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(2 * cfg.d_model)
         self.head = nn.Linear(2 * cfg.d_model, cfg.vocab)
         self.apply(_init_weights)
 
     def lsh_configs(self, seq_len: int) -> list[LSHConfig]:
-        if self.backend.kind != "lsh":  # full attention reads only `causal`
+        if not self.hashes:  # full attention reads only `causal`
             return [LSHConfig(causal=self.cfg.causal)] * self.cfg.layers
         return [self.cfg.lsh_config(i, seq_len) for i in range(self.cfg.layers)]
 
@@ -487,10 +490,10 @@ class TransformerLM(_LanguageModel):
         if not isinstance(cfg, ModelConfig):
             raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")  # noqa: TRY004
         self.cfg = cfg
-        self.backend = _available_backend(backend, ("dense",))
+        self.backend, _ = _available_backend(backend, ("dense",))
         self.ff_chunks = _resolve_ff_chunks(cfg, ff_chunks)
         self.embed = Embedding(cfg)
-        self.blocks = nn.ModuleList(Block(cfg, self.backend) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(Block(cfg, self.backend, False) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab)
         self.attn_cfg = LSHConfig(causal=cfg.causal)  # full attention reads only `causal`
@@ -502,6 +505,19 @@ class TransformerLM(_LanguageModel):
             x = x + block.attn(x, self.attn_cfg)[0]
             x = x + block.ff(x, self.ff_chunks)
         return self.norm(x)
+
+
+def build_model(backend: str, cfg: ModelConfig, reversible: bool | None = None) -> nn.Module:
+    """The language model a benchmark of `backend` trains: a module with forward(tokens) and
+    loss(tokens). A backend registered with its own `model` builder (a peer's whole LM) gets that;
+    otherwise ReformerLM (reversible unless reversible=False) for an LSH backend, and for a dense
+    one TransformerLM, or ReformerLM with full attention when `reversible` is given."""
+    info = backend_info(backend)
+    if info.model is not None:
+        return info.model(cfg, reversible)
+    if info.kind == "lsh" or reversible is not None:
+        return ReformerLM(cfg, backend=backend, reversible=True if reversible is None else reversible)
+    return TransformerLM(cfg, backend=backend)
 
 
 # --- loss -------------------------------------------------------------------------------------------

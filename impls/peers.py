@@ -1,7 +1,16 @@
-"""Peer backends: public Reformer implementations behind our attend() interface, for side-by-side runs.
+"""Peer backends: public Reformer implementations behind our interface, for side-by-side runs.
 
-    hf_lsh            transformers' ReformerModel LSHSelfAttention (Hugging Face)
-    reformer_pytorch  lucidrains' reformer-pytorch LSHAttention
+    hf_lsh            transformers' (Hugging Face) Reformer: LSHSelfAttention, its layer, ReformerModelWithLMHead
+    reformer_pytorch  lucidrains' reformer-pytorch: LSHAttention, LSHSelfAttention, ReformerLM
+
+Each peer is measured at three levels, as our backends are (the harness's `workload`):
+- attention: attend(qk, v, cfg), the peer's attention with its projections bypassed (below);
+- layer: the peer's own attention layer with its projections (hf_lsh_layer / reformer_pytorch_layer),
+  x (batch, seq, heads * d_head) -> same shape, cost-matched: chunk length, hash rounds and bucket
+  count from the case (transformers: lsh_attn_chunk_length, num_hashes, num_buckets, one chunk before,
+  none after; reformer-pytorch: bucket_size = chunk_len, seq / chunk_len buckets, its own rule);
+- model: the peer's whole language model (hf_lsh_model / reformer_pytorch_model) with a loss(tokens)
+  of next-token cross-entropy, shaped by our ModelConfig (see each builder for the mapping).
 
 Both are optional (`pip install '.[peers]'`); without the package a peer's available() says so and
 the harness records status "unavailable". They are cost-matched to our backends, not equal to them:
@@ -23,20 +32,11 @@ the harness records status "unavailable". They are cost-matched to our backends,
 """
 from __future__ import annotations
 
-import importlib.metadata
-
 import torch
 from torch import nn
 
 from .config import LSHConfig
 from .lsh import check_inputs
-
-
-def _package_version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 class _Slice(nn.Module):
@@ -66,9 +66,6 @@ class HFLSHBackend:
         except ImportError as exc:
             return False, f"transformers' Reformer is not importable ({exc}); pip install '.[peers]'"
         return True, ""
-
-    def peer_info(self) -> str:
-        return f"{self.package} {_package_version(self.package)}"
 
     def _module(self, heads: int, d_head: int, seq_len: int, cfg: LSHConfig, chunk_len: int, dtype, device):
         key = (heads, d_head, seq_len, cfg, chunk_len, dtype, device)
@@ -119,9 +116,6 @@ class ReformerPytorchBackend:
             return False, f"reformer-pytorch is not importable ({exc}); pip install '.[peers]'"
         return True, ""
 
-    def peer_info(self) -> str:
-        return f"{self.package} {_package_version(self.package)}"
-
     def effective_n_buckets(self, cfg: LSHConfig, seq_len: int) -> int:
         """reformer-pytorch ignores n_buckets: it hashes into seq / bucket_size buckets."""
         return seq_len // cfg.resolve_chunk_len(seq_len)
@@ -149,10 +143,138 @@ class ReformerPytorchBackend:
         return out.view(batch, heads, seq_len, d_head)
 
 
-PEER_BACKENDS = {"hf_lsh": HFLSHBackend, "reformer_pytorch": ReformerPytorchBackend}
+# --- layers and models ----------------------------------------------------------------------------
+
+def _hf_attention_config(heads: int, d_head: int, cfg: LSHConfig, chunk_len: int, seq_len: int, **extra):
+    from transformers import ReformerConfig
+
+    return ReformerConfig(hidden_size=heads * d_head, num_attention_heads=heads, attention_head_size=d_head,
+                          num_hashes=cfg.n_hashes, num_buckets=cfg.n_buckets, lsh_attn_chunk_length=chunk_len,
+                          lsh_num_chunks_before=1, lsh_num_chunks_after=0, is_decoder=cfg.causal,
+                          hash_seed=cfg.seed, lsh_attention_probs_dropout_prob=0.0,
+                          max_position_embeddings=seq_len, **extra)
+
+
+class _HiddenStates(nn.Module):
+    """transformers' LSHSelfAttention returns an output object: its hidden_states are the layer's output."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x).hidden_states
+
+
+def hf_lsh_layer(heads: int, d_head: int, cfg: LSHConfig, seq_len: int) -> nn.Module:
+    """transformers' LSHSelfAttention with its query_key and value projections (it has no output
+    projection: ReformerSelfOutput is a module of its own)."""
+    from transformers.models.reformer.modeling_reformer import LSHSelfAttention
+
+    chunk_len = cfg.resolve_chunk_len(seq_len)
+    return _HiddenStates(LSHSelfAttention(_hf_attention_config(heads, d_head, cfg, chunk_len, seq_len,
+                                                               attn_layers=["lsh"])))
+
+
+class _Seeded(nn.Module):
+    """Seeds torch's global generator before every call: reformer-pytorch draws its rotations from it."""
+
+    def __init__(self, module: nn.Module, seed: int) -> None:
+        super().__init__()
+        self.module, self.seed = module, seed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(self.seed)
+        return self.module(x)
+
+
+def reformer_pytorch_layer(heads: int, d_head: int, cfg: LSHConfig, seq_len: int) -> nn.Module:
+    """reformer-pytorch's LSHSelfAttention (qk, v and output projections) with bucket_size = chunk_len
+    and n_hashes: it hashes into seq / chunk_len buckets whatever n_buckets says."""
+    from reformer_pytorch import LSHSelfAttention
+
+    chunk_len = cfg.resolve_chunk_len(seq_len)
+    return _Seeded(LSHSelfAttention(dim=heads * d_head, heads=heads, dim_head=d_head, bucket_size=chunk_len,
+                                    n_hashes=cfg.n_hashes, causal=cfg.causal), cfg.seed)
+
+
+def _axial_shape(cfg) -> tuple[int, int]:
+    """cfg.axial_shape, else (chunk_len, max_seq_len / chunk_len): transformers needs axial embeddings."""
+    if cfg.axial_shape is not None:
+        return tuple(cfg.axial_shape)
+    if cfg.chunk_len and cfg.max_seq_len % cfg.chunk_len == 0 and cfg.max_seq_len > cfg.chunk_len:
+        return cfg.chunk_len, cfg.max_seq_len // cfg.chunk_len
+    return 1, cfg.max_seq_len
+
+
+def _require_reversible(name: str, reversible: bool | None) -> None:
+    if reversible is False:
+        raise ValueError(f"{name}: the peer's language model is reversible; reversible=false is ours only")
+
+
+class _PeerLM(nn.Module):
+    """A peer's language model with our model interface: forward(tokens) -> logits, loss(tokens)."""
+
+    def __init__(self, model: nn.Module, logits, loss) -> None:
+        super().__init__()
+        self.model = model
+        self._logits, self._loss = logits, loss
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.model, tokens)
+
+    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._loss(self.model, tokens)
+
+
+def hf_lsh_model(cfg, reversible: bool | None = None) -> nn.Module:
+    """transformers' ReformerModelWithLMHead: attn_layers ["lsh"] * layers, lsh_attn_chunk_length =
+    chunk_len, num_hashes, num_buckets = n_buckets or 2 * max_seq_len / chunk_len, one chunk before and
+    none after, is_decoder = causal, axial position embeddings (_axial_shape) of d_model / 2 each,
+    GELU, dropout, chunk_size_feed_forward = max_seq_len / ff_chunks (0: unchunked). Its loss is its own
+    shifted next-token cross-entropy (labels = tokens)."""
+    _require_reversible("hf_lsh", reversible)
+    from transformers import ReformerConfig, ReformerModelWithLMHead
+
+    n_buckets = cfg.n_buckets or max(2, 2 * cfg.max_seq_len // cfg.chunk_len)
+    config = ReformerConfig(
+        vocab_size=cfg.vocab, hidden_size=cfg.d_model, num_attention_heads=cfg.heads,
+        attention_head_size=cfg.d_model // cfg.heads, feed_forward_size=cfg.d_ff, attn_layers=["lsh"] * cfg.layers,
+        lsh_attn_chunk_length=cfg.chunk_len, num_hashes=cfg.n_hashes, num_buckets=n_buckets,
+        lsh_num_chunks_before=1, lsh_num_chunks_after=0, is_decoder=cfg.causal,
+        max_position_embeddings=cfg.max_seq_len, axial_pos_embds=True, axial_pos_shape=_axial_shape(cfg),
+        axial_pos_embds_dim=(cfg.d_model // 2, cfg.d_model // 2), hidden_act="gelu",
+        hidden_dropout_prob=cfg.dropout, lsh_attention_probs_dropout_prob=cfg.dropout, hash_seed=cfg.seed,
+        pad_token_id=0, eos_token_id=1,
+        chunk_size_feed_forward=0 if cfg.ff_chunks == 1 else cfg.max_seq_len // cfg.ff_chunks)
+    return _PeerLM(ReformerModelWithLMHead(config), lambda m, tokens: m(input_ids=tokens).logits,
+                   lambda m, tokens: m(input_ids=tokens, labels=tokens).loss)
+
+
+def reformer_pytorch_model(cfg, reversible: bool | None = None) -> nn.Module:
+    """reformer-pytorch's ReformerLM: depth = layers, bucket_size = chunk_len (seq / chunk_len buckets),
+    n_hashes, ff_mult = d_ff / d_model, causal, ff_chunks, its default position embedding; loss =
+    mean next-token cross-entropy of its logits."""
+    _require_reversible("reformer_pytorch", reversible)
+    from reformer_pytorch import ReformerLM as LucidReformerLM
+
+    model = LucidReformerLM(num_tokens=cfg.vocab, dim=cfg.d_model, depth=cfg.layers, max_seq_len=cfg.max_seq_len,
+                            heads=cfg.heads, dim_head=cfg.d_model // cfg.heads, bucket_size=cfg.chunk_len,
+                            n_hashes=cfg.n_hashes, ff_mult=cfg.d_ff // cfg.d_model, causal=cfg.causal,
+                            ff_chunks=cfg.ff_chunks, lsh_dropout=cfg.dropout, ff_dropout=cfg.dropout,
+                            post_attn_dropout=cfg.dropout)
+
+    def loss(m, tokens):
+        logits = m(tokens)
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, cfg.vocab), tokens[:, 1:].reshape(-1))
+
+    return _PeerLM(model, lambda m, tokens: m(tokens), loss)
 
 
 def register_peers(register_backend) -> None:
     """Register every peer under its name (impls.register_backend)."""
-    for name, factory in PEER_BACKENDS.items():
-        register_backend(name, factory)
+    register_backend("hf_lsh", HFLSHBackend, kind="peer", package="transformers", layer=hf_lsh_layer,
+                     model=hf_lsh_model, description="Hugging Face transformers' Reformer")
+    register_backend("reformer_pytorch", ReformerPytorchBackend, kind="peer", package="reformer-pytorch",
+                     layer=reformer_pytorch_layer, model=reformer_pytorch_model,
+                     description="lucidrains' reformer-pytorch")

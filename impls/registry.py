@@ -1,21 +1,23 @@
-"""The backend protocol and the registry that maps names to backends."""
+"""The backend protocol and the registry: names -> factories, plus what the harness must know about
+each backend without building it (BackendInfo)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from .config import LSHConfig
 
+KINDS = ("lsh", "dense", "peer")
+DEVICE_TYPES = ("cpu", "cuda")
+
 
 @runtime_checkable
 class AttentionBackend(Protocol):
     """What every backend offers. attend() computes the contract of DESIGN.md."""
-
-    name: str
-    #: "lsh" for backends that hash (eager, compiled, triton), "dense" for full-attention baselines.
-    kind: str
 
     def available(self) -> tuple[bool, str]:
         ...
@@ -25,21 +27,107 @@ class AttentionBackend(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class BackendInfo:
+    """Registration metadata, read without importing or instantiating the backend.
+
+    kind: "lsh" (hashes: eager, compiled, triton), "dense" (full attention) or "peer" (a public
+        implementation behind our interface).
+    devices: device types it runs on.
+    cpu_interpreter_env: environment under which it runs on the CPU interpreted, not compiled (the
+        Triton interpreter); the worker sets it before any import, and rows say `interpreted`.
+    compiles: its first call compiles (torch.compile, Triton JIT): compile time is a figure of its
+        own, and the backend offers compile_stats() / reset_compile_stats().
+    flops_via: the backend whose eager path FlopCounterMode counts for this one (kernels it cannot
+        see into count through the same algorithm in plain PyTorch); None: itself.
+    reference: the exact attention that fidelity is measured against (one backend).
+    package: the distribution a peer wraps (its version goes into rows).
+    layer: builds this backend's attention layer with projections (impls.layer); None: the
+        standard AttentionLayer around attend().
+    model: builds this backend's language model (impls.model); None: ReformerLM for "lsh" kinds,
+        TransformerLM for "dense".
+    """
+
+    name: str
+    kind: str
+    devices: tuple[str, ...] = DEVICE_TYPES
+    cpu_interpreter_env: Mapping[str, str] = field(default_factory=dict)
+    compiles: bool = False
+    flops_via: str | None = None
+    reference: bool = False
+    package: str | None = None
+    layer: Callable | None = None
+    model: Callable | None = None
+    description: str = ""
+
+    def runs_on(self, device: str) -> bool:
+        return str(device).split(":")[0] in self.devices
+
+
+_INFO: dict[str, BackendInfo] = {}
 _FACTORIES: dict[str, Callable[[], AttentionBackend]] = {}
 _INSTANCES: dict[str, AttentionBackend] = {}
 
 
-def register_backend(name: str, factory: Callable[[], AttentionBackend]) -> None:
+def register_backend(name: str, factory: Callable[[], AttentionBackend], *, kind: str,
+                     devices: tuple[str, ...] = DEVICE_TYPES, cpu_interpreter_env: Mapping[str, str] | None = None,
+                     compiles: bool = False, flops_via: str | None = None, reference: bool = False,
+                     package: str | None = None, layer: Callable | None = None, model: Callable | None = None,
+                     description: str = "") -> BackendInfo:
+    """Register `factory` (called once, on first use) under `name` with its metadata (BackendInfo).
+
+    A second registration of a name replaces the first (a suite plugin may override a backend)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"backend name must be an identifier, got name={name!r}")
+    if kind not in KINDS:
+        raise ValueError(f"backend {name!r}: kind must be one of {', '.join(KINDS)}, got kind={kind!r}")
+    unknown = [d for d in devices if d not in DEVICE_TYPES]
+    if not devices or unknown:
+        raise ValueError(f"backend {name!r}: devices must be a non-empty subset of {DEVICE_TYPES}, got {devices!r}")
+    info = BackendInfo(name=name, kind=kind, devices=tuple(devices),
+                       cpu_interpreter_env=MappingProxyType(dict(cpu_interpreter_env or {})),
+                       compiles=compiles, flops_via=flops_via, reference=reference, package=package,
+                       layer=layer, model=model, description=description)
+    _INFO[name] = info
     _FACTORIES[name] = factory
+    _INSTANCES.pop(name, None)
+    return info
 
 
-def list_backends() -> list[str]:
-    return list(_FACTORIES)
+def list_backends(kind: str | None = None) -> list[str]:
+    """Registered names (of one kind, if given), in registration order."""
+    return [name for name, info in _INFO.items() if kind is None or info.kind == kind]
+
+
+def backend_info(name: str) -> BackendInfo:
+    if name not in _INFO:
+        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(_INFO)}")
+    return _INFO[name]
+
+
+def reference_backend() -> str:
+    """The name of the exact attention every fidelity figure is measured against."""
+    names = [name for name, info in _INFO.items() if info.reference]
+    if len(names) != 1:
+        raise ValueError(f"exactly one backend must be registered with reference=True, got {names}")
+    return names[0]
 
 
 def get_backend(name: str) -> AttentionBackend:
-    if name not in _FACTORIES:
-        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(_FACTORIES)}")
+    """The backend's single instance (built on first use: this imports its module)."""
+    backend_info(name)
     if name not in _INSTANCES:
         _INSTANCES[name] = _FACTORIES[name]()
     return _INSTANCES[name]
+
+
+def backend_availability(name: str) -> tuple[bool, str]:
+    """(ok, reason) of a backend here, failures to import or build it included; never raises."""
+    try:
+        backend = get_backend(name)
+    except Exception as exc:  # noqa: BLE001 -- reported, not raised: `list` shows every backend
+        return False, f"import failed: {type(exc).__name__}: {exc}"
+    try:
+        return backend.available()
+    except Exception as exc:  # noqa: BLE001 -- as above
+        return False, f"available() raised {type(exc).__name__}: {exc}"

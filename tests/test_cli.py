@@ -63,7 +63,7 @@ def test_bad_flags(tmp_path, capsys):
 def test_list_names_every_backend_and_why_one_is_unavailable(capsys):
     import impls
 
-    impls.register_backend("cli_test_absent", lambda: _Absent())
+    impls.register_backend("cli_test_absent", lambda: _Absent(), kind="lsh")
     code, out, _ = run_cli(capsys, "list")
     assert code == 0
     lines = {line.split()[0]: line for line in out.splitlines()}
@@ -75,7 +75,6 @@ def test_list_names_every_backend_and_why_one_is_unavailable(capsys):
 
 class _Absent:
     name = "cli_test_absent"
-    kind = "lsh"
 
     def available(self):
         return False, "needs a machine that is not this one"

@@ -7,6 +7,7 @@ instance (dynamo caches the compiled kernels per backend) and the sizes are tiny
 import pytest
 import torch
 
+import impls.blocked as blocked_module
 import impls.compiled as compiled_module
 from impls import LSHConfig, get_backend
 from impls.lsh import hash_buckets
@@ -120,7 +121,7 @@ def test_long_rows_walked_in_chunk_steps_match_eager_without_recompiling(backend
     # Both rows in one step: 2 x (1 leading copy + 8 chunks) - 1 = 17 windows (one is discarded).
     assert _blocks_of(cfg, 128) == [(r, 0, 2, [(0, 17)]) for r in range(2)]
     _assert_matches_eager(backend, 128, cfg)  # the graphs exist from here on
-    monkeypatch.setitem(compiled_module.SCORE_BLOCK_ELEMENTS, "cpu", 3 * CHUNK_LEN * 2 * CHUNK_LEN)
+    monkeypatch.setitem(blocked_module.SCORE_BLOCK_ELEMENTS, "cpu", 3 * CHUNK_LEN * 2 * CHUNK_LEN)
     steps = [(0, 2), (2, 5), (5, 8)]
     assert _blocks_of(cfg, 128) == [(r, bh, bh + 1, steps) for r in range(2) for bh in range(HEADS)]
     backend.reset_compile_stats()
@@ -131,7 +132,7 @@ def test_long_rows_walked_in_chunk_steps_match_eager_without_recompiling(backend
 def test_blocks_of_several_rows_and_a_shorter_last_block_match_eager(backend, monkeypatch):
     """batch 3 x 1 head, a budget of 2 rows per block: blocks of rows (0, 1) and (2,), with the
     discarded window between the two rows of a block; outputs and gradients still equal eager's."""
-    monkeypatch.setitem(compiled_module.SCORE_BLOCK_ELEMENTS, "cpu", 10 * CHUNK_LEN * 2 * CHUNK_LEN)
+    monkeypatch.setitem(blocked_module.SCORE_BLOCK_ELEMENTS, "cpu", 10 * CHUNK_LEN * 2 * CHUNK_LEN)
     cfg = LSHConfig(n_buckets=N_BUCKETS, n_hashes=2, chunk_len=CHUNK_LEN, causal=True)
     gen = torch.Generator().manual_seed(3)
     qk, v, grad = (torch.randn(3, 1, 64, D_HEAD, generator=gen) for _ in range(3))

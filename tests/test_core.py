@@ -257,12 +257,12 @@ def test_attend_rejects_bad_inputs():
 @pytest.mark.parametrize("budget", [1, 3 * 16 * 32, 10**9])
 def test_block_sizes_do_not_change_results(monkeypatch, budget):
     """Small budgets split rows into chunk steps (with the circular wrap inside a row)."""
-    import impls.eager as eager_module
+    import impls.blocked as blocked_module
     qk, v = inputs(seq=128, dtype=torch.float64, requires_grad=True)
     cfg = LSHConfig(n_buckets=16, n_hashes=3, chunk_len=16, causal=True, dedup=True)
     ref = reference_lsh_attention(qk, v, cfg)
     ref_grads = torch.autograd.grad(ref.square().sum(), (qk, v))
-    monkeypatch.setattr(eager_module, "SCORE_BLOCK_ELEMENTS", {"cpu": budget})
+    monkeypatch.setattr(blocked_module, "SCORE_BLOCK_ELEMENTS", {"cpu": budget})
     out = eager.attend(qk, v, cfg)
     assert max_rel(out, ref) < 1e-10
     for g, rg in zip(torch.autograd.grad(out.square().sum(), (qk, v)), ref_grads):
@@ -283,7 +283,7 @@ def test_strided_inputs_and_expanded_gradients():
         out = eager.attend(qk, v, cfg)
         out.sum().backward()
         results.append((out.detach(), qk_leaf.grad, v_leaf.grad))
-    from impls.eager import _rows_addressable
-    assert _rows_addressable(projected.transpose(1, 2))  # the strided case really gathers in place
+    from impls.blocked import rows_addressable
+    assert rows_addressable(projected.transpose(1, 2))  # the strided case really gathers in place
     for strided, contiguous in zip(*results):
         assert max_rel(strided, contiguous) < 1e-12

@@ -26,7 +26,6 @@ from impls import register_backend
 
 class _OomLSH:
     name = "rules_oom_lsh"
-    kind = "lsh"
 
     def available(self):
         return True, ""
@@ -37,7 +36,7 @@ class _OomLSH:
         return v.clone()
 
 
-register_backend("rules_oom_lsh", lambda: _OomLSH())
+register_backend("rules_oom_lsh", lambda: _OomLSH(), kind="lsh")
 '''
 
 

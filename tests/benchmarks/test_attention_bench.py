@@ -13,7 +13,7 @@ import torch
 
 from harness.flops import dense_attention_flops, lsh_attention_flops
 from harness.pytest_plugin import measure_extra_info, synchronized
-from impls import LSHConfig, get_backend
+from impls import LSHConfig, backend_info, get_backend
 
 BATCH, HEADS, D_HEAD, CHUNK_LEN = 1, 2, 64, 64
 SEQ_LENS = (256, 1024)
@@ -44,7 +44,7 @@ def test_attention_forward_backward(benchmark, bench_device, backend, seq_len, n
         return torch.autograd.grad(out, (qk, v), grad_out)
 
     benchmark.group = f"attention fwd+bwd seq_len={seq_len}"
-    if attention.kind == "dense":
+    if backend_info(backend).kind == "dense":
         flops = dense_attention_flops(BATCH, HEADS, seq_len, D_HEAD, backward=True)
     else:
         flops = lsh_attention_flops(BATCH, HEADS, seq_len, D_HEAD, cfg.n_buckets, cfg.n_hashes, CHUNK_LEN,

@@ -13,8 +13,6 @@ from impls import register_backend
 
 
 class _Fake:
-    kind = "dense"
-
     def __init__(self, name, attend, available=(True, "")):
         self.name = name
         self._attend = attend
@@ -43,9 +41,10 @@ def _nan(qk, v):
     return torch.full_like(v, float("nan"))
 
 
-register_backend("fake_raises", lambda: _Fake("fake_raises", _raise))
-register_backend("fake_hangs", lambda: _Fake("fake_hangs", _hang))
-register_backend("fake_dies", lambda: _Fake("fake_dies", _die))
-register_backend("fake_nan", lambda: _Fake("fake_nan", _nan))
+register_backend("fake_raises", lambda: _Fake("fake_raises", _raise), kind="dense")
+register_backend("fake_hangs", lambda: _Fake("fake_hangs", _hang), kind="dense")
+register_backend("fake_dies", lambda: _Fake("fake_dies", _die), kind="dense")
+register_backend("fake_nan", lambda: _Fake("fake_nan", _nan), kind="dense")
 register_backend("fake_unavailable",
-                 lambda: _Fake("fake_unavailable", _nan, available=(False, "fake_unavailable: not on this machine")))
+                 lambda: _Fake("fake_unavailable", _nan, available=(False, "fake_unavailable: not on this machine")),
+                 kind="dense")
