@@ -11,8 +11,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def environment() -> dict:
-    """git commit, package versions, device name and driver, CPU model and thread counts."""
+def environment(worker_threads: int | None = None) -> dict:
+    """git commit, package versions, device name and driver, CPU model and thread counts.
+
+    worker_threads: the intra-op threads the suite gives each worker (None: torch's default, which
+    is what a fresh process gets)."""
     import torch
 
     info = {
@@ -26,7 +29,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": worker_threads or torch.get_num_threads(),  # what each worker runs with
         "cuda_available": torch.cuda.is_available(),
         "torch_cuda": torch.version.cuda,
         "device_name": None,

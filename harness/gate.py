@@ -2,14 +2,17 @@
 
 Compares every case of a results directory (written by `reformer-bench run`) with a committed
 baseline of the same device class and exits 1 when a case regressed, so CI can block the change.
+The rule is harness.results.compare's (noise 0):
 
     regression:   measured > baseline * (1 + tolerance)
     improvement:  measured < baseline * (1 - tolerance)
     change:       (measured - baseline) / baseline
 
-Memory (`mem_peak_bytes`: exact tensor bytes on CPU, CUDA allocator peak on GPU) is always gated;
-time (`time_median_s`) only with --time-tolerance. A baseline case that is missing from the results,
-failed, or has no figure also fails the gate. Cases not in the baseline are listed and pass.
+The gated figures are the metrics the table marks (harness.measure.metrics): `gate = "always"`
+(mem_peak_bytes: exact tensor bytes on CPU, CUDA allocator peak on GPU) with --tolerance (default:
+the metric's own), `gate = "on request"` (time_median_s) only with its flag (--time-tolerance). A
+baseline case that is missing from the results, failed, or has no figure also fails the gate. Cases
+not in the baseline are listed and pass.
 
 Baseline file (reports/baselines/<device class>.json):
     {"device_class": "cpu", "created": "<UTC ISO time>", "commit": "<git sha>", "suite": "gate",
@@ -26,19 +29,28 @@ import datetime as dt
 import json
 import re
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.memory import format_size
+from .errors import UserError
+from .measure.memory import format_size
+from .measure.metrics import Metric, metrics
+from .results.compare import change, verdict
 
 BASELINE_DIR = Path("reports/baselines")
-DEFAULT_TOLERANCE = 0.05
-GATED_METRICS = {"mem_peak_bytes": "memory", "time_median_s": "time"}
 
 
-class GateError(ValueError):
-    """Input the gate cannot use (no results, no baseline, wrong device class); one line for the user."""
+def gated_metrics() -> list[Metric]:
+    return metrics(lambda m: m.gate is not None)
+
+
+def flag_of(metric: Metric) -> str:
+    """The option that asks for an on-request metric: --<first word of its name>-tolerance."""
+    return f"--{metric.name.split('_')[0]}-tolerance"
+
+
+def _label(metric_name: str) -> str:
+    return {"mem_peak_bytes": "memory", "time_median_s": "time"}.get(metric_name, metric_name)
 
 
 # --- device classes ---------------------------------------------------------------------------
@@ -54,12 +66,12 @@ def device_class(device: str, gpu_name: str | None = None) -> str:
     if kind == "cpu":
         return "cpu"
     if kind != "cuda":
-        raise GateError(f"device={device!r}: the gate knows device classes for 'cpu' and 'cuda' only")
+        raise UserError(f"device={device!r}: the gate knows device classes for 'cpu' and 'cuda' only")
     if gpu_name is None:
         import torch
 
         if not torch.cuda.is_available():
-            raise GateError(f"device={device!r} but no GPU name was recorded and CUDA is not available here")
+            raise UserError(f"device={device!r} but no GPU name was recorded and CUDA is not available here")
         gpu_name = torch.cuda.get_device_name(torch.device(device))
     return f"cuda-{slug(gpu_name)}"
 
@@ -89,7 +101,7 @@ def results_device_class(run: dict, rows: list[dict], where: str) -> str:
     classes = sorted({device_class(d, _recorded_gpu_name(run) if d.startswith("cuda") else None)
                       for d in devices})
     if len(classes) > 1:
-        raise GateError(f"{where}: rows ran on several device classes ({', '.join(classes)}); "
+        raise UserError(f"{where}: rows ran on several device classes ({', '.join(classes)}); "
                         f"gate one device class per results directory")
     return classes[0]
 
@@ -110,32 +122,32 @@ def _recorded_commit(run: dict) -> str | None:
 # --- baselines ----------------------------------------------------------------------------------
 
 def load_baseline(path: Path) -> dict:
-    """Read and check a baseline file; GateError names the file and the key at fault."""
+    """Read and check a baseline file; UserError names the file and the key at fault."""
     if not path.is_file():
-        raise GateError(f"baseline {str(path)!r} does not exist; create it from a trusted run with "
+        raise UserError(f"baseline {str(path)!r} does not exist; create it from a trusted run with "
                         f"`reformer-bench gate RESULTS --baseline {path} --update`")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GateError(f"baseline {str(path)!r} is not valid JSON ({exc})") from None
+        raise UserError(f"baseline {str(path)!r} is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise GateError(f"baseline {str(path)!r}: expected a JSON object, got {type(data).__name__}")
+        raise UserError(f"baseline {str(path)!r}: expected a JSON object, got {type(data).__name__}")
     if not isinstance(data.get("device_class"), str):
-        raise GateError(f"baseline {str(path)!r}: device_class={data.get('device_class')!r} is not a string")
+        raise UserError(f"baseline {str(path)!r}: device_class={data.get('device_class')!r} is not a string")
     cases = data.get("cases")
     if not isinstance(cases, dict) or not cases:
-        raise GateError(f"baseline {str(path)!r}: 'cases' must be a non-empty object of case_id -> figures")
+        raise UserError(f"baseline {str(path)!r}: 'cases' must be a non-empty object of case_id -> figures")
     for case_id, figures in cases.items():
         if not isinstance(figures, dict):
-            raise GateError(f"baseline {str(path)!r}: cases[{case_id!r}] is not an object")
-        for metric in GATED_METRICS:
+            raise UserError(f"baseline {str(path)!r}: cases[{case_id!r}] is not an object")
+        for metric in (m.name for m in gated_metrics()):
             value = figures.get(metric)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or value < 0):
-                raise GateError(f"baseline {str(path)!r}: cases[{case_id!r}].{metric}={value!r} "
+                raise UserError(f"baseline {str(path)!r}: cases[{case_id!r}].{metric}={value!r} "
                                 f"is not a non-negative number or null")
         if figures.get("mem_peak_bytes") is None:
-            raise GateError(f"baseline {str(path)!r}: cases[{case_id!r}].mem_peak_bytes is missing")
+            raise UserError(f"baseline {str(path)!r}: cases[{case_id!r}].mem_peak_bytes is missing")
     return data
 
 
@@ -144,11 +156,11 @@ def make_baseline(run: dict, rows: list[dict], dev_class: str, tolerance: float)
     bad = [f"{row['case_id']} ({_failure(row)})" for row in rows
            if row.get("status") != "ok" or row.get("mem_peak_bytes") is None]
     if bad:
-        raise GateError(f"refusing to write a baseline from a run with failed or unmeasured cases: "
+        raise UserError(f"refusing to write a baseline from a run with failed or unmeasured cases: "
                         f"{'; '.join(bad)}")
     if not rows:
-        raise GateError("refusing to write a baseline from a results directory with no cases")
-    cases = {row["case_id"]: {metric: row.get(metric) for metric in GATED_METRICS}
+        raise UserError("refusing to write a baseline from a results directory with no cases")
+    cases = {row["case_id"]: {m.name: row.get(m.name) for m in gated_metrics()}
              for row in sorted(rows, key=lambda r: r["case_id"])}
     return {
         "device_class": dev_class,
@@ -175,10 +187,7 @@ class Finding:
 
     @property
     def change(self) -> float | None:
-        """(measured - baseline) / baseline; None where either is missing or baseline is 0."""
-        if self.baseline in (None, 0) or self.measured is None:
-            return None
-        return (self.measured - self.baseline) / self.baseline
+        return change(self.baseline, self.measured)
 
     @property
     def fails(self) -> bool:
@@ -196,11 +205,10 @@ class GateReport:
         return not any(f.fails for f in self.findings)
 
 
-def compare(baseline_cases: dict, rows: list[dict], mem_tolerance: float,
-            time_tolerance: float | None = None) -> GateReport:
-    """Every baseline case against its results row (see the module docstring for the rules)."""
+def compare(baseline_cases: dict, rows: list[dict], tolerances: dict[str, float]) -> GateReport:
+    """Every baseline case against its results row; tolerances: gated metric -> tolerance (a metric
+    left out is not compared)."""
     by_id = {row["case_id"]: row for row in rows}
-    tolerances = {"mem_peak_bytes": mem_tolerance, "time_median_s": time_tolerance}
     findings: list[Finding] = []
     compared = 0
     for case_id in sorted(baseline_cases):
@@ -214,15 +222,15 @@ def compare(baseline_cases: dict, rows: list[dict], mem_tolerance: float,
         compared += 1
         for metric, tolerance in tolerances.items():
             base = baseline_cases[case_id].get(metric)
-            if tolerance is None or base is None:
+            if base is None:
                 continue
             measured = row.get(metric)
             if measured is None:
                 findings.append(Finding(case_id, metric, "missing", base, None, detail="not measured"))
-            elif measured > base * (1 + tolerance):
-                findings.append(Finding(case_id, metric, "regression", base, measured))
-            elif measured < base * (1 - tolerance):
-                findings.append(Finding(case_id, metric, "improvement", base, measured))
+                continue
+            found = verdict(base, measured, tolerance)
+            if found is not None:
+                findings.append(Finding(case_id, metric, found, base, measured))
     new_cases = sorted(set(by_id) - set(baseline_cases))
     return GateReport(compared, findings, new_cases)
 
@@ -245,7 +253,7 @@ def _format_value(metric: str, value: float | None) -> str:
     return f"{value * 1e3:.3f} ms"
 
 
-def format_report(report: GateReport, mem_tolerance: float, time_tolerance: float | None) -> str:
+def format_report(report: GateReport, tolerances: dict[str, float]) -> str:
     """The table of regressions, failures and improvements, then one summary line."""
     header = ("case", "metric", "baseline", "measured", "change", "verdict")
     lines = [header]
@@ -253,7 +261,7 @@ def format_report(report: GateReport, mem_tolerance: float, time_tolerance: floa
         change = "-" if f.change is None else f"{f.change * 100:+.2f}%"
         measured = f.detail if f.verdict in ("missing", "failed") and f.measured is None else \
             _format_value(f.metric, f.measured)
-        lines.append((f.case_id, GATED_METRICS.get(f.metric, "-"), _format_value(f.metric, f.baseline),
+        lines.append((f.case_id, _label(f.metric) if f.metric != "-" else "-", _format_value(f.metric, f.baseline),
                       measured, change, f.verdict.upper() if f.fails else f.verdict))
     out = []
     if len(lines) > 1:
@@ -261,9 +269,7 @@ def format_report(report: GateReport, mem_tolerance: float, time_tolerance: floa
         out += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     counts = [_plural(sum(f.verdict == v for f in report.findings), v)
               for v in ("regression", "improvement", "missing", "failed")]
-    tol = f"memory tolerance {mem_tolerance * 100:g}%"
-    if time_tolerance is not None:
-        tol += f", time tolerance {time_tolerance * 100:g}%"
+    tol = ", ".join(f"{_label(metric)} tolerance {value * 100:g}%" for metric, value in tolerances.items())
     summary = (f"gate {'PASSED' if report.passed else 'FAILED'}: {_plural(report.compared, 'case')} compared "
                f"({tol}); {', '.join(counts)}")
     if report.new_cases:
@@ -286,12 +292,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", type=Path, help="results directory written by `reformer-bench run`")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="baseline JSON (default: reports/baselines/<device class of RESULTS>.json)")
-    parser.add_argument("--tolerance", type=parse_tolerance, default=DEFAULT_TOLERANCE, metavar="PCT",
-                        help="allowed relative increase of mem_peak_bytes (default 5%%)")
-    parser.add_argument("--time-tolerance", type=parse_tolerance, default=None, metavar="PCT",
-                        help="also gate time_median_s with this allowed increase (default: time not gated)")
+    always = [m for m in gated_metrics() if m.gate == "always"]
+    parser.add_argument("--tolerance", type=parse_tolerance, default=None, metavar="PCT",
+                        help="allowed relative increase of " + ", ".join(
+                            f"{m.name} (default {m.tolerance:.0%})".replace("%", "%%") for m in always))
+    for metric in gated_metrics():
+        if metric.gate == "on request":
+            parser.add_argument(flag_of(metric), type=parse_tolerance, default=None, metavar="PCT",
+                                dest=f"tolerance_{metric.name}",
+                                help=f"also gate {metric.name} with this allowed increase (default: not gated)")
     parser.add_argument("--update", action="store_true",
                         help="write the baseline from RESULTS instead of comparing (all cases must be ok)")
+
+
+def tolerances_of(args: argparse.Namespace) -> dict[str, float]:
+    """gated metric -> tolerance: the always-gated ones (--tolerance, else their own), then the
+    on-request ones whose flag was given."""
+    chosen = {}
+    for metric in gated_metrics():
+        if metric.gate == "always":
+            chosen[metric.name] = args.tolerance if args.tolerance is not None else metric.tolerance
+        elif getattr(args, f"tolerance_{metric.name}", None) is not None:
+            chosen[metric.name] = getattr(args, f"tolerance_{metric.name}")
+    return chosen
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -305,31 +328,21 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run_gate(args: argparse.Namespace) -> int:
-    """Run the gate for parsed arguments; returns the exit status (GateError -> one line, 2)."""
-    try:
-        return _run_gate(args)
-    except GateError as exc:
-        print(f"reformer-bench gate: error: {exc}", file=sys.stderr)
-        return 2
+    """The gate for parsed arguments: 0 pass (or baseline written), 1 regression; UserError otherwise."""
+    from .results.store import read_results
 
-
-def _run_gate(args: argparse.Namespace) -> int:
-    from harness.report_data import ResultsError, load_result_set  # pandas: import only when gating
-
-    try:
-        result_set = load_result_set(args.results)
-    except ResultsError as exc:
-        raise GateError(str(exc)) from None
+    result_set = read_results(args.results, require_run=True)
     dev_class = results_device_class(result_set.run, result_set.rows, str(args.results))
     baseline_path = args.baseline or BASELINE_DIR / f"{dev_class}.json"
+    tolerances = tolerances_of(args)
 
     if args.update:
         if baseline_path.is_file():
             old_class = load_baseline(baseline_path)["device_class"]
             if old_class != dev_class:
-                raise GateError(f"baseline {str(baseline_path)!r} is for device class {old_class!r}, "
+                raise UserError(f"baseline {str(baseline_path)!r} is for device class {old_class!r}, "
                                 f"the results ran on {dev_class!r}; write reports/baselines/{dev_class}.json")
-        baseline = make_baseline(result_set.run, result_set.rows, dev_class, args.tolerance)
+        baseline = make_baseline(result_set.run, result_set.rows, dev_class, tolerances["mem_peak_bytes"])
         baseline_path.parent.mkdir(parents=True, exist_ok=True)
         baseline_path.write_text(json.dumps(baseline, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         print(f"wrote baseline {baseline_path}: {len(baseline['cases'])} cases, device class {dev_class}")
@@ -337,22 +350,11 @@ def _run_gate(args: argparse.Namespace) -> int:
 
     baseline = load_baseline(baseline_path)
     if baseline["device_class"] != dev_class:
-        raise GateError(f"baseline {str(baseline_path)!r} is for device class {baseline['device_class']!r} "
+        raise UserError(f"baseline {str(baseline_path)!r} is for device class {baseline['device_class']!r} "
                         f"but the results ran on {dev_class!r}; compare with "
                         f"reports/baselines/{dev_class}.json (create it with --update)")
-    report = compare(baseline["cases"], result_set.rows, args.tolerance, args.time_tolerance)
+    report = compare(baseline["cases"], result_set.rows, tolerances)
     print(f"gate: {args.results} against {baseline_path} (device class {dev_class}, "
           f"baseline commit {str(baseline.get('commit') or '?')[:12]})")
-    print(format_report(report, args.tolerance, args.time_tolerance))
+    print(format_report(report, tolerances))
     return 0 if report.passed else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.gate RESULTS ...`: the gate without the rest of the CLI."""
-    parser = argparse.ArgumentParser(prog="reformer-bench gate", description=__doc__.split("\n\n")[1])
-    add_arguments(parser)
-    return run_gate(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

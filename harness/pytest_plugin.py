@@ -6,7 +6,7 @@ Loaded by tests/conftest.py (`pytest_plugins = ["harness.pytest_plugin"]`), or w
 - `pytest` runs the tests and deselects every test that uses pytest-benchmark's `benchmark` fixture;
   `pytest --benchmark` runs exactly those (pytest-benchmark's own --benchmark-* flags still apply).
 - `@pytest.mark.max_memory("64 MiB", device="cpu")` fails a test whose peak memory during its call
-  phase (fixtures excluded) exceeds the limit, measured by harness.memory.track_peak_memory: the same
+  phase (fixtures excluded) exceeds the limit, measured by harness.measure.memory.track_peak_memory: the same
   code path that fills `mem_peak_bytes` in results rows and in benchmark extra_info.
 - `pytest_benchmark_update_machine_info` adds torch / CUDA / GPU / driver / triton versions and the
   gate's device class to pytest-benchmark's machine_info, so saved runs say what they ran on.
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from harness.memory import format_size, parse_size, track_peak_memory
+from harness.measure.memory import format_size, parse_size, track_peak_memory
 
 BENCHMARK_FIXTURE = "benchmark"
 
@@ -117,26 +117,43 @@ def _max_memory_args(marker: pytest.Mark) -> tuple[int, str]:
         pytest.fail(f"max_memory: {exc}", pytrace=False)
 
 
+class _CallOnce:
+    """A workload made of a callable that builds its own inputs (so that they count), for the
+    measurements of harness.measure.stages."""
+
+    input_bytes = 0
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self):
+        return self.fn()
+
+    def reset(self) -> None:
+        pass
+
+    def gradients(self) -> list:
+        return []
+
+
 def measure_extra_info(run_once: Callable[[], Any], device: str) -> dict[str, Any]:
-    """Untimed figures for a benchmark's extra_info, from separate calls of run_once (which should
-    build its own inputs, so that they count, as in results rows):
+    """Untimed figures for a benchmark's extra_info: every metric the table marks `benchmark`
+    (harness.measure.metrics), by the same measurements that fill results rows, each on separate
+    calls of run_once (which should build its own inputs, so that they count, as in results rows),
+    and the device. With the built-in table: mem_peak_bytes (exact on CPU), mem_method and
+    flops_counted (None where FlopCounterMode counts 0: a kernel it has no formula for)."""
+    from harness.measure import stages
+    from harness.measure.metrics import MEASUREMENTS, metrics
 
-    mem_peak_bytes: peak bytes added by one call (harness.memory.track_peak_memory; exact on CPU).
-    mem_method: how it was measured.
-    flops_counted: matmul FLOPs of one call counted by FlopCounterMode (harness.flops.counted_flops);
-        None where it counts 0, i.e. the kernel has no FLOP formula (CPU flash attention).
-    device: where it ran.
-    """
-    from harness.flops import counted_flops
-
-    with track_peak_memory(device) as peak:
-        run_once()
-    return {
-        "mem_peak_bytes": peak.peak_bytes,
-        "mem_method": peak.method,
-        "flops_counted": counted_flops(run_once) or None,
-        "device": device,
-    }
+    wanted = {m.name for m in metrics(lambda m: m.benchmark)}
+    ctx = stages.Context(case=None, workload=_CallOnce(run_once), device=device)
+    info: dict[str, Any] = {}
+    for measurement in MEASUREMENTS:
+        if wanted & set(measurement.metrics):
+            figures = measurement.measure(ctx) or {}
+            info.update({key: value for key, value in figures.items() if key in wanted})
+    info["device"] = device
+    return info
 
 
 def synchronized(fn: Callable[[], Any], device: str) -> Callable[[], Any]:

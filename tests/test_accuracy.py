@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.accuracy import attention_mass_recall, relative_error
+from harness.measure.fidelity import attention_mass_recall, relative_error
 from impls import LSHConfig, get_backend
 from impls.lsh import hash_buckets, sort_by_buckets
 

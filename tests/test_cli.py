@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.results import ROW_KEYS
+from harness.results.store import row_keys
 
 SUITES = Path(__file__).parent / "suites"
 REPO = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ class _Absent:
 
 
 def test_show_prints_a_table_with_units(tmp_path, capsys):
-    row = {key: None for key in ROW_KEYS}
+    row = {key: None for key in row_keys()}
     row.update(case_id="a", backend="eager", mode="forward", seq_len=1024, batch=1, status="ok",
                time_median_s=0.0125, mem_peak_bytes=3 * 2 ** 20, n_buckets=32, n_hashes=4, chunk_len=64)
     failed = dict(row, case_id="b", backend="dense", status="oom", reason="out of memory at 1 TiB",
@@ -103,7 +103,7 @@ def test_run_writes_results_and_resume_finds_the_run(tmp_path, capsys, monkeypat
     (out_dir,) = (tmp_path / "reports").glob("three-*")
     rows = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
     assert [r["seq_len"] for r in rows] == [32]
-    assert set(ROW_KEYS) <= set(rows[0])
+    assert set(row_keys()) <= set(rows[0])
     assert "1 cases: 1 unavailable" in out
     assert "[1/1]" in err  # the progress line
     assert json.loads((out_dir / "run.json").read_text())["suite"] == "three"
@@ -145,7 +145,7 @@ def test_out_below_a_file(tmp_path, capsys):
 def _earlier_run(run_dir: Path, suite="three") -> Path:
     run_dir.mkdir()
     (run_dir / "run.json").write_text(json.dumps({"suite": suite}))
-    row = {key: None for key in ROW_KEYS}
+    row = {key: None for key in row_keys()}
     row.update(case_id="earlier", suite=suite, backend="eager", mode="forward", seq_len=32, batch=1, status="ok")
     (run_dir / "results.jsonl").write_text(json.dumps(row) + "\n")
     return run_dir

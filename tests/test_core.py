@@ -94,7 +94,7 @@ def test_hashing_a_transposed_batch_copies_one_block_at_a_time(monkeypatch):
     hashing must not copy it whole (blocks of 128 positions here), and must not depend on the
     default dtype."""
     import impls.lsh as lsh
-    from harness.memory import track_peak_memory
+    from harness.measure.memory import track_peak_memory
 
     monkeypatch.setattr(lsh, "HASH_BLOCK_ELEMENTS", {"cpu": 2 * 4 * 2 * 32 * 128})
     qk = torch.randn(2, 4096, 4, 64, generator=torch.Generator().manual_seed(0)).transpose(1, 2)

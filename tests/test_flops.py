@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.flops import counted_flops, dense_attention_flops, lsh_attention_flops
+from harness.measure.flops import counted_flops, dense_attention_flops, lsh_attention_flops
 from impls import LSHConfig, get_backend
 
 
@@ -67,8 +67,8 @@ def test_formulas_scale_as_stated():
 def test_analytic_flops_follow_the_bucket_count_a_backend_really_uses():
     from pathlib import Path
 
-    from harness.flops import analytic_flops
-    from harness.spec import expand_suite
+    from harness.measure.flops import analytic_flops
+    from harness.suite import expand_suite
 
     suite = {"suite": {"name": "t"}, "defaults": {"backend": "eager", "seq_len": 1024, "heads": 2, "d_head": 16,
                                                   "chunk_len": 32, "n_hashes": 2}}

@@ -10,7 +10,7 @@ import torch
 # flop_counter imports) aborts the process when imported a second time: import it here, once.
 import torch.utils.flop_counter
 
-from harness.memory import (
+from harness.measure.memory import (
     CPU_METHOD,
     NvmlSampler,
     parse_size,

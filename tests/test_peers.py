@@ -63,11 +63,11 @@ def test_absent_package_is_unavailable_with_a_reason(monkeypatch, backend, modul
 
 
 def test_peers_are_registered_as_peers():
-    from harness.worker import backend_kind, backend_names
+    from impls import backend_info, list_backends
 
-    names = backend_names()
+    names = list_backends()
     assert {"hf_lsh", "reformer_pytorch"} <= set(names)
-    assert backend_kind("hf_lsh") == backend_kind("reformer_pytorch") == "peer"
+    assert backend_info("hf_lsh").kind == backend_info("reformer_pytorch").kind == "peer"
 
 
 def test_reformer_pytorch_equals_its_scaled_dense_reference_in_the_exact_regime():

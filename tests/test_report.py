@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs
 
-from harness.report import main, render_html, write_report
-from harness.report_analysis import compare, crossover, fit_exponent, headline_findings, scaling_groups
-from harness.report_data import ROW_KEYS, ResultsError, load_frame, load_result_set
-from harness.report_figures import PAPER_FIGURE5_FULL, grid_figures, scaling_figure
+from harness.cli import main
+from harness.errors import UserError
+from harness.report import render_html, write_report
+from harness.report.analysis import compare, crossover, fit_exponent, headline_findings, scaling_groups
+from harness.report.data import load_frame
+from harness.report.figures import PAPER_FIGURE5_FULL, grid_figures, scaling_figure
+from harness.results.store import read_results, row_keys
 
 ENV = {"git_commit": "0123abc", "python": "3.11.2", "torch": "2.13.0", "triton": "3.9.0",
        "device_name": "synthetic CPU", "driver": None, "cpu_model": "synthetic CPU", "torch_threads": 2}
@@ -31,7 +34,7 @@ LSH_MEM_PER_HASH = (2048.0, 1.0)
 
 def row(**values) -> dict:
     """A results row with every README key; unspecified metrics null."""
-    base = {key: None for key in ROW_KEYS}
+    base = {key: None for key in row_keys()}
     base.update(suite="synthetic", backend_kind="lsh", mode="forward", batch=1, heads=4, d_head=64,
                 causal=False, dedup=False, dtype="float32", device="cpu", status="ok", reason="")
     base.update(values)
@@ -119,7 +122,7 @@ def test_reads_rows_with_every_key_and_nulls_as_nan(tmp_path):
     path = write_results_dir(tmp_path / "run", scaling_rows())
     sets, frame = load_frame([path])
     assert len(frame) == len(scaling_rows())
-    assert set(ROW_KEYS) <= set(frame.columns)
+    assert set(row_keys()) <= set(frame.columns)
     dense_oom = frame[(frame["backend"] == "dense") & (frame["status"] == "oom")]
     assert dense_oom["time_median_s"].isna().all()
     assert sets[0].suite == "synthetic"
@@ -133,13 +136,13 @@ def test_reads_rows_with_every_key_and_nulls_as_nan(tmp_path):
 def test_broken_directory_names_the_file(tmp_path, damage, message):
     path = write_results_dir(tmp_path / "run", scaling_rows())
     damage(path)
-    with pytest.raises(ResultsError, match=message):
-        load_result_set(path)
+    with pytest.raises(UserError, match=message):
+        read_results(path, require_run=True)
 
 
 def test_missing_directory_is_named(tmp_path):
-    with pytest.raises(ResultsError, match=re.escape(str(tmp_path / "absent"))):
-        load_result_set(tmp_path / "absent")
+    with pytest.raises(UserError, match=re.escape(str(tmp_path / "absent"))):
+        read_results(tmp_path / "absent", require_run=True)
 
 
 @pytest.mark.parametrize("line, message", [
@@ -153,8 +156,8 @@ def test_bad_row_names_file_and_line(tmp_path, line, message):
     path = write_results_dir(tmp_path / "run", scaling_rows()[:2])
     with open(path / "results.jsonl", "a") as f:
         f.write(line + "\n")
-    with pytest.raises(ResultsError) as info:
-        load_result_set(path)
+    with pytest.raises(UserError) as info:
+        read_results(path, require_run=True)
     assert "results.jsonl:3: " in str(info.value) and message in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -166,7 +169,7 @@ def test_write_cut_short_by_a_kill_is_skipped_and_reported(tmp_path):
     # What the runner leaves after a kill mid-write and a --resume: a partial line, then fresh rows.
     lines.insert(1, lines[1][: len(lines[1]) // 2])
     (path / "results.jsonl").write_text("\n".join(lines) + "\n")
-    result_set = load_result_set(path)
+    result_set = read_results(path, require_run=True)
     assert [r["case_id"] for r in result_set.rows] == [r["case_id"] for r in rows]
     assert result_set.cut_short == [f"{path / 'results.jsonl'}:2"]
     assert "cut short" in render_html([result_set], load_frame([path])[1])

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs
 
-from harness.browser import HeadlessChromium, find_chromium
 from harness.report import write_report
+from tests.browser import HeadlessChromium, find_chromium
 from tests.test_report import grid_rows, paper_speed_rows, scaling_rows, write_results_dir
 
 pytestmark = pytest.mark.skipif(

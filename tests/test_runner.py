@@ -2,7 +2,7 @@
 
 Each case of a sweep runs in a real worker process (1-3 s each here), so the suites are tiny, the
 failure sweep runs once per module, and what needs no process boundary (non-finite output, an
-unavailable backend, train_step) is checked with harness.worker.run_case in this process.
+unavailable backend, train_step) is checked with harness.run.worker.run_case in this process.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.results import RESULTS_FILE, ResultsWriter, read_rows, read_run_json
-from harness.runner import SweepInterrupted, run_suite
-from harness.spec import load_suite
+from harness.results.store import RESULTS_FILE, ResultsWriter, read_rows, read_run_json
+from harness.run.runner import SweepInterrupted, run_suite
+from harness.suite import load_suite
 
 SUITES = Path(__file__).parent / "suites"
 REPO = Path(__file__).resolve().parent.parent
@@ -58,16 +58,18 @@ def test_failure_reasons_say_what_happened(failure_run):
 def test_ok_row_is_complete(failure_run):
     _, _, rows = failure_run
     row = rows["eager"]
-    for key in ("time_median_s", "time_iqr_s", "time_min_s", "compile_time_s", "mem_peak_bytes",
-                "rss_peak_bytes", "flops_analytic", "achieved_flops_per_s", "rel_error",
+    for key in ("time_median_s", "time_q1_s", "time_q3_s", "time_iqr_s", "time_min_s", "first_call_s",
+                "mem_peak_bytes", "rss_peak_bytes", "flops_analytic", "achieved_flops_per_s", "rel_error",
                 "attn_mass_recall", "worker_setup_s", "wall_s"):
         assert row[key] is not None, key
+    assert row["compile_time_s"] is None  # eager compiles nothing: no compile time, rather than a 0
+    assert row["interpreted"] is False
     assert row["repeats"] == 2
     assert row["mem_method"] == "cpu-tensor-tracker"
     assert row["flops_counted"] is None  # count_flops = false in this suite
     # mem_peak_bytes = input bytes + the exact peak increment of the call, which is deterministic:
     # the same call measured here, in this process, must give the same figure to the byte.
-    from harness.memory import track_peak_memory
+    from harness.measure.memory import track_peak_memory
     from impls import LSHConfig, get_backend
 
     case = _case("failures.toml", "eager")
@@ -90,7 +92,7 @@ def _case(suite_file, which, **overrides):
 
 
 def test_nonfinite_output_is_its_own_status():
-    from harness.worker import run_case
+    from harness.run.worker import run_case
 
     row = run_case(_case("three_cases.toml", "fake_unavailable", backend="fake_nan"))
     assert row["status"] == "nonfinite"
@@ -99,7 +101,7 @@ def test_nonfinite_output_is_its_own_status():
 
 
 def test_unavailable_backend_is_its_own_status():
-    from harness.worker import run_case
+    from harness.run.worker import run_case
 
     row = run_case(_case("three_cases.toml", "fake_unavailable"))
     assert row["status"] == "unavailable"
@@ -108,7 +110,7 @@ def test_unavailable_backend_is_its_own_status():
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 def test_train_step_case(backend):
-    from harness.worker import run_case
+    from harness.run.worker import run_case
 
     row = run_case(_case("train_step.toml", backend))
     assert row["status"] == "ok", row["reason"]

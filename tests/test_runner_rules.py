@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import runner
-from harness.results import RESULTS_FILE, read_rows
-from harness.runner import RunDirInUse, run_suite
-from harness.spec import load_suite
+from harness.errors import UserError
+from harness.results.store import RESULTS_FILE, read_rows
+from harness.run import launch
+from harness.run.runner import run_suite
+from harness.suite import load_suite
 
 SUITES = Path(__file__).parent / "suites"
 
@@ -73,8 +74,8 @@ def test_longer_lsh_cases_of_a_failed_series_are_not_run(tmp_path, monkeypatch):
     suite = load_suite(_failing_lsh_suite(tmp_path, extra_defaults="chunk_len = 16"))
     assert len({c.n_buckets for c in suite.cases}) == 4 and len({c.fidelity for c in suite.cases}) == 2
     started = []
-    real = runner.run_case_in_worker
-    monkeypatch.setattr(runner, "run_case_in_worker", lambda case: started.append(case.seq_len) or real(case))
+    real = launch.run_case_in_worker
+    monkeypatch.setattr(launch, "run_case_in_worker", lambda case: started.append(case.seq_len) or real(case))
     rows = {r["seq_len"]: r for r in run_suite(suite, tmp_path / "out", environment={}).rows}
     assert started == [64], "only the failing case runs; longer ones are skipped"
     assert rows[64]["status"] == "oom" and "deliberate" in rows[64]["reason"]
@@ -92,7 +93,7 @@ def test_series_with_auto_chunk_len_and_token_budget_skip_too(tmp_path, monkeypa
     suite = load_suite(suite_file)
     assert len({(c.chunk_len, c.batch) for c in suite.cases}) == 4
     started = []
-    monkeypatch.setattr(runner, "run_case_in_worker", lambda case: started.append(case.seq_len) or _oom_row(case))
+    monkeypatch.setattr(launch, "run_case_in_worker", lambda case: started.append(case.seq_len) or _oom_row(case))
     rows = {r["seq_len"]: r for r in run_suite(suite, tmp_path / "out", environment={}).rows}
     assert started == [64]
     assert {n: rows[n]["stage"] for n in (128, 256, 512)} == {128: "skipped", 256: "skipped", 512: "skipped"}
@@ -110,7 +111,7 @@ def test_a_failure_skips_only_its_own_series(tmp_path, monkeypatch):
             row["status"] = "ok"
         return row
 
-    monkeypatch.setattr(runner, "run_case_in_worker", fake)
+    monkeypatch.setattr(launch, "run_case_in_worker", fake)
     run_suite(suite, tmp_path / "out", environment={})
     assert sorted(started) == [(4, 64), (8, 64), (8, 128), (8, 256), (8, 512)]
 
@@ -123,7 +124,7 @@ def test_timeout_skips_like_oom(tmp_path, monkeypatch):
         row["status"], row["reason"] = "timeout", "no result within timeout_s=120"
         return row
 
-    monkeypatch.setattr(runner, "run_case_in_worker", timed_out)
+    monkeypatch.setattr(launch, "run_case_in_worker", timed_out)
     rows = run_suite(suite, tmp_path / "out", environment={}).rows
     assert [r["status"] for r in rows] == ["timeout"] * 4
     assert [r["stage"] for r in rows] == ["measure", "skipped", "skipped", "skipped"]
@@ -134,11 +135,11 @@ def test_a_resumed_sweep_remembers_earlier_failures(tmp_path, monkeypatch):
     cases of that series instead of running them."""
     suite = load_suite(_failing_lsh_suite(tmp_path, extra_defaults="chunk_len = 16"))
     out = tmp_path / "out"
-    monkeypatch.setattr(runner, "run_case_in_worker", _oom_row)
+    monkeypatch.setattr(launch, "run_case_in_worker", _oom_row)
     first = [c for c in suite.cases if c.seq_len == 64]
     run_suite(dataclasses.replace(suite, cases=first), out, environment={})
     started = []
-    monkeypatch.setattr(runner, "run_case_in_worker", lambda case: started.append(case.seq_len) or _oom_row(case))
+    monkeypatch.setattr(launch, "run_case_in_worker", lambda case: started.append(case.seq_len) or _oom_row(case))
     rows = run_suite(suite, out, resume=True, environment={}).rows
     assert started == []
     assert [(r["seq_len"], r["stage"]) for r in rows] == [(128, "skipped"), (256, "skipped"), (512, "skipped")]
@@ -146,7 +147,7 @@ def test_a_resumed_sweep_remembers_earlier_failures(tmp_path, monkeypatch):
 
 
 def _oom_row(case) -> dict:
-    from harness.results import new_row
+    from harness.results.store import new_row
 
     row = new_row(case)
     row.update(status="oom", reason="fake oom", stage="measure", wall_s=0.1)
@@ -155,11 +156,11 @@ def _oom_row(case) -> dict:
 
 def test_run_dir_with_rows_is_refused_without_resume(tmp_path, monkeypatch):
     suite = load_suite(SUITES / "three_cases.toml")
-    monkeypatch.setattr(runner, "run_case_in_worker", _oom_row)
+    monkeypatch.setattr(launch, "run_case_in_worker", _oom_row)
     run_suite(suite, tmp_path, environment={})
     before = (tmp_path / RESULTS_FILE).read_text()
     run_json = (tmp_path / "run.json").read_text()
-    with pytest.raises(RunDirInUse, match="already holds 3 result rows"):
+    with pytest.raises(UserError, match="already holds 3 result rows"):
         run_suite(suite, tmp_path, environment={})
     assert (tmp_path / RESULTS_FILE).read_text() == before
     assert (tmp_path / "run.json").read_text() == run_json
@@ -172,13 +173,13 @@ def test_worker_that_cannot_start_is_a_crashed_row_and_the_sweep_goes_on(tmp_pat
     calls = []
 
     def popen(argv, *args, **kwargs):
-        if "harness.worker" in argv:
+        if "harness.run.worker" in argv:
             calls.append(argv)
             if len(calls) == 1:
                 raise OSError(24, "Too many open files")
         return real(argv, *args, **kwargs)
 
-    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)
     rows = run_suite(suite, tmp_path, environment={}).rows
     assert [r["status"] for r in rows] == ["crashed", "unavailable", "unavailable"]
     assert "could not start the worker" in rows[0]["reason"] and "Too many open files" in rows[0]["reason"]

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.spec import SuiteError, load_suite
+from harness.errors import UserError
+from harness.suite import load_suite
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
@@ -21,7 +22,7 @@ def suite_of(tmp_path, text: str, **filters):
 
 
 def error_of(tmp_path, text: str, **filters) -> str:
-    with pytest.raises(SuiteError) as info:
+    with pytest.raises(UserError) as info:
         suite_of(tmp_path, text, **filters)
     message = str(info.value)
     assert "\n" not in message
@@ -211,7 +212,7 @@ def test_unknown_backend_suggests_the_right_one(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(SuiteError, match="cannot read suite file"):
+    with pytest.raises(UserError, match="cannot read suite file"):
         load_suite(tmp_path / "nope.toml")
 
 
@@ -260,7 +261,7 @@ def test_fixed_lsh_settings_stay_separate_series(tmp_path):
 
 
 def test_series_survives_the_worker_round_trip(tmp_path):
-    from harness.spec import Case
+    from harness.suite import Case
 
     case = suite_of(tmp_path, "[defaults]\nseq_len = 512\n").cases[0]
     assert case.from_seq_len == ("n_buckets",)

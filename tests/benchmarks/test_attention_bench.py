@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.flops import dense_attention_flops, lsh_attention_flops
+from harness.measure.flops import dense_attention_flops, lsh_attention_flops
 from harness.pytest_plugin import measure_extra_info, synchronized
 from impls import LSHConfig, backend_info, get_backend
 

@@ -21,10 +21,9 @@ MIN_FIT_LENGTHS = 3
 MIN_FIT_LENGTHS_MEMORY = 2
 #: A timing whose interquartile range exceeds this share of its median is flagged as noisy.
 NOISY_IQR_SHARE = 0.5
-#: Comparison thresholds (candidate / baseline). Time also has to move by more than the two IQRs together.
-TIME_TOLERANCE = 0.10
-MEMORY_TOLERANCE = 0.01
-ERROR_TOLERANCE = 0.10
+#: Figures compared between two runs (larger is worse), by the one rule of harness.results.compare
+#: with each metric's tolerance from the table; time also has to move by more than the two IQRs together.
+COMPARED_METRICS = ("time_median_s", "mem_peak_bytes", "rel_error")
 #: What the comparison shows of each case. Cases are matched by case_id: the runner's ids are stable
 #: (derived from the case's parameters), so the same case in two runs of a suite has the same id.
 MATCH_KEYS = ("suite", "backend", "mode", "seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes",
@@ -251,7 +250,7 @@ def _fidelity_findings(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 def status_counts(frame: pd.DataFrame) -> pd.DataFrame:
     """Cases per suite and status (a table: rows = suite, columns = status)."""
-    from .report_data import STATUSES
+    from ..results.store import STATUSES
 
     counts = pd.crosstab(frame["suite"], frame["status"]) if not frame.empty else pd.DataFrame()
     counts = counts.reindex(columns=[s for s in STATUSES if s in counts.columns])
@@ -295,19 +294,24 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
             .drop(columns=list(sort_keys)).reset_index(drop=True))
 
 
+def tolerance(metric: str) -> float:
+    from ..measure.metrics import METRICS
+
+    return METRICS[metric].tolerance
+
+
 def _verdict(row: dict) -> str:
+    from ..results.compare import verdict
+
     if row["_merge"] != "both":
         return ""
     reasons = []
     if row["status_base"] == "ok" and row["status_cand"] != "ok":
         reasons.append(f"now {row['status_cand']}")
-    ratio = row["time_ratio"]
-    if _present(ratio) and ratio > 1 + TIME_TOLERANCE:
-        noise = sum(v for v in (row["time_iqr_s_base"], row["time_iqr_s_cand"]) if _present(v))
-        if row["time_median_s_cand"] - row["time_median_s_base"] > noise:
-            reasons.append(f"time x{ratio:.2f}")
-    if _present(row["mem_ratio"]) and row["mem_ratio"] > 1 + MEMORY_TOLERANCE:
-        reasons.append(f"memory x{row['mem_ratio']:.2f}")
-    if _present(row["error_ratio"]) and row["error_ratio"] > 1 + ERROR_TOLERANCE:
-        reasons.append(f"rel error x{row['error_ratio']:.2f}")
+    noise = sum(v for v in (row["time_iqr_s_base"], row["time_iqr_s_cand"]) if _present(v))
+    for metric, ratio, label, spread in (("time_median_s", "time_ratio", "time", noise),
+                                         ("mem_peak_bytes", "mem_ratio", "memory", 0.0),
+                                         ("rel_error", "error_ratio", "rel error", 0.0)):
+        if verdict(row[f"{metric}_base"], row[f"{metric}_cand"], tolerance(metric), spread) == "regression":
+            reasons.append(f"{label} x{row[ratio]:.2f}")
     return "; ".join(reasons)

@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .report_analysis import (
+from .analysis import (
     FIT_POINTS,
     MIN_FIT_LENGTHS,
     MIN_FIT_LENGTHS_MEMORY,

@@ -20,12 +20,26 @@ class Timing:
     def median_s(self) -> float:
         return statistics.median(self.times_s)
 
+    def _quartiles(self) -> tuple[float, float]:
+        """(Q1, Q3) by statistics.quantiles' 'inclusive' method (the data's own range); the one
+        value twice for one repeat."""
+        if len(self.times_s) < 2:
+            return self.times_s[0], self.times_s[0]
+        q1, _, q3 = statistics.quantiles(self.times_s, n=4, method="inclusive")
+        return q1, q3
+
+    @property
+    def q1_s(self) -> float:
+        return self._quartiles()[0]
+
+    @property
+    def q3_s(self) -> float:
+        return self._quartiles()[1]
+
     @property
     def iqr_s(self) -> float:
-        """Interquartile range Q3 - Q1 (statistics.quantiles, 'inclusive'); 0 for one repeat."""
-        if len(self.times_s) < 2:
-            return 0.0
-        q1, _, q3 = statistics.quantiles(self.times_s, n=4, method="inclusive")
+        """Interquartile range Q3 - Q1; 0 for one repeat."""
+        q1, q3 = self._quartiles()
         return q3 - q1
 
     @property

@@ -15,7 +15,8 @@ forward_backward: the backward of a matmul is two matmuls of the same size, so a
 3x its forward; hashing is not differentiated. The eager LSH backward also recomputes QK^T
 (flash-attention style), which FlopCounterMode sees and the analytic count, being the algorithm's
 cost, does not: counted = analytic + 2*B*H*N*W*C*D*R there.
-train_step: no analytic count (it depends on the model's layers); flops_counted covers it.
+layer and model workloads: no analytic count (projections, feed-forward and heads depend on the
+implementation); flops_counted covers them.
 """
 from __future__ import annotations
 
@@ -40,11 +41,12 @@ def dense_attention_flops(batch: int, heads: int, seq_len: int, d_head: int, bac
 
 
 def analytic_flops(case, n_buckets: int | None = None) -> int | None:
-    """The analytic count for a harness.spec.Case, or None where there is none (train_step).
+    """The analytic count for a harness.suite.Case, or None where there is none (layer and model
+    workloads).
 
     n_buckets: the bucket count the backend really hashes into, where it differs from the case's
     (reformer-pytorch always uses seq / chunk_len)."""
-    if case.mode == "train_step":
+    if case.workload != "attention":
         return None
     backward = case.mode == "forward_backward"
     if case.backend_kind == "dense":

@@ -1,36 +1,35 @@
 """The HTML report: one self-contained file (plotly.js inlined once, data as compact JSON) that opens
-offline. `write_report` is what the runner calls after a run; `register` adds `reformer-bench report`.
+offline. `write_report` is what `reformer-bench run` calls after a run (harness.report.command adds
+`reformer-bench report`).
 
 Sections: summary (environment, suites, counts by status, headline findings), scaling plots, grids,
 the paper's reference figures, the comparison with a baseline, failures, every case, FLOP formulas.
 Everything that comes from a results file is escaped (html.escape in the page, pandas' escaping in
-tables, report_figures.text in chart strings).
+tables, harness.report.figures.text in chart strings).
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import html
 import json
 import math
-import sys
 from pathlib import Path
 
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
-from .report_analysis import (
-    ERROR_TOLERANCE,
+from ..measure.metrics import metrics
+from ..results.store import ResultSet
+from .analysis import (
     MATCH_KEYS,
-    MEMORY_TOLERANCE,
-    TIME_TOLERANCE,
     compare,
     headline_findings,
     scaling_groups,
     status_counts,
+    tolerance,
 )
-from .report_data import ResultsError, ResultSet, load_frame
-from .report_figures import (
+from .data import load_frame
+from .figures import (
     PAPER_TABLE2,
     Figure,
     attention_name,
@@ -45,31 +44,37 @@ from .report_figures import (
 MAX_SETTINGS_SHOWN = 4
 REASON_CHARS_IN_CASES = 80
 
-#: (row key, column title with unit, divisor, format), in table order: what a case is, how it went, what
-#: it measured, then the rest. Columns with no value in any row are left out, and parameter columns
-#: with one value for every row become a sentence above the table.
-CASE_COLUMNS = (
-    ("backend", "backend", None, None), ("mode", "mode", None, None), ("seq_len", "L (tokens)", 1, "int"),
-    ("batch", "batch", 1, "int"), ("n_hashes", "n_hashes", 1, "int"), ("n_buckets", "n_buckets", 1, "int"),
-    ("chunk_len", "chunk_len", 1, "int"), ("causal", "causal", None, None), ("dedup", "dedup", None, None),
-    ("status", "status", None, None),
-    ("time_median_s", "time median (ms)", 1e-3, "g"), ("time_iqr_s", "time IQR (ms)", 1e-3, "g"),
-    ("mem_peak_bytes", "peak memory (MiB)", 2 ** 20, "g"), ("rel_error", "rel. error vs dense", 1, "g"),
-    ("attn_mass_recall", "attn-mass recall", 1, "g"),
-    ("flops_analytic", "FLOPs analytic (GFLOP)", 1e9, "g"), ("flops_counted", "FLOPs counted (GFLOP)", 1e9, "g"),
-    ("achieved_flops_per_s", "achieved (GFLOP/s)", 1e9, "g"),
-    ("time_min_s", "time min (ms)", 1e-3, "g"), ("repeats", "repeats", 1, "int"),
-    ("compile_time_s", "compile (s)", 1, "g"), ("compilations", "compilations", 1, "int"),
-    ("mem_method", "memory method", None, None), ("nvml_peak_used_bytes", "NVML peak (MiB)", 2 ** 20, "g"),
-    ("rss_peak_bytes", "peak RSS (MiB)", 2 ** 20, "g"), ("worker_setup_s", "worker setup (s)", 1, "g"),
-    ("wall_s", "wall (s)", 1, "g"),
-    ("suite", "suite", None, None), ("backend_kind", "kind", None, None), ("heads", "heads", 1, "int"),
-    ("d_head", "d_head", 1, "int"), ("dtype", "dtype", None, None), ("device", "device", None, None),
-    ("reason", "reason", None, None), ("case_id", "case", None, None), ("run", "results dir", None, None),
+#: What a case is: (row key, column title, format); then every metric of the table, then where it ran.
+#: Columns with no value in any row are left out, and parameter columns with one value for every row
+#: become a sentence above the table.
+CASE_PARAMETER_COLUMNS = (
+    ("backend", "backend", None), ("workload", "workload", None), ("mode", "mode", None),
+    ("seq_len", "L (tokens)", "int"), ("batch", "batch", "int"), ("n_hashes", "n_hashes", "int"),
+    ("n_buckets", "n_buckets", "int"), ("chunk_len", "chunk_len", "int"), ("causal", "causal", None),
+    ("dedup", "dedup", None), ("replay_buckets", "buckets replayed", None),
 )
+CASE_CONTEXT_COLUMNS = (
+    ("suite", "suite", None), ("backend_kind", "kind", None), ("heads", "heads", "int"), ("d_head", "d_head", "int"),
+    ("dtype", "dtype", None), ("device", "device", None), ("model", "model", None), ("case_id", "case", None),
+    ("run", "results dir", None),
+)
+
+
+def case_columns() -> list[tuple[str, str, object]]:
+    """(row key, column title with unit, formatter of one value): parameters, metrics, context."""
+    def plain(fmt):
+        return lambda v: f"{int(v):,}" if fmt == "int" else _plain(v)
+    columns = [(key, title, plain(fmt)) for key, title, fmt in CASE_PARAMETER_COLUMNS]
+    columns += [(m.name, m.column, m.format) for m in metrics()]
+    columns += [(key, title, plain(fmt)) for key, title, fmt in CASE_CONTEXT_COLUMNS]
+    return columns
+
+
 #: Columns folded into the sentence above the cases table when every row has the same value.
-PARAMETER_KEYS = ("suite", "backend", "backend_kind", "mode", "seq_len", "batch", "heads", "d_head", "n_buckets",
-                  "n_hashes", "chunk_len", "causal", "dedup", "dtype", "device", "run", "mem_method", "repeats")
+PARAMETER_KEYS = ("suite", "backend", "backend_kind", "workload", "mode", "seq_len", "batch", "heads", "d_head",
+                  "n_buckets", "n_hashes", "chunk_len", "causal", "dedup", "replay_buckets", "dtype", "device", "model",
+                  "run",
+                  "mem_method", "repeats", "interpreted", "peer")
 
 
 # --- the public entry points ---------------------------------------------------------------------------
@@ -77,7 +82,7 @@ PARAMETER_KEYS = ("suite", "backend", "backend_kind", "mode", "seq_len", "batch"
 def write_report(result_dirs: list[Path], out_path: Path, baseline_dirs: list[Path] | None = None) -> Path:
     """Render the report of result_dirs (compared against baseline_dirs if given) to out_path.
 
-    Raises ResultsError (a ValueError with a one-line message naming file and line) on bad input.
+    Raises harness.errors.UserError (one line naming file and line) on bad input.
     """
     sets, frame = load_frame([Path(p) for p in result_dirs])
     baseline = load_frame([Path(p) for p in baseline_dirs])[1] if baseline_dirs else None
@@ -85,38 +90,6 @@ def write_report(result_dirs: list[Path], out_path: Path, baseline_dirs: list[Pa
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(render_html(sets, frame, baseline), encoding="utf-8")
     return out_path
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add `report RESULTS... -o report.html [--baseline RESULTS...]` to the CLI's subparsers."""
-    parser = subparsers.add_parser(
-        "report", help="write the HTML report of one or more results directories",
-        description="Write one self-contained HTML report (opens offline) of results directories "
-                    "written by `reformer-bench run`; with --baseline, add ratio columns and a regression table.")
-    parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="results directories")
-    parser.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="HTML file to write")
-    parser.add_argument("--baseline", nargs="+", type=Path, default=None, metavar="RESULTS",
-                        help="results directories to compare against")
-    parser.set_defaults(func=report_command)
-    return parser
-
-
-def report_command(args: argparse.Namespace) -> int:
-    """The `report` subcommand: 0 on success; 2 and one line on stderr for bad input."""
-    try:
-        path = write_report(args.results, args.output, args.baseline)
-    except (ResultsError, OSError) as exc:
-        print(f"reformer-bench report: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="reformer-bench")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 # --- the page ----------------------------------------------------------------------------------------
@@ -288,7 +261,7 @@ def _format_column(values: pd.Series, divisor, fmt) -> pd.Series:
 def _cases_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
     """(table, titles of columns with no value, {title: value} of parameters the same in every row)."""
     shown, empty, constant = {}, [], {}
-    for key, title, divisor, fmt in CASE_COLUMNS:
+    for key, title, one in case_columns():
         if key not in frame.columns or frame[key].isna().all() or (frame[key].astype(str) == "").all():
             empty.append(title)
             continue
@@ -296,12 +269,16 @@ def _cases_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str
         if key == "reason":
             column = column.map(lambda r: None if not r else (
                 r if len(r) <= REASON_CHARS_IN_CASES else r[:REASON_CHARS_IN_CASES - 1] + "…"))
-        formatted = _format_column(column, divisor, fmt)
+        formatted = column.map(lambda v, one=one: None if _missing(v) else one(v))
         if key in PARAMETER_KEYS and len(frame) > 1 and formatted.nunique(dropna=False) == 1:
             constant[title] = formatted.iloc[0] if formatted.iloc[0] is not None else "—"
             continue
         shown[title] = formatted
     return pd.DataFrame(shown), empty, constant
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _cases_html(frame: pd.DataFrame) -> str:
@@ -349,9 +326,9 @@ def _comparison_html(compared: pd.DataFrame) -> str:
         columns=names | {"seq_len": "L (tokens)", "verdict": "regression"})
     regressions = table[show["verdict"] != ""]
     rule = (f"A case regresses when it failed where the baseline succeeded, its median time grew by more than "
-            f"{TIME_TOLERANCE:.0%} and by more than the two runs' IQRs together, its peak memory grew by more "
-            f"than {MEMORY_TOLERANCE:.0%}, or its relative error grew by more than {ERROR_TOLERANCE:.0%}. "
-            "Ratios are candidate / baseline.")
+            f"{tolerance('time_median_s'):.0%} and by more than the two runs' IQRs together, its peak memory grew "
+            f"by more than {tolerance('mem_peak_bytes'):.0%} (the memory gate's rule), or its relative error grew "
+            f"by more than {tolerance('rel_error'):.0%}. Ratios are candidate / baseline.")
     same = ", ".join(f"{k}={v if v not in (None, '') else '—'}" for k, v in constant.items())
     parts = [f'<p class="note">{html.escape(rule)}' + (f" Every case has {html.escape(same)}." if same else "")
              + "</p>", f"<h3>Regressions ({len(regressions)})</h3>"]
@@ -382,15 +359,8 @@ def _table2_html(frame: pd.DataFrame) -> str:
 
 
 def _flops_html() -> str:
-    try:
-        from . import flops
-    except ImportError as exc:  # the report must render even where the FLOP module cannot be imported
-        return _empty(f"harness.flops could not be imported ({type(exc).__name__}).")
-    formulas = getattr(flops, "FORMULAS", None)
-    if isinstance(formulas, dict) and formulas:
-        items = "".join(f"<dt>{html.escape(str(k))}</dt><dd><pre>{html.escape(str(v))}</pre></dd>"
-                        for k, v in formulas.items())
-        return f"<dl>{items}</dl>"
+    from ..measure import flops
+
     return f"<pre class=\"formulas\">{html.escape((flops.__doc__ or '').strip())}</pre>"
 
 
@@ -479,6 +449,3 @@ PAGE_JS = r"""
   });
 })();
 """
-
-if __name__ == "__main__":
-    sys.exit(main())

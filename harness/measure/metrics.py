@@ -1,0 +1,183 @@
+"""The metric table: every figure a results row carries, declared once.
+
+A Metric says what a row key holds (unit, how it is measured, whether the gate compares it, how tables
+show it); rows, `show`, the report's tables, the gate and the pytest-benchmark extra_info are derived
+from this table. A Measurement is the function that fills some metrics of a case in the worker, in
+table order; built-in measurements live in harness.measure.stages.
+
+A new metric is one declaration and one measuring function, e.g. in a suite plugin module:
+
+    from harness.measure.metrics import Metric, register_metric
+
+    def out_abs_max(ctx):                       # ctx: harness.measure.stages.Context
+        return {"out_abs_max": float(ctx.output.abs().max())}
+
+    register_metric(Metric("out_abs_max", unit="1", how="max |out| of the untimed call", terminal=True),
+                    measure=out_abs_max)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Units a table may show a stored unit in: shown unit -> (stored unit, divisor).
+SHOWN_UNITS = {
+    "s": ("s", 1.0), "ms": ("s", 1e-3), "µs": ("s", 1e-6),
+    "B": ("B", 1.0), "KiB": ("B", 2.0 ** 10), "MiB": ("B", 2.0 ** 20), "GiB": ("B", 2.0 ** 30),
+    "FLOP": ("FLOP", 1.0), "GFLOP": ("FLOP", 1e9), "TFLOP": ("FLOP", 1e12),
+    "FLOP/s": ("FLOP/s", 1.0), "GFLOP/s": ("FLOP/s", 1e9), "TFLOP/s": ("FLOP/s", 1e12),
+    "tokens/s": ("tokens/s", 1.0), "1": ("1", 1.0), "%": ("1", 0.01), "": ("", 1.0),
+}
+KINDS = ("number", "count", "text", "flag")
+GATE_RULES = (None, "always", "on request")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """name: the row key. unit: of the stored value ("s", "B", "FLOP", "FLOP/s", "1" for a pure number,
+    "" for text and flags). how: how it is measured, one sentence. kind: number | count | text | flag.
+    title / shown_unit / fmt: its column in tables (shown_unit from SHOWN_UNITS; fmt a format spec).
+    terminal: a column of `reformer-bench show`. gate: None, "always" (the memory gate compares it) or
+    "on request" (compared when its tolerance is given). tolerance: the relative change that counts as
+    a regression or improvement, in the gate and the report alike. noise: the metric whose value is the
+    measurement noise of this one (a change within it is no regression). benchmark: part of a
+    pytest-benchmark test's extra_info."""
+
+    name: str
+    unit: str
+    how: str
+    kind: str = "number"
+    title: str = ""
+    shown_unit: str | None = None
+    fmt: str = ".4g"
+    terminal: bool = False
+    gate: str | None = None
+    tolerance: float | None = None
+    noise: str | None = None
+    benchmark: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"metric name must be an identifier, got name={self.name!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"metric {self.name!r}: kind must be one of {KINDS}, got kind={self.kind!r}")
+        if self.gate not in GATE_RULES:
+            raise ValueError(f"metric {self.name!r}: gate must be one of {GATE_RULES}, got gate={self.gate!r}")
+        shown = self.shown_unit if self.shown_unit is not None else self.unit
+        if shown not in SHOWN_UNITS or (self.kind in ("number", "count") and SHOWN_UNITS[shown][0] != self.unit):
+            raise ValueError(f"metric {self.name!r}: shown_unit={shown!r} does not show unit={self.unit!r}")
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("number", "count")
+
+    @property
+    def column(self) -> str:
+        """Its table header, with the unit shown."""
+        unit = self.shown_unit if self.shown_unit is not None else self.unit
+        title = self.title or self.name
+        return f"{title} ({unit})" if unit and unit != "1" else title
+
+    @property
+    def divisor(self) -> float:
+        return SHOWN_UNITS[self.shown_unit if self.shown_unit is not None else self.unit][1]
+
+    def format(self, value) -> str | None:
+        """The value as a table shows it; None for null (unknown, never 0)."""
+        if value is None or (isinstance(value, float) and value != value):
+            return None
+        if self.kind == "count":
+            return f"{int(value):,}"
+        if self.kind == "number":
+            return format(value / self.divisor, self.fmt)
+        if self.kind == "flag":
+            return "yes" if value else "no"
+        return str(value)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A function that fills `metrics` of a case: measure(ctx) -> {metric: value} (ctx:
+    harness.measure.stages.Context). auxiliary: a failure of it leaves the case's status alone (the
+    reason says what is missing and why), as for a cross-check; otherwise it fails the case."""
+
+    name: str
+    measure: Callable
+    metrics: tuple[str, ...]
+    auxiliary: bool = False
+
+
+METRICS: dict[str, Metric] = {}
+MEASUREMENTS: list[Measurement] = []
+
+
+def register_metric(metric: Metric, measure: Callable | None = None) -> Metric:
+    """Declare a metric; with `measure`, also the (auxiliary) measurement that fills it, run after
+    the ones registered before it. A metric filled by the harness itself (wall time) has none."""
+    METRICS[metric.name] = metric
+    if measure is not None:
+        register_measurement(Measurement(metric.name, measure, (metric.name,), auxiliary=True))
+    return metric
+
+
+def register_measurement(measurement: Measurement) -> None:
+    unknown = [m for m in measurement.metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"measurement {measurement.name!r} fills undeclared metrics {unknown}")
+    MEASUREMENTS[:] = [m for m in MEASUREMENTS if m.name != measurement.name] + [measurement]
+
+
+def metrics(predicate: Callable[[Metric], bool] = lambda m: True) -> list[Metric]:
+    """The declared metrics, in table order, that satisfy predicate."""
+    return [m for m in METRICS.values() if predicate(m)]
+
+
+# --- the built-in metrics, in row order ---------------------------------------------------------
+
+_BUILT_IN = (
+    Metric("status", "", "ok | oom | timeout | error | crashed | unavailable | nonfinite", kind="text"),
+    Metric("reason", "", "why a case failed, and which cross-check was not measured", kind="text"),
+    Metric("time_median_s", "s", "median of `repeats` timed calls after the first call and `warmup` more "
+           "(time.perf_counter; torch.cuda.synchronize around each call on CUDA)", title="median",
+           shown_unit="ms", terminal=True, gate="on request", tolerance=0.10, noise="time_iqr_s", benchmark=False),
+    Metric("time_q1_s", "s", "first quartile of the timed calls (inclusive method)", title="Q1", shown_unit="ms"),
+    Metric("time_q3_s", "s", "third quartile of the timed calls (inclusive method)", title="Q3", shown_unit="ms"),
+    Metric("time_iqr_s", "s", "Q3 - Q1 of the timed calls; 0 for one repeat", title="IQR", shown_unit="ms",
+           terminal=True),
+    Metric("time_min_s", "s", "fastest timed call", title="min", shown_unit="ms"),
+    Metric("repeats", "1", "timed calls", kind="count"),
+    Metric("first_call_s", "s", "the first call alone: lazy init, compilation and autotuning land here",
+           title="first", shown_unit="ms", terminal=True),
+    Metric("compile_time_s", "s", "first call - warm median, for backends that compile (others: null)",
+           title="compile", shown_unit="s"),
+    Metric("compilations", "1", "dynamo compilations the backend reports (compile_stats)", kind="count"),
+    Metric("mem_peak_bytes", "B", "what lives before the call (inputs, grad_out; or parameters and optimizer "
+           "state) + the peak the call adds: exact live tensor bytes on the CPU, the CUDA allocator's peak on GPU",
+           title="peak mem", shown_unit="MiB", terminal=True, gate="always", tolerance=0.05, benchmark=True),
+    Metric("mem_method", "", "how mem_peak_bytes was measured, or why it was not", kind="text", title="memory method",
+           benchmark=True),
+    Metric("nvml_peak_used_bytes", "B", "NVML device memory used, sampled in a thread: a device-wide cross-check "
+           "(CUDA context, allocator cache, other processes)", title="NVML peak", shown_unit="MiB"),
+    Metric("rss_peak_bytes", "B", "the worker process's peak resident set size (getrusage; interpreter and "
+           "torch included)", title="peak RSS", shown_unit="MiB"),
+    Metric("flops_analytic", "FLOP", "the algorithm's matmul FLOPs by the formulas of harness.measure.flops",
+           title="FLOPs analytic", shown_unit="GFLOP"),
+    Metric("flops_counted", "FLOP", "matmul FLOPs FlopCounterMode counts in an untimed call of the eager path "
+           "(null where it counts none)", title="FLOPs counted", shown_unit="GFLOP", benchmark=True),
+    Metric("achieved_flops_per_s", "FLOP/s", "flops_analytic (else flops_counted) / time_median_s",
+           title="achieved", shown_unit="GFLOP/s", terminal=True),
+    Metric("rel_error", "1", "||out - reference|| / ||reference|| against the exact dense attention on the "
+           "same inputs (an all-zero output scores 1)", title="rel err", fmt=".3g", terminal=True, tolerance=0.10),
+    Metric("attn_mass_recall", "1", "mean share of the exact attention mass on the keys LSH's windows contain",
+           title="recall", fmt=".3f", terminal=True),
+    Metric("worker_setup_s", "s", "worker process start to inputs built (before the first call)",
+           title="worker setup", shown_unit="s"),
+    Metric("wall_s", "s", "the whole case as the runner saw it: start-up, every pass, exit", title="wall",
+           shown_unit="s"),
+    Metric("interpreted", "", "ran under an interpreter (the Triton interpreter on the CPU): its time is not "
+           "the kernel's", kind="flag"),
+    Metric("peer", "", "package and version behind a peer backend", kind="text"),
+    Metric("stage", "", "the worker's last stage (where a failure happened)", kind="text"),
+)
+for _metric in _BUILT_IN:
+    register_metric(_metric)

@@ -1,0 +1,47 @@
+"""Results directories (read by harness.results.store, the one reader) as one pandas frame for the report."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import UserError
+from ..results.store import ResultSet, import_run_plugins, numeric_keys, read_results, row_keys
+
+
+def load_frame(paths: list[Path]) -> tuple[list[ResultSet], pd.DataFrame]:
+    """All rows of all directories in one frame, with `run` (the directory name) and `series` columns.
+
+    Every row key of the table is a column (null where a row lacks it); numeric metrics are float
+    columns with NaN for null, so plots and fits can use them directly.
+    """
+    if not paths:
+        raise UserError("no results directories given")
+    sets = []
+    for path in paths:
+        if not Path(path).is_dir():
+            raise UserError(f"results directory {str(path)!r} does not exist")
+        result_set = read_results(Path(path), require_run=True)
+        import_run_plugins(result_set.run)
+        sets.append(result_set)
+    keys = list(row_keys())
+    records = [row | {"run": s.path.name} for s in sets for row in s.rows]
+    frame = pd.DataFrame.from_records(records, columns=None if records else keys + ["run"])
+    for key in keys:
+        if key not in frame.columns:
+            frame[key] = None
+    for key in numeric_keys():
+        frame[key] = pd.to_numeric(frame[key], errors="coerce").astype(float)
+    frame["suite"] = frame["suite"].where(frame["suite"].notna(), "").astype(str)
+    frame["series"] = [series_label(row) for row in frame.to_dict("records")]
+    return sets, frame
+
+
+def series_label(row: dict) -> str:
+    """How a plot legend names a row's series: "eager LSH-4" (+ " dedup"), the backend alone for dense."""
+    n_hashes = row.get("n_hashes")
+    hashes = n_hashes is not None and not (isinstance(n_hashes, float) and math.isnan(n_hashes))
+    if row.get("backend_kind") == "dense" or not hashes:
+        return str(row["backend"])
+    return f"{row['backend']} LSH-{int(n_hashes)}" + (" dedup" if row.get("dedup") is True else "")

@@ -1,0 +1,1 @@
+"""Results: run directories and rows (store), and the one rule that compares two figures (compare)."""

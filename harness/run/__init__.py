@@ -1,0 +1,1 @@
+"""Running suites: the sweep (runner), one worker process per case (launch, worker), what it calls (workload)."""

@@ -1,0 +1,137 @@
+"""One case in one fresh worker process (`python -m harness.run.worker`), always ending in a row.
+
+Isolation: a new interpreter per case (clean memory peaks, no allocator or in-memory compile-cache
+state from earlier cases, and empty on-disk inductor / Triton caches of its own), in its own session so
+that a timeout can kill it and everything it started; the worker asks Linux to kill it if the runner
+dies. How a case ends:
+  - the worker's own row:           ok | oom | error | nonfinite | unavailable (classified in-worker)
+  - no row and past timeout_s:      timeout (the worker's process group is killed)
+  - no row and the worker died:     crashed (killed by a signal, or exited without writing a row)
+  - the worker could not start:     crashed (the reason names the OS error)
+The same function runs a case on this machine or, as a Ray task, on another one (harness.run.ray).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..results.store import new_row
+from ..suite import Case
+
+# Grace period between SIGTERM and SIGKILL when a worker has to go.
+KILL_GRACE_S = 2.0
+# Characters of the worker's output kept in the reason of a crash.
+CRASH_TAIL_CHARS = 300
+
+
+def run_case_in_worker(case: Case) -> dict:
+    """One case in a fresh `python -m harness.run.worker` process; always returns a row."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="reformer-bench-") as tmp:
+        tmp = Path(tmp)
+        case_file, result_file, log_file = tmp / "case.json", tmp / "result.json", tmp / "worker.log"
+        case_file.write_text(case.to_json())
+        with open(log_file, "w") as log:
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "harness.run.worker", str(case_file), str(result_file),
+                     repr(time.time()), str(os.getpid())],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_worker_env(case, tmp),
+                    start_new_session=True,
+                )
+            except OSError as exc:  # no executable, no memory or process slots left, ...: a row, not the end
+                row = _start_failure_row(case, exc)
+                row["wall_s"] = time.monotonic() - started
+                return row
+            try:
+                returncode = proc.wait(timeout=case.timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                returncode = None
+            except BaseException:  # Ctrl-C: the worker must not outlive the sweep
+                _kill_group(proc)
+                raise
+        row = _worker_row(case, result_file, log_file, returncode)
+    row["wall_s"] = time.monotonic() - started
+    return row
+
+
+def _worker_row(case: Case, result_file: Path, log_file: Path, returncode: int | None) -> dict:
+    if result_file.exists():
+        try:
+            return json.loads(result_file.read_text())
+        except json.JSONDecodeError:
+            pass
+    log = log_file.read_text(errors="replace").splitlines()
+    stages = [line.split(":", 1)[1].strip() for line in log if line.startswith("stage: ")]
+    where = f" during stage {stages[-1]}" if stages else " during start-up"
+    row = new_row(case)
+    row["stage"] = stages[-1] if stages else "start-up"
+    if returncode is None:
+        row["status"] = "timeout"
+        row["reason"] = f"no result within timeout_s={case.timeout_s:g}{where}; worker killed"
+        return row
+    row["status"] = "crashed"
+    if returncode < 0:
+        sig = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        hint = " (the OS out-of-memory killer sends SIGKILL)" if sig == "SIGKILL" else ""
+        row["reason"] = f"worker killed by {sig}{where}{hint}"
+    else:
+        tail = " | ".join(line.strip() for line in log if line.strip() and not line.startswith("stage: "))
+        tail = tail[-CRASH_TAIL_CHARS:]
+        row["reason"] = f"worker exited with code {returncode} without a result{where}" + (
+            f": {tail}" if tail else "")
+    return row
+
+
+def _start_failure_row(case: Case, exc: OSError) -> dict:
+    row = new_row(case)
+    row["status"] = "crashed"
+    row["stage"] = "start-up"
+    row["reason"] = f"could not start the worker: {type(exc).__name__}: {exc}"
+    return row
+
+
+def _worker_env(case: Case, tmp: Path) -> dict:
+    env = dict(os.environ)
+    # Compile caches on disk (inductor's FX graph and kernel caches, Triton's kernel cache) would
+    # let a later case reuse an earlier one's compilation: each worker gets empty ones of its own.
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor-cache")
+    env["TRITON_CACHE_DIR"] = str(tmp / "triton-cache")
+    env.update(interpreter_env(case))  # must be set before the backend's module is imported: hence here
+    # The worker must import this very checkout (also when it is not the installed one).
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the worker's whole session, then SIGKILL what is left after KILL_GRACE_S."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+
+
+def interpreter_env(case: Case) -> dict[str, str]:
+    """The environment that runs the case's backend under its CPU interpreter, where it has one and
+    the suite allows it (interpret = true); {} otherwise."""
+    import impls
+
+    if case.device != "cpu" or not case.interpret:
+        return {}
+    return dict(impls.backend_info(case.backend).cpu_interpreter_env)

@@ -1,0 +1,199 @@
+"""Runs a suite's cases, each in a fresh worker process (harness.run.launch), and appends one row per
+case as it ends.
+
+Failures never stop the sweep: every case ends in a row with its status (see launch). Rows are appended
+(and flushed) as soon as each case ends; Ctrl-C kills the running workers, keeps every finished row and
+raises SweepInterrupted; `resume=True` skips cases that already have a row (and, with
+skip_larger_after_failure, remembers the oom / timeout rows among them). Without resume, a run
+directory that already holds rows is refused: appending a second run would give its cases two rows.
+
+Where the workers run is the executor's business: LocalExecutor runs them one after another on this
+machine; harness.run.ray.RayExecutor fans them out over a Ray cluster. An executor takes a batch of
+cases and yields (case, row) as each ends. With skip_larger_after_failure the sweep is handed over one
+sequence length at a time, shortest first, so that a failure can still skip the longer cases of its series.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..results.store import (
+    RESULTS_FILE,
+    RUN_FILE,
+    ResultsWriter,
+    new_row,
+    read_results,
+    read_run_json,
+    write_run_json,
+)
+from ..suite import Case, Suite
+from . import launch
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C during a sweep: the rows written so far are kept."""
+
+    def __init__(self, rows_written: int, run_dir: Path) -> None:
+        super().__init__(f"interrupted after {rows_written} new rows; results kept in {run_dir}")
+        self.rows_written = rows_written
+        self.run_dir = run_dir
+
+
+@dataclass
+class SweepResult:
+    run_dir: Path
+    rows: list[dict] = field(default_factory=list)  # rows written by this invocation
+    skipped: int = 0  # cases that already had a row (resume)
+
+
+class LocalExecutor:
+    """One worker at a time on this machine."""
+
+    name = "local"
+
+    def run(self, cases: Iterable[Case], started: Callable[[Case], None]) -> Iterator[tuple[Case, dict]]:
+        for case in cases:
+            started(case)
+            yield case, launch.run_case_in_worker(case)
+
+    def close(self) -> None:
+        pass
+
+
+def prepare_run_dir(run_dir: Path, suite: Suite, resume: bool) -> list[dict]:
+    """Check that this run may write into run_dir, create it, and return the rows it already holds:
+    a file is no directory, rows need resume, and a resumed run must be of the same suite."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir}: exists and is not a directory")
+    if resume and (run_dir / RUN_FILE).exists():
+        try:
+            earlier = read_run_json(run_dir).get("suite")
+        except UserError as exc:
+            raise UserError(f"--resume: cannot continue the run in {run_dir}: {exc}") from None
+        if earlier != suite.name:
+            raise UserError(f"--resume: {run_dir} holds a run of suite {earlier!r}, not {suite.name!r}")
+    try:
+        rows = read_results(run_dir).rows if (run_dir / RESULTS_FILE).exists() else []
+    except UserError as exc:
+        raise UserError(f"cannot use run directory {run_dir}: {exc}") from None
+    if rows and not resume:
+        raise UserError(f"{run_dir} already holds {len(rows)} result rows of an earlier run: pass "
+                        f"--resume to continue that run, or another --out for a new one")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+    return rows
+
+
+def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
+              environment: dict | None = None, executor=None) -> SweepResult:
+    """Run every case of `suite` into run_dir (run.json + results.jsonl). See the module docstring.
+
+    progress: an object with begin(total, skipped), start(case), finish(row), close()
+    (harness.views.progress.Progress) or None. executor: LocalExecutor() unless given.
+    """
+    run_dir = Path(run_dir)
+    earlier_rows = prepare_run_dir(run_dir, suite, resume)
+    executor = executor or LocalExecutor()
+    _write_run_info(suite, run_dir, resume, environment, executor.name)
+    done = {row["case_id"] for row in earlier_rows}
+    cases = [c for c in suite.cases if c.case_id not in done]
+    skip_larger = bool(suite.settings.get("skip_larger_after_failure"))
+    if skip_larger:
+        cases.sort(key=lambda c: c.seq_len)  # stable: the suite's order within one length
+    result = SweepResult(run_dir=run_dir, skipped=len(suite.cases) - len(cases))
+    # series -> (seq_len, status) of its first failure, remembered across a resume
+    failed_series = _earlier_failures(suite, earlier_rows) if skip_larger else {}
+    if progress is not None:
+        progress.begin(len(cases), skipped=result.skipped)
+    started = progress.start if progress is not None else (lambda case: None)
+
+    def record(writer: ResultsWriter, case: Case, row: dict) -> None:
+        writer.append(row)
+        result.rows.append(row)
+        if skip_larger and row["status"] in ("oom", "timeout"):
+            _note_failure(failed_series, case, row["status"])
+        if progress is not None:
+            progress.finish(row)
+
+    batches = ([list(group) for _, group in itertools.groupby(cases, key=lambda c: c.seq_len)]
+               if skip_larger else [cases])
+    with ResultsWriter(run_dir / RESULTS_FILE) as writer:
+        try:
+            for batch in batches:
+                to_run = []
+                for case in batch:
+                    row = _skip_row(case, failed_series) if failed_series else None
+                    if row is None:
+                        to_run.append(case)
+                    else:
+                        started(case)
+                        record(writer, case, row)
+                for case, row in executor.run(to_run, started):
+                    record(writer, case, row)
+        except KeyboardInterrupt:
+            raise SweepInterrupted(len(result.rows), run_dir) from None
+        finally:
+            executor.close()
+            if progress is not None:
+                progress.close()
+    return result
+
+
+def _earlier_failures(suite: Suite, rows: list[dict]) -> dict[str, tuple[int, str]]:
+    """series -> (shortest seq_len, status) of the oom / timeout rows a resumed run already holds,
+    so that the resumed sweep does not run (and crash on) lengths above them again."""
+    cases = {case.case_id: case for case in suite.cases}
+    failures: dict[str, tuple[int, str]] = {}
+    for row in rows:
+        case = cases.get(row.get("case_id"))
+        if case is not None and row.get("status") in ("oom", "timeout"):
+            _note_failure(failures, case, row["status"])
+    return failures
+
+
+def _note_failure(failures: dict[str, tuple[int, str]], case: Case, status: str) -> None:
+    """Keep the shortest failing length per series (a resumed run may fail below a remembered one)."""
+    key = case.series_key()
+    if key not in failures or case.seq_len < failures[key][0]:
+        failures[key] = (case.seq_len, status)
+
+
+def _skip_row(case: Case, failed_series: dict[str, tuple[int, str]]) -> dict | None:
+    failure = failed_series.get(case.series_key())
+    if failure is None or case.seq_len <= failure[0]:
+        return None
+    row = new_row(case)
+    row["status"] = failure[1]
+    row["reason"] = f"not run: seq_len={failure[0]} of the same series already ended in {failure[1]}"
+    row["stage"] = "skipped"
+    row["wall_s"] = 0.0
+    return row
+
+
+def _write_run_info(suite: Suite, run_dir: Path, resume: bool, environment: dict | None, executor: str) -> None:
+    from ..env import environment as current_environment
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    env = environment if environment is not None else current_environment(suite.settings.get("threads"))
+    if resume and (run_dir / RUN_FILE).exists():
+        info = read_run_json(run_dir)
+        info.setdefault("resumed", []).append({"time": now, "executor": executor, "environment": env})
+    else:
+        info = {
+            "suite": suite.name,
+            "suite_file": str(suite.path),
+            "description": suite.description,
+            "settings": {k: v for k, v in suite.settings.items() if k != "plugin_dir"},
+            "cases": len(suite.cases),
+            "started": now,
+            "executor": executor,
+            "environment": env,
+        }
+    write_run_json(run_dir, info)

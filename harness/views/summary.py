@@ -1,0 +1,152 @@
+"""The summary of a run (`reformer-bench show RESULTS --summary`, and the report's Summary tables):
+what the old standalone benchmarks printed, computed from rows.
+
+- Comparisons: cases that differ only in their backend, each backend against each baseline backend
+  (the suite's compare_against; by default every dense and peer backend in the rows, or the first
+  backend when there is none): time ratio = median / baseline median, speed-up = its inverse, and the
+  peak memory and peak RSS ratios.
+- Growth: along a model key that varies between otherwise equal cases (layers, in a depth sweep): the
+  peak memory added per unit (MiB per layer) and the ratio of the largest to the smallest setting.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+from ..measure.memory import format_size
+
+# Row keys that tell cases apart, besides the backend. n_buckets and dedup are left out: peers report
+# the bucket count they really use, and dense rows have none.
+SETTING_KEYS = ("workload", "mode", "seq_len", "batch", "heads", "d_head", "n_hashes", "chunk_len", "causal",
+                "replay_buckets", "dtype", "device", "model")
+
+
+def _key(row: dict, keys, drop=()) -> str:
+    values = {k: row.get(k) for k in keys}
+    if values.get("model") and drop:
+        values["model"] = {k: v for k, v in values["model"].items() if k not in drop}
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def baselines(rows: list[dict], compare_against=()) -> list[str]:
+    """The backends the comparisons are taken against (see the module docstring)."""
+    present = list(dict.fromkeys(r["backend"] for r in rows if r.get("backend")))
+    if compare_against:
+        return [b for b in compare_against if b in present]
+    chosen = [b for b in present if any(r.get("backend_kind") in ("dense", "peer")
+                                        for r in rows if r["backend"] == b)]
+    return chosen or present[:1]
+
+
+def comparisons(rows: list[dict], compare_against=()) -> list[dict]:
+    """One entry per (setting, backend, baseline) where both ran ok."""
+    against = baselines(rows, compare_against)
+    groups: dict[str, dict[str, dict]] = defaultdict(dict)
+    for row in rows:
+        if row.get("status") == "ok" and row.get("backend"):
+            groups[_key(row, SETTING_KEYS)].setdefault(row["backend"], row)
+    out = []
+    for by_backend in groups.values():
+        for base_name in against:
+            base = by_backend.get(base_name)
+            if base is None:
+                continue
+            for name, row in by_backend.items():
+                if name == base_name:
+                    continue
+                entry = {"setting": describe(row), "backend": name, "baseline": base_name}
+                for key, label in (("time_median_s", "time_ratio"), ("mem_peak_bytes", "mem_ratio"),
+                                   ("rss_peak_bytes", "rss_ratio")):
+                    entry[label] = _ratio(row.get(key), base.get(key))
+                entry["speed_up"] = _ratio(base.get("time_median_s"), row.get("time_median_s"))
+                entry["time_s"], entry["baseline_time_s"] = row.get("time_median_s"), base.get("time_median_s")
+                out.append(entry)
+    return out
+
+
+def growth(rows: list[dict]) -> list[dict]:
+    """Per series (backend, and every other setting), how peak memory and time grow along each numeric
+    model key that varies: memory added per unit, and largest / smallest."""
+    ok = [r for r in rows if r.get("status") == "ok" and isinstance(r.get("model"), dict)]
+    varying = sorted({k for r in ok for k, v in r["model"].items()
+                      if isinstance(v, int) and not isinstance(v, bool)
+                      and len({(o["model"] or {}).get(k) for o in ok}) > 1})
+    out = []
+    for key in varying:
+        series: dict[str, list[dict]] = defaultdict(list)
+        for row in ok:
+            if key in row["model"]:
+                series[_key(row, ("backend",) + SETTING_KEYS, drop=(key,))].append(row)
+        for members in series.values():
+            members.sort(key=lambda r: r["model"][key])
+            first, last = members[0], members[-1]
+            units = last["model"][key] - first["model"][key]
+            if units <= 0 or first.get("mem_peak_bytes") is None or last.get("mem_peak_bytes") is None:
+                continue
+            out.append({
+                "series": describe(first, with_backend=True, leave_out=(key,)), "key": key,
+                "points": [(r["model"][key], r.get("mem_peak_bytes"), r.get("time_median_s")) for r in members],
+                "bytes_per_unit": (last["mem_peak_bytes"] - first["mem_peak_bytes"]) / units,
+                "mem_ratio": _ratio(last["mem_peak_bytes"], first["mem_peak_bytes"]),
+                "time_ratio": _ratio(last.get("time_median_s"), first.get("time_median_s")),
+            })
+    return out
+
+
+def describe(row: dict, with_backend: bool = False, leave_out=()) -> str:
+    """e.g. "layer fwd+bwd, 16,384 tokens, batch 1, 4 rounds, chunk 64"."""
+    from .table import MODE_SHORT
+
+    parts = [row["backend"]] if with_backend else []
+    workload = row.get("workload") or "attention"
+    mode = MODE_SHORT.get(row.get("mode"), str(row.get("mode")))
+    parts.append(mode if workload == "attention" else f"{workload} {mode}")
+    parts.append(f"{row['seq_len']:,} tokens" if isinstance(row.get("seq_len"), int) else "")
+    if row.get("batch") not in (None, 1):
+        parts.append(f"batch {row['batch']}")
+    if row.get("n_hashes") is not None:
+        parts.append(f"{row['n_hashes']} rounds, chunk {row['chunk_len']}")
+    if row.get("causal"):
+        parts.append("causal")
+    if row.get("dtype") not in (None, "float32"):
+        parts.append(row["dtype"])
+    if row.get("device") not in (None, "cpu"):
+        parts.append(row["device"])
+    model = {k: v for k, v in (row.get("model") or {}).items() if k not in leave_out}
+    if model:
+        parts.append(" ".join(f"{k}={v}" for k, v in model.items()))
+    return ", ".join(p for p in parts if p)
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _x(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def summary_text(rows: list[dict], compare_against=()) -> str:
+    lines = []
+    entries = comparisons(rows, compare_against)
+    if entries:
+        lines.append("Comparisons (ratio = backend / baseline; speed-up = baseline time / backend time):")
+        header = ("setting", "backend", "baseline", "time", "speed-up", "peak mem", "peak RSS")
+        table = [header] + [(e["setting"], e["backend"], e["baseline"], _x(e["time_ratio"]), _x(e["speed_up"]),
+                             _x(e["mem_ratio"]), _x(e["rss_ratio"])) for e in entries]
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+    for entry in growth(rows):
+        if lines:
+            lines.append("")
+        key = entry["key"]
+        lines.append(f"Growth along model.{key}: {entry['series']}")
+        for value, mem, seconds in entry["points"]:
+            time_text = "-" if seconds is None else f"{seconds:.3g} s"
+            lines.append(f"  {key} = {value}: peak memory {format_size(mem)}, time {time_text}")
+        lines.append(f"  {format_size(entry['bytes_per_unit'])} per added {key.rstrip('s')} "
+                     f"(difference of the peaks / difference of {key}); "
+                     f"largest / smallest: memory {_x(entry['mem_ratio'])}, time {_x(entry['time_ratio'])}")
+    if not lines:
+        return "Nothing to summarise: no two ok cases differ only in their backend or in a model key."
+    return "\n".join(lines)
