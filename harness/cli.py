@@ -1,7 +1,8 @@
 """`reformer-bench`: run a suite, list backends, show results; `report` and `gate` come from their modules.
 
-    reformer-bench run SUITE [--out DIR] [--resume] [--backend NAME ...] [--max-seq-len N] [--no-report] [--dry-run]
-    reformer-bench list
+    reformer-bench run SUITE [--out DIR] [--resume] [--backend NAME ...] [--max-seq-len N] [--no-report]
+                             [--dry-run] [--summary]
+    reformer-bench list [SUITE]
     reformer-bench show RESULTS [--summary]
     reformer-bench report RESULTS... -o report.html [--baseline RESULTS...]
     reformer-bench gate RESULTS [--baseline FILE] [--tolerance PCT] [--time-tolerance PCT] [--update]
@@ -59,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-seq-len", type=int, default=None, metavar="N", help="only cases with seq_len <= N")
     run.add_argument("--no-report", action="store_true", help="do not write report.html")
     run.add_argument("--dry-run", action="store_true", help="print the cases it would run, one a line, and their count")
+    run.add_argument("--summary", action="store_true", help="also print the summary (see show --summary) at the end")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="backends, their kind and whether each is available here (and why not)")
+    lst.add_argument("suite", type=Path, nargs="?", default=None,
+                     help="a suite file: also the backends its plugins register")
     lst.set_defaults(func=cmd_list)
 
     show = sub.add_parser("show", help="print a results.jsonl (or a run directory) as a table")
@@ -111,6 +115,10 @@ def cmd_run(args) -> int:
     print(status_summary(rows))
     if result.skipped:
         print(f"({result.skipped} cases skipped: already in {run_dir})")
+    if args.summary:
+        from .views.summary import summary_text
+
+        print(summary_text(rows, suite.settings["compare_against"]))
     print(f"results: {run_dir / 'results.jsonl'}")
     if not args.no_report:
         from .report import write_report
@@ -126,6 +134,11 @@ def cmd_run(args) -> int:
 
 def cmd_list(args) -> int:
     import impls
+
+    if args.suite is not None:
+        from .suite import load_suite
+
+        load_suite(args.suite)  # imports its plugins
 
     names = impls.list_backends()
     width = max(len(n) for n in names)

@@ -23,9 +23,7 @@ def environment(worker_threads: int | None = None) -> dict:
         "git_dirty": _git_dirty(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": package_version("triton"),
-        "transformers": package_version("transformers"),
-        "reformer_pytorch": package_version("reformer-pytorch"),
+        **{package.replace("-", "_"): package_version(package) for package in backend_packages()},
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -42,6 +40,13 @@ def environment(worker_threads: int | None = None) -> dict:
     else:
         info["device_name"] = info["cpu_model"]
     return info
+
+
+def backend_packages() -> list[str]:
+    """The distributions the registered backends need beyond torch, whose versions every run records."""
+    import impls
+
+    return sorted({p for name in impls.list_backends() for p in impls.backend_info(name).requires})
 
 
 def cpu_model() -> str:

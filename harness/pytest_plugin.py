@@ -143,12 +143,12 @@ def measure_extra_info(run_once: Callable[[], Any], device: str) -> dict[str, An
     and the device. With the built-in table: mem_peak_bytes (exact on CPU), mem_method and
     flops_counted (None where FlopCounterMode counts 0: a kernel it has no formula for)."""
     from harness.measure import stages
-    from harness.measure.metrics import MEASUREMENTS, metrics
+    from harness.measure.metrics import measurements, metrics
 
     wanted = {m.name for m in metrics(lambda m: m.benchmark)}
     ctx = stages.Context(case=None, workload=_CallOnce(run_once), device=device)
     info: dict[str, Any] = {}
-    for measurement in MEASUREMENTS:
+    for measurement in measurements():
         if wanted & set(measurement.metrics):
             figures = measurement.measure(ctx) or {}
             info.update({key: value for key, value in figures.items() if key in wanted})
@@ -170,15 +170,16 @@ def synchronized(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
 
 
 def torch_machine_info() -> dict[str, Any]:
-    """torch, CUDA, cuDNN, triton, GPU and driver versions, and the gate's device class."""
-    from harness.env import nvidia_driver, package_version
+    """torch, CUDA, cuDNN, the backends' packages (triton, the peers), GPU and driver versions, and the
+    gate's device class."""
+    from harness.env import backend_packages, nvidia_driver, package_version
     from harness.gate import device_class
 
     info: dict[str, Any] = {
         "torch": torch.__version__,
         "cuda_runtime": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "triton": package_version("triton"),
+        **{package.replace("-", "_"): package_version(package) for package in backend_packages()},
         "threads": torch.get_num_threads(),
         "gpus": [],
         "gpu_driver": None,

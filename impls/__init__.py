@@ -46,7 +46,7 @@ def _register_builtin_backends() -> None:
     register_backend("compiled", compiled, kind="lsh", compiles=True, flops_via="eager",
                      description="eager's algorithm with the passes between matmuls compiled by torch.compile")
     register_backend("triton", triton, kind="lsh", devices=("cuda",), compiles=True, flops_via="eager",
-                     cpu_interpreter_env={"TRITON_INTERPRET": "1"},
+                     cpu_interpreter_env={"TRITON_INTERPRET": "1"}, requires=("triton",),
                      description="fused Triton kernels (on the CPU only under the Triton interpreter)")
     register_backend("dense", dense, kind="dense", reference=True,
                      description="exact shared-QK attention, seq x seq scores: the reference LSH approximates")

@@ -43,10 +43,9 @@ torch.compiler.is_compiling(), a constant True in compiled code, so a call that 
 Python anyway (set_stance("force_eager") or "eager_on_recompile", suppress_errors) is recorded too.
 compile_stats() reports compilations and fallbacks for the harness.
 
-Speed (python -m harness.bench_compiled, 4 heads x 64, 4 rounds, fwd+bwd, 2-core CPU): 1.2x eager
-at 16,384 and 65,536 tokens, 1.7x causal. The matrix products, the same BLAS calls and flops
-as eager's, are 55% of the step; the rest is gathers into and out of sorted order, the compiled
-passes, and Python.
+Its speed against eager is what suites/compiled.toml measures (`reformer-bench run suites/compiled.toml
+--summary`). The matrix products are the same BLAS calls and FLOPs as eager's; what it can save is in
+the passes between them.
 """
 from __future__ import annotations
 

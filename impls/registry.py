@@ -42,6 +42,7 @@ class BackendInfo:
         see into count through the same algorithm in plain PyTorch); None: itself.
     reference: the exact attention that fidelity is measured against (one backend).
     package: the distribution a peer wraps (its version goes into rows).
+    requires: the distributions it needs beyond torch (their versions go into every run's environment).
     layer: builds this backend's attention layer with projections (impls.layer); None: the
         standard AttentionLayer around attend().
     model: builds this backend's language model (impls.model); None: ReformerLM for "lsh" kinds,
@@ -56,6 +57,7 @@ class BackendInfo:
     flops_via: str | None = None
     reference: bool = False
     package: str | None = None
+    requires: tuple[str, ...] = ()
     layer: Callable | None = None
     model: Callable | None = None
     description: str = ""
@@ -72,8 +74,8 @@ _INSTANCES: dict[str, AttentionBackend] = {}
 def register_backend(name: str, factory: Callable[[], AttentionBackend], *, kind: str,
                      devices: tuple[str, ...] = DEVICE_TYPES, cpu_interpreter_env: Mapping[str, str] | None = None,
                      compiles: bool = False, flops_via: str | None = None, reference: bool = False,
-                     package: str | None = None, layer: Callable | None = None, model: Callable | None = None,
-                     description: str = "") -> BackendInfo:
+                     package: str | None = None, requires: tuple[str, ...] = (), layer: Callable | None = None,
+                     model: Callable | None = None, description: str = "") -> BackendInfo:
     """Register `factory` (called once, on first use) under `name` with its metadata (BackendInfo).
 
     A second registration of a name replaces the first (a suite plugin may override a backend)."""
@@ -87,7 +89,8 @@ def register_backend(name: str, factory: Callable[[], AttentionBackend], *, kind
     info = BackendInfo(name=name, kind=kind, devices=tuple(devices),
                        cpu_interpreter_env=MappingProxyType(dict(cpu_interpreter_env or {})),
                        compiles=compiles, flops_via=flops_via, reference=reference, package=package,
-                       layer=layer, model=model, description=description)
+                       requires=tuple(requires) or ((package,) if package else ()), layer=layer, model=model,
+                       description=description)
     _INFO[name] = info
     _FACTORIES[name] = factory
     _INSTANCES.pop(name, None)

@@ -191,3 +191,28 @@ def test_bad_run_directory_from_the_shell_has_no_traceback(tmp_path):
                            "--out", str(out)], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0
+
+
+def test_dry_run_lists_the_cases_and_runs_nothing(tmp_path, capsys):
+    smoke = str(REPO / "suites" / "smoke.toml")
+    code, out, _ = run_cli(capsys, "run", smoke, "--dry-run", "--out", str(tmp_path / "o"))
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[-1].startswith("16 cases in suite smoke")
+    assert len(lines) == 17 and all(line.split("-")[0] in ("eager", "dense", "sdpa", "compiled", "triton")
+                                    for line in lines[:-1])
+    assert not (tmp_path / "o").exists()
+
+
+def test_show_summary_prints_ratios_against_the_baselines(tmp_path, capsys):
+    rows = []
+    for backend, kind, seconds in (("eager", "lsh", 0.5), ("dense", "dense", 2.0)):
+        row = {key: None for key in row_keys()}
+        row.update(case_id=backend, backend=backend, backend_kind=kind, workload="attention", mode="forward",
+                   seq_len=4096, batch=1, heads=4, d_head=64, status="ok", time_median_s=seconds,
+                   mem_peak_bytes=2 ** 20 * (4 if kind == "dense" else 1))
+        rows.append(row)
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, _ = run_cli(capsys, "show", str(tmp_path), "--summary")
+    assert code == 0
+    line = next(line for line in out.splitlines() if " eager " in line and " dense " in line)
+    assert "0.25x" in line and "4.00x" in line  # time ratio and speed-up; memory ratio 0.25x too

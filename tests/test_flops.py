@@ -1,4 +1,4 @@
-"""harness.flops: the analytic formulas agree with FlopCounterMode's matmul count."""
+"""harness.measure.flops: the analytic formulas agree with FlopCounterMode's matmul count."""
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,6 @@
 """GPU checks of the triton backend: correctness at 4K-64K tokens and its memory bound, on CUDA.
 
-Skipped (with the reason shown) where there is no CUDA device; `python -m harness.gpu_check OUTDIR`
+Skipped (with the reason shown) where there is no CUDA device; `tox -e gpu`
 runs them on a GPU machine (`pytest -m gpu`). Reference: the eager backend in float32 on the very
 same values (half-precision inputs are rounded first, then upcast for the reference), with buckets
 hashed once and passed to both, so both attend within the same windows.
@@ -16,7 +16,7 @@ from impls.lsh import hash_buckets
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs a CUDA device (a GPU machine runs: python -m harness.gpu_check OUTDIR)"),
+                       reason="needs a CUDA device (a GPU machine runs: tox -e gpu)"),
 ]
 
 HEADS, D_HEAD, CHUNK_LEN = 4, 64, 64

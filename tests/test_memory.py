@@ -1,4 +1,4 @@
-"""harness.memory: the CPU tracker counts exact tensor storage bytes; sizes parse; cross-checks never raise."""
+"""harness.measure.memory: the CPU tracker counts exact tensor storage bytes; sizes parse; cross-checks never raise."""
 from __future__ import annotations
 
 import sys

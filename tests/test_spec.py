@@ -1,4 +1,4 @@
-"""harness.spec: suites expand into the right cases with stable ids; bad suites get one clear line."""
+"""harness.suite: suites expand into the right cases with stable ids; bad suites get one clear line."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -89,7 +89,9 @@ class Metric:
         if self.kind == "count":
             return f"{int(value):,}"
         if self.kind == "number":
-            return format(value / self.divisor, self.fmt)
+            shown = value / self.divisor
+            # Large values in full (17,390 rather than 1.739e+04): the digits beyond fmt's are not noise here.
+            return f"{shown:,.0f}" if abs(shown) >= 1e4 else format(shown, self.fmt)
         if self.kind == "flag":
             return "yes" if value else "no"
         return str(value)
@@ -108,6 +110,9 @@ class Measurement:
 
 
 METRICS: dict[str, Metric] = {}
+# Built-in measurements (harness.measure.stages) run first, in their order, then the others in theirs,
+# whatever order the modules were imported in.
+BUILT_IN_MEASUREMENTS: list[Measurement] = []
 MEASUREMENTS: list[Measurement] = []
 
 
@@ -120,11 +125,17 @@ def register_metric(metric: Metric, measure: Callable | None = None) -> Metric:
     return metric
 
 
-def register_measurement(measurement: Measurement) -> None:
+def register_measurement(measurement: Measurement, built_in: bool = False) -> None:
     unknown = [m for m in measurement.metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"measurement {measurement.name!r} fills undeclared metrics {unknown}")
-    MEASUREMENTS[:] = [m for m in MEASUREMENTS if m.name != measurement.name] + [measurement]
+    target = BUILT_IN_MEASUREMENTS if built_in else MEASUREMENTS
+    target[:] = [m for m in target if m.name != measurement.name] + [measurement]
+
+
+def measurements() -> list[Measurement]:
+    """Every measurement in the order the worker runs them: the built-in ones, then the others."""
+    return BUILT_IN_MEASUREMENTS + MEASUREMENTS
 
 
 def metrics(predicate: Callable[[Metric], bool] = lambda m: True) -> list[Metric]:

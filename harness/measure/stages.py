@@ -177,5 +177,5 @@ for _measurement in (
     Measurement("fidelity", measure_fidelity, ("rel_error", "attn_mass_recall"), auxiliary=True),
     Measurement("rss", measure_rss, ("rss_peak_bytes",)),
 ):
-    register_measurement(_measurement)
+    register_measurement(_measurement, built_in=True)
 

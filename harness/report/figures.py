@@ -42,13 +42,15 @@ PAPER_TABLE2 = {
     1: {0: 0.8, 8: 99.9, 4: 99.6, 2: 94.8, 1: 77.9},
 }
 
+# Styles follow a backend's place in the registry (impls.list_backends: built-ins first, then plugins),
+# so a backend keeps its style in every figure and report, and a new one gets a style of its own.
 HASH_COLORS = {1: "#e6550d", 2: "#31a354", 4: "#3182bd", 8: "#756bb1", 16: "#8c564b"}
-DENSE_COLORS = {"dense": "#222222", "sdpa": "#8a8a8a"}
-PEER_COLORS = {"hf_lsh": "#d62728", "reformer_pytorch": "#17becf"}
+KIND_COLORS = {"dense": ("#222222", "#8a8a8a", "#5b5b5b", "#b5b5b5"),
+               "peer": ("#d62728", "#17becf", "#bcbd22", "#e377c2", "#9467bd")}
 OTHER_COLORS = ("#d62728", "#17becf", "#bcbd22", "#e377c2", "#7f7f7f")
-BACKEND_DASH = {"eager": "solid", "compiled": "dash", "triton": "dot"}
+LSH_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 # Markers tell backends apart where a series is a single point (no line, so no dash to see).
-BACKEND_MARKER = {"eager": "circle", "compiled": "diamond", "triton": "square"}
+LSH_MARKERS = ("circle", "diamond", "square", "triangle-up", "star", "hexagon")
 FAIL_SYMBOLS = {"oom": "x", "timeout": "hourglass", "error": "triangle-up", "crashed": "triangle-down",
                 "unavailable": "circle-open", "nonfinite": "diamond"}
 PAPER_COLOR = "#b0b0b0"
@@ -100,16 +102,31 @@ def memory_unit(values) -> tuple[str, float]:
     return "bytes", 1.0
 
 
+def backend_place(backend: str, kind: str) -> int:
+    """The backend's index among the registered backends of its kind; for a name this process does
+    not know (a plugin that is not importable here), a stable index derived from the name."""
+    import zlib
+
+    import impls
+
+    names = impls.list_backends(kind)
+    if backend in names:
+        return names.index(backend)
+    return len(names) + zlib.crc32(backend.encode()) % 7
+
+
 def series_style(series: Series, backend: str, index: int) -> dict:
-    """Colour by hash count (the same in every figure), dash by backend; dense baselines in greys, peer
-    implementations in colours of their own."""
-    if series.kind == "dense":
-        return {"color": DENSE_COLORS.get(backend, OTHER_COLORS[index % len(OTHER_COLORS)]), "dash": "solid"}
-    if series.kind == "peer":  # other people's implementations: their own colours, whatever their hash count
-        return {"color": PEER_COLORS.get(backend, OTHER_COLORS[index % len(OTHER_COLORS)]), "dash": "dashdot"}
+    """LSH series: colour by hash count (the same in every figure), dash and marker by the backend's
+    place; dense baselines in greys and peer implementations in colours of their own, by their place."""
+    place = backend_place(backend, series.kind)
+    if series.kind in KIND_COLORS:
+        palette = KIND_COLORS[series.kind]
+        return {"color": palette[place % len(palette)], "dash": "solid" if series.kind == "dense" else "dashdot",
+                "marker": "circle"}
     n_hashes = _hashes_of(series.name)
     color = HASH_COLORS.get(n_hashes, OTHER_COLORS[index % len(OTHER_COLORS)])
-    return {"color": color, "dash": BACKEND_DASH.get(backend, "dashdot")}
+    return {"color": color, "dash": LSH_DASHES[place % len(LSH_DASHES)],
+            "marker": LSH_MARKERS[place % len(LSH_MARKERS)]}
 
 
 def _hashes_of(name: str) -> int | None:
@@ -138,6 +155,7 @@ def scaling_figure(group: ScalingGroup, metric: str, key: str) -> Figure | None:
     for index, series in enumerate(plotted):
         backend = str(series.name.split()[0])
         style = series_style(series, backend, index)
+        marker = style.pop("marker")
         exponent = series.time_exponent if metric == "time" else series.memory_exponent
         name = text(series.name) + (f" (k={format_exponent(exponent)})" if exponent is not None else "")
         ok = series.ok.dropna(subset=[column])
@@ -149,7 +167,7 @@ def scaling_figure(group: ScalingGroup, metric: str, key: str) -> Figure | None:
             fig.add_trace(go.Scatter(
                 x=ok["seq_len"].tolist(), y=(ok[column] / scale).tolist(), mode="lines+markers", name=name,
                 legendgroup=text(series.name), line=style, error_y=error,
-                marker={"size": 8, "symbol": BACKEND_MARKER.get(backend, "circle")},
+                marker={"size": 8, "symbol": marker},
                 customdata=[text(c) for c in ok["case_id"]],
                 hovertemplate=f"{text(series.name)}<br>L=%{{x:,}} tokens<br>%{{y:.4g}} {unit}"
                               f"<br>%{{customdata}}<extra></extra>"))

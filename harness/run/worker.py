@@ -29,12 +29,12 @@ def stage(name: str) -> None:
 
 def run_case(case: Case, spawned_at: float | None = None) -> dict:
     """Measure one case in this process; returns its row (never raises for a failing case)."""
+    from ..measure import stages  # noqa: F401 -- registers the built-in measurements, before any plugin's
+    from ..results.store import new_row
     from ..suite import import_plugins
 
-    if case.plugins:  # before the metric table is read: plugins may declare metrics
+    if case.plugins:  # before the row is made: plugins may declare metrics
         import_plugins(case.plugins, case.plugin_dir)
-    from ..measure import stages  # noqa: F401 -- registers the built-in measurements
-    from ..results.store import new_row
 
     row = new_row(case)
     row["status"], row["reason"] = "ok", ""
@@ -73,7 +73,7 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     import impls
 
     from ..env import package_version
-    from ..measure.metrics import MEASUREMENTS
+    from ..measure.metrics import measurements
     from ..measure.stages import Context
     from .workload import build_workload
 
@@ -106,7 +106,7 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
         row["worker_setup_s"] = time.time() - spawned_at
 
     ctx = Context(case=case, workload=workload, device=case.device, info=info, backend=backend, row=row)
-    for measurement in MEASUREMENTS:
+    for measurement in measurements():
         if measurement.auxiliary and row["status"] != "ok":
             continue  # cross-checks of a failed case would measure nothing worth keeping
         row["stage"] = measurement.name

@@ -19,7 +19,7 @@ DTYPES = ("float32", "float64", "float16", "bfloat16")
 # Case parameters and their built-in defaults. "auto": n_buckets = 2 * seq_len / chunk_len, or
 # chunk_len = 2 * seq_len / n_buckets (LSHConfig's rule); at most one of the two may be "auto".
 PARAMETERS: dict[str, Any] = {
-    "backend": "eager",
+    "backend": None,  # None: the first LSH backend registered (impls.list_backends("lsh"))
     # attention: attend(qk, v); layer: x -> projections -> attention -> output projection;
     # model: the backend's language model (tokens -> loss), shaped by the [model] table.
     "workload": "attention",

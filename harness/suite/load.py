@@ -113,6 +113,8 @@ def expand_suite(data: dict, path: Path, backends: list[str] | None = None,
     import impls
 
     known = impls.list_backends()
+    if defaults["backend"] is None:
+        defaults["backend"] = impls.list_backends("lsh")[0]
     for name in settings["compare_against"]:
         if name not in known:
             raise UserError(f"{where}: [suite] compare_against: unknown backend {name!r}"
@@ -303,8 +305,6 @@ def _check_model_keys(table: dict, where: str, section: str) -> None:
         if key in MODEL_KEYS_FROM_CASE:
             raise UserError(f"{where}: {section} {key} is a case parameter: set it in [defaults] or [sweep]")
     _check_keys(table, _model_fields() + list(_MODEL_EXTRA_KEYS), where, section)
-    if "reversible" in table and not isinstance(table["reversible"], bool):
-        raise UserError(f"{where}: {section} reversible must be true or false, got reversible={table['reversible']!r}")
 
 
 def _flat_model_keys(table: dict, where: str, section: str) -> dict:
@@ -325,6 +325,9 @@ def _case_model(model: dict, p: dict, where: str) -> dict:
         raise UserError(f"{where}: workload = \"model\" (or mode = \"train_step\") needs a [model] table")
     case_model = copy.deepcopy(model)
     case_model.update({k[len(MODEL_PREFIX):]: v for k, v in p.items() if k.startswith(MODEL_PREFIX)})
+    if "reversible" in case_model and not isinstance(case_model["reversible"], bool):
+        raise UserError(f"{where}: [model] reversible must be true or false, "
+                        f"got reversible={case_model['reversible']!r}")
     d_model, heads = case_model.get("d_model"), case_model.get("heads")
     if not (_is_int(d_model) and _is_int(heads) and heads >= 1 and d_model >= 1 and d_model % heads == 0):
         raise UserError(f"{where}: [model] needs integers d_model and heads with d_model % heads == 0, "

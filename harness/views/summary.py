@@ -14,6 +14,7 @@ import json
 from collections import defaultdict
 
 from ..measure.memory import format_size
+from .describe import describe, varying_model_keys
 
 # Row keys that tell cases apart, besides the backend. n_buckets and dedup are left out: peers report
 # the bucket count they really use, and dense rows have none.
@@ -45,6 +46,7 @@ def comparisons(rows: list[dict], compare_against=()) -> list[dict]:
     for row in rows:
         if row.get("status") == "ok" and row.get("backend"):
             groups[_key(row, SETTING_KEYS)].setdefault(row["backend"], row)
+    shown = varying_model_keys(rows)
     out = []
     for by_backend in groups.values():
         for base_name in against:
@@ -52,9 +54,10 @@ def comparisons(rows: list[dict], compare_against=()) -> list[dict]:
             if base is None:
                 continue
             for name, row in by_backend.items():
-                if name == base_name:
+                # Each pair once: a baseline is compared with the baselines listed before it only.
+                if name == base_name or (name in against and against.index(name) > against.index(base_name)):
                     continue
-                entry = {"setting": describe(row), "backend": name, "baseline": base_name}
+                entry = {"setting": describe(row, model_keys=shown), "backend": name, "baseline": base_name}
                 for key, label in (("time_median_s", "time_ratio"), ("mem_peak_bytes", "mem_ratio"),
                                    ("rss_peak_bytes", "rss_ratio")):
                     entry[label] = _ratio(row.get(key), base.get(key))
@@ -71,6 +74,7 @@ def growth(rows: list[dict]) -> list[dict]:
     varying = sorted({k for r in ok for k, v in r["model"].items()
                       if isinstance(v, int) and not isinstance(v, bool)
                       and len({(o["model"] or {}).get(k) for o in ok}) > 1})
+    shown = varying_model_keys(ok)
     out = []
     for key in varying:
         series: dict[str, list[dict]] = defaultdict(list)
@@ -84,38 +88,13 @@ def growth(rows: list[dict]) -> list[dict]:
             if units <= 0 or first.get("mem_peak_bytes") is None or last.get("mem_peak_bytes") is None:
                 continue
             out.append({
-                "series": describe(first, with_backend=True, leave_out=(key,)), "key": key,
+                "series": describe(first, with_backend=True, leave_out=(key,), model_keys=shown), "key": key,
                 "points": [(r["model"][key], r.get("mem_peak_bytes"), r.get("time_median_s")) for r in members],
                 "bytes_per_unit": (last["mem_peak_bytes"] - first["mem_peak_bytes"]) / units,
                 "mem_ratio": _ratio(last["mem_peak_bytes"], first["mem_peak_bytes"]),
                 "time_ratio": _ratio(last.get("time_median_s"), first.get("time_median_s")),
             })
     return out
-
-
-def describe(row: dict, with_backend: bool = False, leave_out=()) -> str:
-    """e.g. "layer fwd+bwd, 16,384 tokens, batch 1, 4 rounds, chunk 64"."""
-    from .table import MODE_SHORT
-
-    parts = [row["backend"]] if with_backend else []
-    workload = row.get("workload") or "attention"
-    mode = MODE_SHORT.get(row.get("mode"), str(row.get("mode")))
-    parts.append(mode if workload == "attention" else f"{workload} {mode}")
-    parts.append(f"{row['seq_len']:,} tokens" if isinstance(row.get("seq_len"), int) else "")
-    if row.get("batch") not in (None, 1):
-        parts.append(f"batch {row['batch']}")
-    if row.get("n_hashes") is not None:
-        parts.append(f"{row['n_hashes']} rounds, chunk {row['chunk_len']}")
-    if row.get("causal"):
-        parts.append("causal")
-    if row.get("dtype") not in (None, "float32"):
-        parts.append(row["dtype"])
-    if row.get("device") not in (None, "cpu"):
-        parts.append(row["device"])
-    model = {k: v for k, v in (row.get("model") or {}).items() if k not in leave_out}
-    if model:
-        parts.append(" ".join(f"{k}={v}" for k, v in model.items()))
-    return ", ".join(p for p in parts if p)
 
 
 def _ratio(a, b) -> float | None:

@@ -6,8 +6,7 @@ from collections import Counter
 
 from ..measure.metrics import Metric, metrics
 from ..results.store import STATUSES
-
-MODE_SHORT = {"forward": "fwd", "forward_backward": "fwd+bwd", "train_step": "train step"}
+from .describe import MODE_SHORT, varying_model_keys
 
 
 def _what(row: dict) -> str:
@@ -37,14 +36,21 @@ def _metric_column(metric: Metric):
     return metric.column, lambda row: metric.format(row.get(metric.name))
 
 
-def columns() -> list[tuple[str, object]]:
-    return list(CASE_COLUMNS) + [_metric_column(m) for m in metrics(lambda m: m.terminal)]
+def columns(rows: list[dict] = ()) -> list[tuple[str, object]]:
+    """The case columns (with a "model" column of the model keys that differ, where rows differ in
+    them), then the terminal metrics."""
+    cols = list(CASE_COLUMNS)
+    keys = varying_model_keys(list(rows))
+    if keys:
+        cols.insert(2, ("model", lambda r: " ".join(f"{k}={(r.get('model') or {})[k]}" for k in keys
+                                                    if k in (r.get("model") or {}))))
+    return cols + [_metric_column(m) for m in metrics(lambda m: m.terminal)]
 
 
 def results_table(rows: list[dict], reasons: bool = True) -> str:
     """A plain-text table of rows (units in the header); failed rows' reasons listed below it. A value
     that is unknown, or a key a row lacks (an older or hand-edited file), shows as "-"."""
-    cols = columns()
+    cols = columns(rows)
     headers = [header for header, _ in cols]
     body = [["-" if show(r) is None else str(show(r)) for _, show in cols] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in body)) if body else len(h) for i, h in enumerate(headers)]

@@ -2,7 +2,7 @@
 
 Run with `pytest --benchmark` (plain `pytest` deselects these). Each benchmark's extra_info holds
 mem_peak_bytes (exact tensor bytes on CPU, CUDA allocator peak on GPU; inputs included),
-mem_method, flops (the analytic count of harness.flops, forward + backward), flops_counted
+mem_method, flops (the analytic count of harness.measure.flops, forward + backward), flops_counted
 (FlopCounterMode) and device, measured in untimed calls.
 The timed call synchronises the GPU, so the wall-clock timer sees finished work.
 """
