@@ -101,7 +101,7 @@ def lsh_attention_forward(qk: torch.Tensor, v: torch.Tensor, perm: torch.Tensor,
     for r in range(launch.n_rounds):
         kernels.lsh_forward_round[launch.grid](
             qk, v, perm, ids, out, row_max, row_logsum, *qk.stride(), *v.stride(),
-            r, int(r == 0), launch.seq_len, launch.n_rounds, launch.n_chunks,
+            r, launch.seq_len, launch.n_rounds, launch.n_chunks,
             launch.self_value, launch.causal_value, **launch.constexprs, num_warps=launch.forward_warps)
     return out, row_max, row_logsum
 
@@ -135,7 +135,7 @@ def lsh_attention_backward(grad_out: torch.Tensor, qk: torch.Tensor, v: torch.Te
         kernels.lsh_backward_round[launch.grid](
             qk, v, grad_out, perm, ids, row_max, row_logsum, delta, dqk, dv,
             *qk.stride(), *v.stride(), *grad_out.stride(),
-            r, int(r == 0), seq_len, launch.n_rounds, launch.n_chunks,
+            r, seq_len, launch.n_rounds, launch.n_chunks,
             launch.self_value, launch.causal_value, **launch.constexprs, num_warps=BACKWARD_WARPS)
     return dqk, dv
 
