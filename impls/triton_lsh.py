@@ -82,6 +82,25 @@ class _Launch:
         self.forward_warps = FORWARD_WARPS[qk.dtype]
 
 
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every tensor a kernel writes: contiguous, as the kernels index them. Real and fake
+    implementations allocate through here, so the fakes report the kernels' strides, and a test can
+    fill every allocation with NaN to see that each element is written."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _forward_outputs(qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, row max, row log sum) of lsh_attention_forward."""
+    row_shape = qk.shape[:2]
+    return (_empty(qk.shape, qk.dtype, qk.device), _empty(row_shape, torch.float32, qk.device),
+            _empty(row_shape, torch.float32, qk.device))
+
+
+def _backward_outputs(qk: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d qk, d v) of lsh_attention_backward."""
+    return _empty(qk.shape, qk.dtype, qk.device), _empty(v.shape, v.dtype, v.device)
+
+
 # The kernels are wrapped as torch.library custom ops, so that torch.compile treats them as one
 # opaque op each (no graph break) and FlopCounterMode counts them (formulas below).
 
@@ -94,9 +113,7 @@ def lsh_attention_forward(qk: torch.Tensor, v: torch.Tensor, perm: torch.Tensor,
     from . import triton_kernels as kernels
 
     launch = _Launch(qk, perm.shape[1], chunk_len, causal, dedup)
-    out = torch.empty(qk.shape, dtype=qk.dtype, device=qk.device)
-    row_max = torch.empty(qk.shape[:2], dtype=torch.float32, device=qk.device)
-    row_logsum = torch.empty_like(row_max)
+    out, row_max, row_logsum = _forward_outputs(qk)
     ids = perm if chunk_ids is None else chunk_ids  # never read without dedup
     for r in range(launch.n_rounds):
         kernels.lsh_forward_round[launch.grid](
@@ -108,8 +125,7 @@ def lsh_attention_forward(qk: torch.Tensor, v: torch.Tensor, perm: torch.Tensor,
 
 @lsh_attention_forward.register_fake
 def _(qk, v, perm, chunk_ids, chunk_len, causal, dedup):
-    row_stat = qk.new_empty(qk.shape[:2], dtype=torch.float32)
-    return torch.empty_like(qk), row_stat, torch.empty_like(row_stat)
+    return _forward_outputs(qk)
 
 
 @torch.library.custom_op("reformer_bench::lsh_attention_backward", mutates_args=())
@@ -123,13 +139,12 @@ def lsh_attention_backward(grad_out: torch.Tensor, qk: torch.Tensor, v: torch.Te
     launch = _Launch(qk, perm.shape[1], chunk_len, causal, dedup)
     bh_rows, seq_len, _ = qk.shape
     # Strided reads of grad_out: an expanded gradient (e.g. of out.sum()) is never materialised.
-    delta = torch.empty((bh_rows, seq_len), dtype=torch.float32, device=qk.device)
+    delta = _empty((bh_rows, seq_len), torch.float32, qk.device)
     block_n = 64
     kernels.output_grad_dot[(-(-seq_len // block_n), bh_rows)](
         grad_out, out, delta, *grad_out.stride(), seq_len,
         HEAD_DIM=launch.head_dim, BLOCK_N=block_n, BLOCK_D=launch.block_d)
-    dqk = torch.empty(qk.shape, dtype=qk.dtype, device=qk.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dqk, dv = _backward_outputs(qk, v)
     ids = perm if chunk_ids is None else chunk_ids
     for r in range(launch.n_rounds):
         kernels.lsh_backward_round[launch.grid](
@@ -142,7 +157,7 @@ def lsh_attention_backward(grad_out: torch.Tensor, qk: torch.Tensor, v: torch.Te
 
 @lsh_attention_backward.register_fake
 def _(grad_out, qk, v, out, row_max, row_logsum, perm, chunk_ids, chunk_len, causal, dedup):
-    return torch.empty_like(qk), torch.empty_like(v)
+    return _backward_outputs(qk, v)
 
 
 def _setup_context(ctx, inputs, output) -> None:
