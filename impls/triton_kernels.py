@@ -51,10 +51,11 @@ INTERPRETED: bool = (bool(_KNOBS.runtime.interpret) if _KNOBS is not None
 
 # Integer arguments Triton must not specialise: it compiles a value of 1 as a constant and one
 # divisible by 16 with an alignment hint, so the round index (0, 1, 2, ...) would compile three
-# versions of each round kernel per configuration, and n_chunks up to three per chunk length as
-# the sequence length changes. Neither hint helps: round_idx only multiplies seq_len, which keeps
-# its own, and n_chunks never offsets a pointer.
-_RUNTIME_INTS = ["round_idx", "n_chunks"]
+# versions of each round kernel per configuration, n_rounds one for a single round and one for
+# several, and n_chunks up to three per chunk length as the sequence length changes. None of the
+# hints helps: round_idx and n_rounds only multiply seq_len, which keeps its own, and n_chunks never
+# offsets a pointer.
+_RUNTIME_INTS = ["round_idx", "n_rounds", "n_chunks"]
 
 
 @triton.jit
