@@ -32,9 +32,10 @@ from .lsh import check_inputs, mask_values, sorted_order, window_chunks
 SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 _KERNELS = f"{__package__}.triton_kernels"
 # Launch shapes for sm_90, chosen from ptxas register/spill reports of the AOT-compiled kernels
-# (d_head 64, see tests/test_triton.py): slots per program (BLOCK_M) = keys per inner step
-# (BLOCK_N) at most 64 for half precision (tensor-core dots) and 32 for fp32 (IEEE fp32 dots run on
-# the FMA units and hold more registers), and warps such that the backward does not spill.
+# (d_head 64; tests/test_triton.py collects them for every variant): slots per program (BLOCK_M) =
+# keys per inner step (BLOCK_N) at most 64 for half precision (tensor-core dots) and 32 for fp32
+# (IEEE fp32 dots run on the FMA units and hold more registers). Some backward variants still spill
+# (fp32 without dedup, half precision with dedup); a choice to be measured on the device.
 MAX_BLOCK = {torch.float16: 64, torch.bfloat16: 64, torch.float32: 32}
 FORWARD_WARPS = {torch.float16: 4, torch.bfloat16: 4, torch.float32: 8}
 BACKWARD_WARPS = 8
