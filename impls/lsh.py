@@ -5,6 +5,8 @@ the same sorted order; backends differ only in how they compute attention within
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -45,22 +47,87 @@ def check_dense_inputs(qk: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"v.device={v.device} does not match qk.device={qk.device}")
 
 
+# Rotations are cached: drawn per call they cost heads x d_head x n_hashes x n_buckets/2 normals
+# on the CPU and a copy from pageable memory to the device, which waits for the device. An entry
+# grows with n_buckets and a sweep moves from shape to shape, so the cache keeps a few entries and
+# evicts the least recently used.
+ROTATION_CACHE_SIZE = 8
+_ROTATION_CACHE: OrderedDict[tuple, tuple[torch.Tensor, int]] = OrderedDict()
+_ROTATION_LOCK = threading.Lock()
+
+
+def _concrete_device(device) -> torch.device:
+    """`device` with its index, so that "cuda" and "cuda:0" share an entry and a change of the
+    current device does not hand out another device's tensor."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.index is None and device.type not in ("cpu", "meta"):
+        device = torch.empty(0, device=device).device
+    return device
+
+
+def _shared_rotations(cfg: LSHConfig, heads: int, d_head: int, device=None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The cached rotations, one tensor shared by every caller of this module: read, never write.
+    An in-place write would still be noticed (the tensor's version counter moves) and the entry
+    drawn again, so a mistake costs a draw, not wrong buckets."""
+    device = _concrete_device(device)
+    key = (cfg.seed, heads, d_head, cfg.n_hashes, cfg.n_buckets // 2, device, dtype)
+    with _ROTATION_LOCK:
+        entry = _ROTATION_CACHE.get(key)
+        if entry is not None and entry[0]._version == entry[1]:
+            _ROTATION_CACHE.move_to_end(key)
+            return entry[0]
+        # Outside inference mode: an inference tensor has no version counter to check.
+        with torch.inference_mode(False), torch.no_grad():
+            gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+            rot = torch.randn((heads, d_head, cfg.n_hashes, cfg.n_buckets // 2), generator=gen,
+                              dtype=torch.float32).to(device=device, dtype=dtype)
+        _ROTATION_CACHE[key] = (rot, rot._version)
+        _ROTATION_CACHE.move_to_end(key)
+        while len(_ROTATION_CACHE) > ROTATION_CACHE_SIZE:
+            _ROTATION_CACHE.popitem(last=False)
+        return rot
+
+
 def random_rotations(cfg: LSHConfig, heads: int, d_head: int, device=None,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """R ~ N(0, 1) of shape (heads, d_head, n_hashes, n_buckets // 2), seeded by cfg.seed.
 
     Drawn on the CPU and then moved, so that one seed gives the same rotations on every device.
+    Cached per (seed, shape, device, dtype); the caller gets its own copy (a copy on the device,
+    not a new draw), free to modify.
     """
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    rot = torch.randn((heads, d_head, cfg.n_hashes, cfg.n_buckets // 2), generator=gen,
-                      dtype=torch.float32)
-    return rot.to(device=device, dtype=dtype)
+    return _shared_rotations(cfg, heads, d_head, device, dtype).clone()
 
 
-# Projections materialised at once while hashing (elements). With n_buckets = 2 * seq / chunk_len
-# the projection is seq x n_buckets/2 per round, quadratic in seq if built whole. CUDA gets larger
-# blocks: each block is a few kernel launches, and launches, not bytes, bound small blocks there.
+# Projection elements materialised at once while hashing. With n_buckets = 2 * seq / chunk_len the
+# projection is seq x n_buckets/2 per round, quadratic in seq if built whole, so it is built in
+# blocks of sequence positions: on the CPU blocks of HASH_BLOCK_ELEMENTS (cache-sized). On CUDA a
+# block costs several kernel launches whatever its size, so blocks grow beyond HASH_BLOCK_ELEMENTS
+# until a call has at most HASH_MAX_BLOCKS of them, unless a block would pass HASH_BLOCK_LIMIT
+# (1 GiB of fp32), where memory wins and the number of blocks grows again.
 HASH_BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 24}
+HASH_MAX_BLOCKS = {"cuda": 16}
+HASH_BLOCK_LIMIT = {"cuda": 1 << 28}
+
+
+def hash_block_plan(batch: int, heads: int, seq_len: int, n_hashes: int, n_buckets: int,
+                    device_type: str) -> tuple[int, int]:
+    """(positions per block, number of blocks) of hash_buckets on a device of `device_type`; every
+    block is one projection matmul."""
+    for name, value in (("batch", batch), ("heads", heads), ("seq_len", seq_len), ("n_hashes", n_hashes),
+                        ("n_buckets", n_buckets)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {name}={value}")
+    per_position = batch * heads * n_hashes * (n_buckets // 2)
+    least = max(1, HASH_BLOCK_ELEMENTS.get(device_type, HASH_BLOCK_ELEMENTS["cpu"]) // per_position)
+    if device_type not in HASH_MAX_BLOCKS:
+        positions = min(seq_len, least)
+        return positions, -(-seq_len // positions)
+    most = max(1, HASH_BLOCK_LIMIT[device_type] // per_position)
+    positions = min(seq_len, most, max(least, -(-seq_len // HASH_MAX_BLOCKS[device_type])))
+    n_blocks = -(-seq_len // positions)
+    return -(-seq_len // n_blocks), n_blocks  # blocks of equal size rather than a short last one
 
 
 def bucket_of_projection(proj: torch.Tensor) -> torch.Tensor:
@@ -82,11 +149,11 @@ def hash_buckets(qk: torch.Tensor, cfg: LSHConfig, bucket_of=bucket_of_projectio
     """
     batch, heads, seq_len, d_head = qk.shape
     n_rounds, half = cfg.n_hashes, cfg.n_buckets // 2
-    rot = random_rotations(cfg, heads, d_head, device=qk.device).reshape(heads, d_head, n_rounds * half)
-    rot = rot.repeat(batch, 1, 1)  # (B*H, d, R*half): one bmm for all batches and heads
+    rot = _shared_rotations(cfg, heads, d_head, device=qk.device).reshape(heads, d_head, n_rounds * half)
+    if batch > 1:
+        rot = rot.repeat(batch, 1, 1)  # (B*H, d, R*half): one bmm for all batches and heads
     buckets = torch.empty(batch, heads, n_rounds, seq_len, dtype=torch.int64, device=qk.device)
-    budget = HASH_BLOCK_ELEMENTS.get(qk.device.type, HASH_BLOCK_ELEMENTS["cpu"])
-    positions_per_block = min(seq_len, max(1, budget // (batch * heads * n_rounds * half)))
+    positions_per_block, _ = hash_block_plan(batch, heads, seq_len, n_rounds, cfg.n_buckets, qk.device.type)
     # One projection buffer for every block, written by bmm in place: a fresh 4 MiB result per
     # block (torch.matmul) made hashing 1.5x slower on the CPU.
     store = torch.empty(batch * heads * positions_per_block * n_rounds * half, dtype=torch.float32,

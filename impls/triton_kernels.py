@@ -49,6 +49,14 @@ _KNOBS = getattr(triton, "knobs", None)
 INTERPRETED: bool = (bool(_KNOBS.runtime.interpret) if _KNOBS is not None
                      else os.environ.get("TRITON_INTERPRET", "0") == "1")
 
+# Integer arguments Triton must not specialise: it compiles a value of 1 as a constant and one
+# divisible by 16 with an alignment hint, so the round index (0, 1, 2, ...) would compile three
+# versions of each round kernel per configuration, n_rounds one for a single round and one for
+# several, and n_chunks up to three per chunk length as the sequence length changes. None of the
+# hints helps: round_idx and n_rounds only multiply seq_len, which keeps its own, and n_chunks never
+# offsets a pointer.
+_RUNTIME_INTS = ["round_idx", "n_rounds", "n_chunks"]
+
 
 @triton.jit
 def _load_rows(base, pos, stride_n, stride_d, offs_d, row_ok, d_ok):
@@ -134,11 +142,11 @@ def _attend_chunk(acc, m_i, l_i, q, q_pos, q_ok, key_chunk, perm_round, qk_bh, v
     return acc, m_i, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def lsh_forward_round(
     QK, V, PERM, CHUNK_IDS, OUT, ROW_MAX, ROW_LOGSUM,
     stride_qb, stride_qn, stride_qd, stride_vb, stride_vn, stride_vd,
-    round_idx, is_first, seq_len, n_rounds, n_chunks, self_value, causal_value,
+    round_idx, seq_len, n_rounds, n_chunks, self_value, causal_value,
     HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, CAUSAL: tl.constexpr, DEDUP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -178,7 +186,7 @@ def lsh_forward_round(
     row = bh * seq_len + q_pos
     tile = row[:, None] * HEAD_DIM + offs_d[None, :]
     tile_ok = q_ok[:, None] & d_ok[None, :]
-    if is_first == 0:
+    if round_idx != 0:
         m_old = tl.load(ROW_MAX + row, mask=q_ok, other=0.0)
         weight_old = tl.exp(m_old - tl.maximum(m_old, m_i) + tl.load(ROW_LOGSUM + row, mask=q_ok, other=0.0))
         scale_new = tl.exp(m_i - tl.maximum(m_old, m_i))
@@ -197,7 +205,8 @@ def output_grad_dot(G, OUT, DELTA, stride_gb, stride_gn, stride_gd, seq_len,
                     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """Delta_i = g_i . o_i in fp32 for BLOCK_N positions of row program_id(1); OUT is contiguous."""
     bh = tl.program_id(1).to(tl.int64)
-    pos = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # int64: pos * stride_gn passes 2^31 for a sequence-major gradient (stride heads x d_head) at 1M tokens.
+    pos = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     ok = pos < seq_len
     d_ok = offs_d < HEAD_DIM
@@ -262,18 +271,18 @@ def _key_grad_chunk(dk, dv, k, v, k_pos, k_ok, query_chunk, perm_round, qk_bh, g
 
 
 @triton.jit
-def _accumulate(X, tile, tile_ok, x, is_first):
+def _accumulate(X, tile, tile_ok, x, round_idx):
     """X[tile] += x across the round launches (stored in X's dtype), X[tile] = x in the first."""
-    if is_first == 0:
+    if round_idx != 0:
         x += tl.load(X + tile, mask=tile_ok, other=0.0).to(tl.float32)
     tl.store(X + tile, x.to(X.dtype.element_ty), mask=tile_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def lsh_backward_round(
     QK, V, G, PERM, CHUNK_IDS, ROW_MAX, ROW_LOGSUM, DELTA, DQK, DV,
     stride_qb, stride_qn, stride_qd, stride_vb, stride_vn, stride_vd, stride_gb, stride_gn, stride_gd,
-    round_idx, is_first, seq_len, n_rounds, n_chunks, self_value, causal_value,
+    round_idx, seq_len, n_rounds, n_chunks, self_value, causal_value,
     HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, WINDOW: tl.constexpr, CAUSAL: tl.constexpr, DEDUP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -319,7 +328,7 @@ def lsh_backward_round(
                                  CHUNK, BLOCK_N, WINDOW, CAUSAL, DEDUP, DOT_PRECISION)
     tile = (bh * seq_len + pos)[:, None] * HEAD_DIM + offs_d[None, :]
     tile_ok = ok[:, None] & d_ok[None, :]
-    _accumulate(DV, tile, tile_ok, dv, is_first)
+    _accumulate(DV, tile, tile_ok, dv, round_idx)
     # Through k = q / max(||q||, eps): d qk = (dk - k (k . dk)) / max(||q||, eps), where the
     # projection vanishes if the norm is clamped (k is then q / eps, a linear map). Taken before the
     # query pass, and dv stored before it, so that at most two fp32 accumulators are live at a time
@@ -339,4 +348,4 @@ def lsh_backward_round(
                                 cid_bh, seq_len, n_rounds, n_chunks, self_value, causal_value,
                                 CHUNK, BLOCK_N, WINDOW, CAUSAL, DEDUP, DOT_PRECISION)
 
-    _accumulate(DQK, tile, tile_ok, dqk, is_first)
+    _accumulate(DQK, tile, tile_ok, dqk, round_idx)

@@ -32,9 +32,10 @@ from .lsh import check_inputs, mask_values, sorted_order, window_chunks
 SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 _KERNELS = f"{__package__}.triton_kernels"
 # Launch shapes for sm_90, chosen from ptxas register/spill reports of the AOT-compiled kernels
-# (d_head 64, see tests/test_triton.py): slots per program (BLOCK_M) = keys per inner step
-# (BLOCK_N) at most 64 for half precision (tensor-core dots) and 32 for fp32 (IEEE fp32 dots run on
-# the FMA units and hold more registers), and warps such that the backward does not spill.
+# (d_head 64; tests/test_triton.py collects them for every variant): slots per program (BLOCK_M) =
+# keys per inner step (BLOCK_N) at most 64 for half precision (tensor-core dots) and 32 for fp32
+# (IEEE fp32 dots run on the FMA units and hold more registers). Some backward variants still spill
+# (fp32 without dedup, half precision with dedup); a choice to be measured on the device.
 MAX_BLOCK = {torch.float16: 64, torch.bfloat16: 64, torch.float32: 32}
 FORWARD_WARPS = {torch.float16: 4, torch.bfloat16: 4, torch.float32: 8}
 BACKWARD_WARPS = 8
@@ -82,6 +83,25 @@ class _Launch:
         self.forward_warps = FORWARD_WARPS[qk.dtype]
 
 
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every tensor a kernel writes: contiguous, as the kernels index them. Real and fake
+    implementations allocate through here, so the fakes report the kernels' strides, and a test can
+    fill every allocation with NaN to see that each element is written."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _forward_outputs(qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, row max, row log sum) of lsh_attention_forward."""
+    row_shape = qk.shape[:2]
+    return (_empty(qk.shape, qk.dtype, qk.device), _empty(row_shape, torch.float32, qk.device),
+            _empty(row_shape, torch.float32, qk.device))
+
+
+def _backward_outputs(qk: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d qk, d v) of lsh_attention_backward."""
+    return _empty(qk.shape, qk.dtype, qk.device), _empty(v.shape, v.dtype, v.device)
+
+
 # The kernels are wrapped as torch.library custom ops, so that torch.compile treats them as one
 # opaque op each (no graph break) and FlopCounterMode counts them (formulas below).
 
@@ -94,22 +114,19 @@ def lsh_attention_forward(qk: torch.Tensor, v: torch.Tensor, perm: torch.Tensor,
     from . import triton_kernels as kernels
 
     launch = _Launch(qk, perm.shape[1], chunk_len, causal, dedup)
-    out = torch.empty(qk.shape, dtype=qk.dtype, device=qk.device)
-    row_max = torch.empty(qk.shape[:2], dtype=torch.float32, device=qk.device)
-    row_logsum = torch.empty_like(row_max)
+    out, row_max, row_logsum = _forward_outputs(qk)
     ids = perm if chunk_ids is None else chunk_ids  # never read without dedup
     for r in range(launch.n_rounds):
         kernels.lsh_forward_round[launch.grid](
             qk, v, perm, ids, out, row_max, row_logsum, *qk.stride(), *v.stride(),
-            r, int(r == 0), launch.seq_len, launch.n_rounds, launch.n_chunks,
+            r, launch.seq_len, launch.n_rounds, launch.n_chunks,
             launch.self_value, launch.causal_value, **launch.constexprs, num_warps=launch.forward_warps)
     return out, row_max, row_logsum
 
 
 @lsh_attention_forward.register_fake
 def _(qk, v, perm, chunk_ids, chunk_len, causal, dedup):
-    row_stat = qk.new_empty(qk.shape[:2], dtype=torch.float32)
-    return torch.empty_like(qk), row_stat, torch.empty_like(row_stat)
+    return _forward_outputs(qk)
 
 
 @torch.library.custom_op("reformer_bench::lsh_attention_backward", mutates_args=())
@@ -123,26 +140,25 @@ def lsh_attention_backward(grad_out: torch.Tensor, qk: torch.Tensor, v: torch.Te
     launch = _Launch(qk, perm.shape[1], chunk_len, causal, dedup)
     bh_rows, seq_len, _ = qk.shape
     # Strided reads of grad_out: an expanded gradient (e.g. of out.sum()) is never materialised.
-    delta = torch.empty((bh_rows, seq_len), dtype=torch.float32, device=qk.device)
+    delta = _empty((bh_rows, seq_len), torch.float32, qk.device)
     block_n = 64
     kernels.output_grad_dot[(-(-seq_len // block_n), bh_rows)](
         grad_out, out, delta, *grad_out.stride(), seq_len,
         HEAD_DIM=launch.head_dim, BLOCK_N=block_n, BLOCK_D=launch.block_d)
-    dqk = torch.empty(qk.shape, dtype=qk.dtype, device=qk.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dqk, dv = _backward_outputs(qk, v)
     ids = perm if chunk_ids is None else chunk_ids
     for r in range(launch.n_rounds):
         kernels.lsh_backward_round[launch.grid](
             qk, v, grad_out, perm, ids, row_max, row_logsum, delta, dqk, dv,
             *qk.stride(), *v.stride(), *grad_out.stride(),
-            r, int(r == 0), seq_len, launch.n_rounds, launch.n_chunks,
+            r, seq_len, launch.n_rounds, launch.n_chunks,
             launch.self_value, launch.causal_value, **launch.constexprs, num_warps=BACKWARD_WARPS)
     return dqk, dv
 
 
 @lsh_attention_backward.register_fake
 def _(grad_out, qk, v, out, row_max, row_logsum, perm, chunk_ids, chunk_len, causal, dedup):
-    return torch.empty_like(qk), torch.empty_like(v)
+    return _backward_outputs(qk, v)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -228,7 +244,6 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
 
 class TritonBackend:
     name = "triton"
-    kind = "lsh"
 
     def available(self) -> tuple[bool, str]:
         try:
