@@ -1,10 +1,10 @@
 """`reformer-bench`: run a suite, list backends, show results; `report` and `gate` come from their modules.
 
     reformer-bench run SUITE [--out DIR] [--resume] [--backend NAME ...] [--max-seq-len N] [--no-report]
-                             [--dry-run] [--summary]
+                             [--dry-run] [--summary] [--plotly-js inline|cdn]
     reformer-bench list [SUITE]
     reformer-bench show RESULTS [--summary]
-    reformer-bench report RESULTS... -o report.html [--baseline RESULTS...]
+    reformer-bench report RESULTS... -o report.html [--baseline RESULTS...] [--plotly-js inline|cdn]
     reformer-bench gate RESULTS [--baseline FILE] [--tolerance PCT] [--time-tolerance PCT] [--update]
 
 Exit codes: 0 done (failed cases are rows, not errors), 2 bad input (one line on stderr, no
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="do not write report.html")
     run.add_argument("--dry-run", action="store_true", help="print the cases it would run, one a line, and their count")
     run.add_argument("--summary", action="store_true", help="also print the summary (see show --summary) at the end")
+    run.add_argument("--plotly-js", choices=("inline", "cdn"), default="inline",
+                     help="the report's plotly.js: inline (default: opens offline) or from plotly's CDN")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="backends, their kind and whether each is available here (and why not)")
@@ -124,7 +126,7 @@ def cmd_run(args) -> int:
         from .report import write_report
 
         try:
-            report = write_report([Path(run_dir)], Path(run_dir) / "report.html")
+            report = write_report([Path(run_dir)], Path(run_dir) / "report.html", plotly_js=args.plotly_js)
         except (UserError, OSError) as exc:  # the results are saved; say why the report is not
             print(f"{PROG}: report not written: {exc}", file=sys.stderr)
             return 1

@@ -241,7 +241,10 @@ def test_token_budget_group_is_one_plot_with_the_paper_overlay(tmp_path):
     full = next(t for t in paper["data"] if t["name"] == "paper: full attention")
     assert dict(zip(full["x"], full["y"])) == pytest.approx(PAPER_FIGURE5_FULL)  # seconds: unit is s here
     assert paper["layout"]["yaxis"]["title"]["text"].endswith("(s)")
-    assert paper["layout"]["xaxis"]["ticktext"][0] == "1,024×32"
+    # Every measured length labelled, compactly enough that none is hidden: 1K×32 ... 32K×1.
+    assert paper["layout"]["xaxis"]["ticktext"] == ["1K×32", "2K×16", "4K×8", "8K×4", "16K×2", "32K×1"]
+    memory = scaling_figure(groups["paper_speed"], "memory", "m").figure
+    assert memory["layout"]["xaxis"]["range"] == paper["layout"]["xaxis"]["range"]  # same x range
     other = scaling_figure(groups["synthetic"], "time", "t").figure
     assert not any(str(t.get("name", "")).startswith("paper") for t in other["data"])
 
@@ -426,3 +429,78 @@ def test_series_styles_tell_backends_and_hash_counts_apart(tmp_path):
     assert style["eager LSH-4"][1:] != style["compiled LSH-4"][1:]  # ...told apart by dash and marker
     assert style["eager LSH-1"][0] != style["eager LSH-4"][0]
     assert style["hf_lsh LSH-4"][0] not in {style["eager LSH-4"][0], style["eager LSH-1"][0], style["dense"][0]}
+
+
+# --- figures a reader can trust at a glance -------------------------------------------------------------
+
+def test_noise_is_flagged_by_spread_and_by_more_work_in_less_time(tmp_path):
+    rows = [row(backend="eager", seq_len=4096, n_buckets=16, n_hashes=8, time_median_s=5.0, time_iqr_s=0.1,
+                flops_analytic=1e9),
+            row(backend="eager", seq_len=4096, n_buckets=8, n_hashes=8, time_median_s=4.0, time_iqr_s=0.1,
+                flops_analytic=2e9),
+            row(backend="eager", seq_len=4096, n_buckets=32, n_hashes=8, time_median_s=1.0, time_iqr_s=0.9,
+                flops_analytic=5e8)]
+    _, frame = load_frame([write_results_dir(tmp_path / "run", rows)])
+    noise = dict(zip(frame["n_buckets"], frame["noise"]))
+    assert "slower than" in noise[16] and "2.0x its FLOPs" in noise[16]  # more FLOPs, less time
+    assert noise[8] == ""
+    assert noise[32].startswith("IQR 90% of the median")
+    assert any("flagged noisy" in s for _, s in headline_findings(frame))
+
+
+def test_interpreted_rows_are_labelled_and_kept_out_of_fits_and_comparisons(tmp_path):
+    rows = scaling_rows(dense_oom_from=None)
+    for L in (1024, 2048, 4096):
+        rows.append(row(backend="triton", seq_len=L, n_hashes=1, chunk_len=64, n_buckets=2 * L // 64,
+                        time_median_s=0.2 * L, interpreted=True))
+    _, frame = load_frame([write_results_dir(tmp_path / "run", rows)])
+    (group,) = [g for g in scaling_groups(frame) if g.context["suite"] == "synthetic"]
+    triton = next(s for s in group.series if s.name.startswith("triton"))
+    assert triton.name == "triton LSH-1 (interpreted)" and triton.interpreted and triton.time_exponent is None
+    findings = " ".join(s for _, s in headline_findings(frame))
+    assert "triton" not in findings.replace("triton LSH-1 did not run", "")
+    from harness.report.analysis import speedups
+
+    table = speedups([group])
+    assert not table.empty and not table["series"].str.startswith("triton").any()
+    eager = table[(table["series"] == "eager LSH-1") & (table["seq_len"] == 4096)].iloc[0]
+    assert eager["speed_up"] == pytest.approx(DENSE_TIME[0] * 4096 ** 2 / (LSH_TIME_PER_HASH[0] * 4096))
+    assert eager["tokens_per_s"] == pytest.approx(4096 / (LSH_TIME_PER_HASH[0] * 4096))
+
+
+def test_time_bars_span_q1_to_q3_and_the_fastest_call_is_marked(tmp_path):
+    rows = [row(backend="eager", seq_len=L, n_hashes=1, chunk_len=64, n_buckets=2 * L // 64, time_median_s=1.0,
+                time_q1_s=0.9, time_q3_s=1.5, time_iqr_s=0.6, time_min_s=0.8) for L in (1024, 2048)]
+    _, frame = load_frame([write_results_dir(tmp_path / "run", rows)])
+    (group,) = scaling_groups(frame)
+    data = scaling_figure(group, "time", "t").figure["data"]
+    line = next(t for t in data if t.get("mode") == "lines+markers")
+    assert line["error_y"]["symmetric"] is False
+    assert line["error_y"]["array"] == pytest.approx([0.5, 0.5])
+    assert line["error_y"]["arrayminus"] == pytest.approx([0.1, 0.1])
+    fastest = next(t for t in data if "fastest call" in t["name"])
+    assert fastest["y"] == pytest.approx([0.8, 0.8])
+    # A spread of 60% of the median is noisy: hollow markers.
+    assert all(symbol.endswith("-open") for symbol in line["marker"]["symbol"])
+
+
+def test_the_page_shows_the_new_panels_and_plotly_can_come_from_the_cdn(tmp_path):
+    run = {"suite": "synthetic", "environment": ENV,
+           "matmul_peak": [{"device": "cpu", "dtype": "float32", "flops_per_s": 1e11, "how": "best of 5"}]}
+    rows = scaling_rows(dense_oom_from=None) + grid_rows()
+    for r in rows:
+        if r["time_median_s"] and r["flops_analytic"]:
+            r["achieved_flops_per_s"] = r["flops_analytic"] / r["time_median_s"]
+        r["rss_trace"] = [[0.0, 100], [0.01, 300]] if r["backend"] == "eager" else None
+    path = write_results_dir(tmp_path / "run", rows, run=run)
+    sets, frame = load_frame([path])
+    assert frame["peak_share"].notna().any()
+    page = render_html(sets, frame)
+    for needle in ("Against the dense baselines", "fig-speedup-0", "fig-accuracy-time", "fig-rss-trace",
+                   "fig-grid-memory-", "The machine's matmul peak", "100.0 GFLOP/s", "achieved / matmul peak",
+                   "How every figure is obtained", "<th>suite</th>"):
+        assert needle in page, needle
+    cdn = render_html(sets, frame, plotly_js="cdn")
+    assert "cdn.plot.ly/plotly-" in cdn and len(cdn) < len(page) - 1_000_000
+    with pytest.raises(UserError, match="--plotly-js"):
+        render_html(sets, frame, plotly_js="somewhere")

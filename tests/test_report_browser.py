@@ -36,7 +36,6 @@ TINY_SUITE = textwrap.dedent("""\
     [suite]
     name = "browser-tiny"
     count_flops = false
-    fidelity = false
     threads = 1  # on a small shared CPU, OpenMP threads waiting on each other dwarf these kernels
 
     [defaults]
@@ -112,6 +111,23 @@ def test_smoke_run_report_opens_cleanly_and_fast(browser, smoke_report, tmp_path
     budget = READY_BUDGET_S + max(0.0, plotly_alone - PLOTLY_ALONE_BUDGET_S)
     assert ready < budget, f"report ready after {ready:.2f} s (plotly.js alone: {plotly_alone:.2f} s)"
     assert "Headline findings" in reports[0].body_text and "eager LSH-2" in reports[0].body_text
+
+
+def test_the_new_panels_have_data_and_no_errors(browser, smoke_report, tmp_path):
+    """Speed-up against dense, accuracy against time, RSS over a call, the matmul peak and the metric
+    table: present, drawn with data, no JavaScript errors."""
+    script = """(() => ['fig-speedup-0', 'fig-accuracy-time', 'fig-rss-trace'].map(id => {
+      const div = document.getElementById(id);
+      return [id, !!div, div && div.data ? div.data.reduce((n, t) => n + (t.y || []).length, 0) : 0];
+    }))()"""
+    report = browser.inspect_page(smoke_report, script=script)
+    _assert_reads_well(report, tmp_path / "panels.png")
+    panels = json.loads(report.script_value)
+    assert all(present and points > 0 for _, present, points in panels), panels
+    for heading in ("Against the dense baselines", "The machine's matmul peak", "Memory as the OS sees it",
+                    "How every figure is obtained"):
+        assert heading in report.body_text, heading
+    assert "GFLOP/s" in report.body_text and "achieved / matmul peak" in report.body_text
 
 
 def test_every_figure_kind_renders_and_script_names_stay_text(browser, synthetic_report, tmp_path):

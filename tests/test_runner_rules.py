@@ -46,6 +46,7 @@ def _failing_lsh_suite(tmp_path: Path, extra_defaults: str = "", sweep: str = ""
     suite = tmp_path / "skip.toml"
     suite.write_text(f"""
 [suite]
+measure_peak = false
 plugins = ["rules_plugin"]
 skip_larger_after_failure = true
 fidelity_max_seq_len = 64      # fidelity flips between 64 and 128: still one series

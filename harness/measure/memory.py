@@ -3,9 +3,15 @@ and the gate.
 
 - CPU: exact peak of live tensor storage bytes, counted at the PyTorch dispatcher (deterministic:
   the same ops allocate the same storages on every run, whatever the allocator or the OS do).
+- CPU, every allocation: torch.profiler's allocator events (profile_memory) see each allocation and
+  free through PyTorch's CPU allocator, kernel workspaces and torch.compile'd code included: the peak
+  of their running sum is what the region added. It tells where the tensor figure is a lower bound
+  (an ATen kernel's internal scratch never reaches the dispatcher as a tensor) and measures the
+  compiled backend, which dynamo does not run under a dispatch mode.
 - CUDA: the caching allocator's peak (`max_memory_allocated`) over what was allocated at entry.
 - Cross-checks that are not gated: NVML device memory sampled in a thread (includes the CUDA context,
-  the allocator's cache and other processes) and the process's peak resident set size.
+  the allocator's cache and other processes), the process's peak resident set size, and its RSS over
+  the region sampled by memory-profiler.
 
 All figures are bytes.
 """
@@ -26,6 +32,7 @@ from torch.utils._pytree import tree_flatten
 from typing_extensions import Self  # a torch dependency; typing.Self needs 3.11
 
 CPU_METHOD = "cpu-tensor-tracker"
+CPU_ALLOCATOR_METHOD = "cpu-allocator-profiler"
 CUDA_METHOD = "cuda-allocator"
 
 
@@ -154,6 +161,41 @@ def track_peak_memory(device: str | torch.device) -> Iterator[PeakMemory]:
             result.retained_bytes = torch.cuda.memory_allocated(dev) - at_entry
     else:
         raise ValueError(f"device={str(dev)!r}: memory tracking supports 'cpu' and 'cuda' devices only")
+
+
+@contextmanager
+def track_allocator_peak() -> Iterator[PeakMemory]:
+    """CPU: the peak, over the region, of bytes allocated minus bytes freed through PyTorch's CPU
+    allocator (torch.profiler with profile_memory; method CPU_ALLOCATOR_METHOD). Read peak_bytes after
+    the region. Unlike track_peak_memory it sees allocations that are not tensors of an op's output
+    (kernel workspaces) and compiled code; it does not see memory a kernel gets elsewhere (its stack,
+    its own malloc, numpy). One profiler at a time: regions must not be nested."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    result = PeakMemory(CPU_ALLOCATOR_METHOD)
+    profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with profiler:
+        yield result
+    events = [e for e in profiler.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    result.peak_bytes, result.retained_bytes = peak, live
+
+
+def rss_trace(fn, interval_s: float = 0.01) -> tuple[list[tuple[float, int]], object]:
+    """(samples, fn's result): this process's RSS in bytes against seconds since the call started,
+    sampled every interval_s by memory-profiler (a monitoring process reading /proc) while fn runs."""
+    from memory_profiler import memory_usage
+
+    samples, value = memory_usage((fn, (), {}), interval=interval_s, timestamps=True, retval=True,
+                                  include_children=False, backend="psutil")
+    start = samples[0][1] if samples else 0.0
+    return [(t - start, int(mib * 2 ** 20)) for mib, t in samples], value
 
 
 class NvmlSampler:

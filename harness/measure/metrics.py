@@ -28,14 +28,15 @@ SHOWN_UNITS = {
     "FLOP/s": ("FLOP/s", 1.0), "GFLOP/s": ("FLOP/s", 1e9), "TFLOP/s": ("FLOP/s", 1e12),
     "tokens/s": ("tokens/s", 1.0), "1": ("1", 1.0), "%": ("1", 0.01), "": ("", 1.0),
 }
-KINDS = ("number", "count", "text", "flag")
+KINDS = ("number", "count", "text", "flag", "trace")
 GATE_RULES = (None, "always", "on request")
 
 
 @dataclass(frozen=True)
 class Metric:
     """name: the row key. unit: of the stored value ("s", "B", "FLOP", "FLOP/s", "1" for a pure number,
-    "" for text and flags). how: how it is measured, one sentence. kind: number | count | text | flag.
+    "" for text and flags). how: how it is measured, one sentence. kind: number | count | text | flag |
+    trace (a list of [x, y] samples: plotted, never in a table).
     title / shown_unit / fmt: its column in tables (shown_unit from SHOWN_UNITS; fmt a format spec).
     terminal: a column of `reformer-bench show`. gate: None, "always" (the memory gate compares it) or
     "on request" (compared when its tolerance is given). tolerance: the relative change that counts as
@@ -94,6 +95,8 @@ class Metric:
             return f"{shown:,.0f}" if abs(shown) >= 1e4 else format(shown, self.fmt)
         if self.kind == "flag":
             return "yes" if value else "no"
+        if self.kind == "trace":
+            return f"{len(value)} samples"
         return str(value)
 
 
@@ -157,6 +160,8 @@ _BUILT_IN = (
            terminal=True),
     Metric("time_min_s", "s", "fastest timed call", title="min", shown_unit="ms"),
     Metric("repeats", "1", "timed calls", kind="count"),
+    Metric("tokens_per_s", "tokens/s", "batch * seq_len / time_median_s (for a model: tokens of one step)",
+           title="tokens/s", fmt=",.0f"),
     Metric("first_call_s", "s", "the first call alone: lazy init, compilation and autotuning land here",
            title="first", shown_unit="ms", terminal=True),
     Metric("compile_time_s", "s", "first call - warm median, for backends that compile (others: null)",
@@ -167,10 +172,22 @@ _BUILT_IN = (
            title="peak mem", shown_unit="MiB", terminal=True, gate="always", tolerance=0.05, benchmark=True),
     Metric("mem_method", "", "how mem_peak_bytes was measured, or why it was not", kind="text", title="memory method",
            benchmark=True),
+    Metric("mem_bound", "", "exact, or lower bound: memory the method cannot see was used (an ATen kernel's "
+           "workspace outside tensors, a compiled or interpreted kernel's own scratch)", kind="text",
+           title="memory is"),
+    Metric("mem_alloc_peak_bytes", "B", "CPU: what lives before the call + the peak of bytes allocated minus freed "
+           "through PyTorch's CPU allocator during it (torch.profiler allocator events): kernel workspaces and "
+           "compiled code included", title="allocator peak", shown_unit="MiB"),
     Metric("nvml_peak_used_bytes", "B", "NVML device memory used, sampled in a thread: a device-wide cross-check "
            "(CUDA context, allocator cache, other processes)", title="NVML peak", shown_unit="MiB"),
-    Metric("rss_peak_bytes", "B", "the worker process's peak resident set size (getrusage; interpreter and "
-           "torch included)", title="peak RSS", shown_unit="MiB"),
+    Metric("rss_peak_bytes", "B", "the worker process's peak resident set size over the whole case (getrusage): "
+           "the interpreter, torch and every pass included, under malloc's defaults", title="peak RSS",
+           shown_unit="MiB"),
+    Metric("rss_call_rise_bytes", "B", "highest RSS sampled during the memory call - RSS at its start "
+           "(memory-profiler, every 10 ms, glibc's mmap threshold fixed so that freed blocks are returned)",
+           title="RSS rise", shown_unit="MiB"),
+    Metric("rss_trace", "", "the RSS samples of the memory call, [seconds, bytes]", kind="trace"),
+    Metric("rss_note", "", "what the RSS figures include and how they were sampled", kind="text"),
     Metric("flops_analytic", "FLOP", "the algorithm's matmul FLOPs by the formulas of harness.measure.flops",
            title="FLOPs analytic", shown_unit="GFLOP"),
     Metric("flops_counted", "FLOP", "matmul FLOPs FlopCounterMode counts in an untimed call of the eager path "

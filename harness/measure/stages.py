@@ -2,9 +2,10 @@
 
   timing       first call (first_call_s; compile_time_s = first call - warm median for backends that
                compile), `warmup` more calls, `repeats` timed calls (harness.measure.timing)
-  memory       one call under harness.measure.memory.track_peak_memory (+ NVML sampling on GPU). On the
-               CPU a backend with compile_stats (torch.compile) runs this call untracked: dynamo does not
-               run compiled frames under the tracker's TorchDispatchMode (mem_peak_bytes null)
+  memory       one call under harness.measure.memory's trackers at once: the tensor tracker and the
+               allocator's events on the CPU (a backend with compile_stats, torch.compile, is measured
+               by the allocator alone: dynamo does not run under the tracker's TorchDispatchMode), the
+               CUDA allocator and NVML on GPU; memory-profiler samples the RSS over the same call
   compile      backend.compile_stats(), if offered, covering the timed and memory calls:
                compilations; a fallback to eager is status error
   finite       the output (and gradients) of the memory call: NaN / inf is status nonfinite
@@ -58,7 +59,9 @@ def measure_timing(ctx: Context) -> dict:
     case = ctx.case
     timing = ctx.timing = time_call(ctx.workload, warmup=case.warmup, repeats=case.repeats, device=case.device)
     compiles = ctx.info is not None and ctx.info.compiles
+    tokens = case.batch * case.seq_len
     return {"time_median_s": timing.median_s, "time_q1_s": timing.q1_s, "time_q3_s": timing.q3_s,
+            "tokens_per_s": tokens / timing.median_s if timing.median_s > 0 else None,
             "time_iqr_s": timing.iqr_s, "time_min_s": timing.min_s, "repeats": len(timing.times_s),
             "first_call_s": timing.first_call_s,
             # What the first call costs beyond a warm one: compilation, autotuning, lazy init.
@@ -66,25 +69,86 @@ def measure_timing(ctx: Context) -> dict:
 
 
 def measure_memory(ctx: Context) -> dict:
-    from .memory import NvmlSampler, track_peak_memory
+    """One call, measured three ways at once: the tensor tracker (mem_peak_bytes on the CPU, the gated
+    figure), the allocator's events (mem_alloc_peak_bytes; on the CPU also the figure of a backend that
+    torch.compile runs, which dynamo will not run under the tracker) or the CUDA allocator, and the
+    process's RSS over the call (memory-profiler), with glibc's mmap threshold fixed first so that
+    freed large blocks go back to the OS and the RSS rise follows live memory."""
+    from .memory import NvmlSampler, rss_trace, track_allocator_peak, track_peak_memory
 
     ctx.workload.reset()
-    if ctx.device == "cpu" and callable(getattr(ctx.backend, "compile_stats", None)):
-        # The CPU tracker is a TorchDispatchMode, and dynamo refuses to run compiled frames while
-        # one is active: a compiled backend's CPU peak cannot be measured this way.
-        ctx.output = ctx.workload()
-        return {"mem_method": "unmeasured: torch.compile does not run under the CPU tensor tracker"}
-    if ctx.device.startswith("cuda"):
+    input_bytes = ctx.workload.input_bytes or 0
+    if ctx.device == "cpu":
+        with track_allocator_peak():  # the profiler's one-time start-up (libraries, buffers) is not the call's
+            pass
+    fixed_threshold = fix_mmap_threshold()
+    figures: dict = {}
+
+    def call():
+        if ctx.device == "cpu":
+            dynamo = callable(getattr(ctx.backend, "compile_stats", None))
+            tensor_tracker = None if dynamo else track_peak_memory("cpu")
+            with track_allocator_peak() as allocator, _maybe(tensor_tracker) as tensors:
+                ctx.output = ctx.workload()
+            figures["mem_alloc_peak_bytes"] = input_bytes + allocator.peak_bytes
+            if dynamo:
+                figures.update(mem_peak_bytes=input_bytes + allocator.peak_bytes, mem_method=allocator.method)
+            else:
+                figures.update(mem_peak_bytes=input_bytes + tensors.peak_bytes, mem_method=tensors.method)
+            # Lower bound: allocations the tensor tracker cannot see (an ATen kernel's workspace), memory
+            # that does not come from PyTorch's allocator (inductor's C++ kernels' scratch; the Triton
+            # interpreter's numpy arrays).
+            hidden = allocator.peak_bytes > (tensors.peak_bytes if tensors is not None else allocator.peak_bytes)
+            off_allocator = dynamo or ctx.row.get("interpreted")
+            figures["mem_bound"] = "lower bound" if hidden or off_allocator else "exact"
+            return
         import torch
 
-        sampler = NvmlSampler(torch.device(ctx.device).index or 0)
-    else:
-        sampler = None
-    with _maybe(sampler), track_peak_memory(ctx.device) as peak:
-        ctx.output = ctx.workload()
-    input_bytes = ctx.workload.input_bytes or 0
-    return {"mem_peak_bytes": input_bytes + peak.peak_bytes, "mem_method": peak.method,
-            "nvml_peak_used_bytes": None if sampler is None else sampler.peak_used_bytes}
+        with NvmlSampler(torch.device(ctx.device).index or 0) as sampler, track_peak_memory(ctx.device) as peak:
+            ctx.output = ctx.workload()
+        figures.update(mem_peak_bytes=input_bytes + peak.peak_bytes, mem_method=peak.method, mem_bound="exact",
+                       nvml_peak_used_bytes=sampler.peak_used_bytes)
+
+    trace, _ = rss_trace(call)
+    if trace:
+        figures["rss_call_rise_bytes"] = max(b for _, b in trace) - trace[0][1]
+        figures["rss_trace"] = _downsample(trace, RSS_TRACE_POINTS)
+    figures["rss_note"] = (f"RSS sampled every 10 ms over the memory call by memory-profiler, glibc "
+                           f"M_MMAP_THRESHOLD fixed at {fixed_threshold} B for it" if fixed_threshold else
+                           "RSS sampled every 10 ms over the memory call by memory-profiler, malloc's defaults")
+    return figures
+
+
+# Points of an RSS trace kept in the row (the report plots them).
+RSS_TRACE_POINTS = 120
+# glibc's initial mmap threshold, fixed: blocks above it are mapped and unmapped, so RSS follows live
+# memory instead of keeping freed blocks in the heap (the dynamic threshold grows up to 32 MiB).
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def fix_mmap_threshold() -> int | None:
+    """mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) where the C library is glibc; the value, or
+    None where it could not be set. Called after the timing, so timed calls run with malloc's defaults."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    m_mmap_threshold = -3
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return MMAP_THRESHOLD_BYTES if libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES) == 1 else None
+    except (OSError, AttributeError):
+        return None
+
+
+def _downsample(trace: list, points: int) -> list:
+    """At most `points` samples, the maximum kept: [[seconds, bytes], ...]."""
+    if len(trace) <= points:
+        return [list(p) for p in trace]
+    step = len(trace) / points
+    kept = {int(i * step) for i in range(points)} | {max(range(len(trace)), key=lambda i: trace[i][1])}
+    return [list(trace[i]) for i in sorted(kept)]
 
 
 def measure_compile(ctx: Context) -> dict:
@@ -168,8 +232,9 @@ class _maybe:
 
 for _measurement in (
     Measurement("timing", measure_timing, ("time_median_s", "time_q1_s", "time_q3_s", "time_iqr_s", "time_min_s",
-                                           "repeats", "first_call_s", "compile_time_s")),
-    Measurement("memory", measure_memory, ("mem_peak_bytes", "mem_method", "nvml_peak_used_bytes")),
+                                           "repeats", "first_call_s", "compile_time_s", "tokens_per_s")),
+    Measurement("memory", measure_memory, ("mem_peak_bytes", "mem_method", "mem_bound", "mem_alloc_peak_bytes",
+                                           "nvml_peak_used_bytes", "rss_call_rise_bytes", "rss_trace", "rss_note")),
     Measurement("compile_stats", measure_compile, ("compilations",)),
     Measurement("finite", check_finite, ()),
     Measurement("flops", measure_flops, ("flops_analytic", "flops_counted", "achieved_flops_per_s"),

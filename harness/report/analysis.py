@@ -20,7 +20,13 @@ FIT_POINTS = 4
 MIN_FIT_LENGTHS = 3
 MIN_FIT_LENGTHS_MEMORY = 2
 #: A timing whose interquartile range exceeds this share of its median is flagged as noisy.
-NOISY_IQR_SHARE = 0.5
+NOISY_IQR_SHARE = 0.3
+#: A case is also flagged when a case of the same backend and setting does at least this many times
+#: its FLOPs in less time: more work cannot take less time unless one of the two timings is off.
+NOISY_FLOP_RATIO = 1.2
+#: Rows that differ only in these keys and their LSH settings are compared for the FLOP rule.
+FLOP_RULE_KEYS = ("suite", "backend", "workload", "mode", "device", "dtype", "causal", "heads", "d_head", "batch",
+                  "seq_len")
 #: Figures compared between two runs (larger is worse), by the one rule of harness.results.compare
 #: with each metric's tolerance from the table; time also has to move by more than the two IQRs together.
 COMPARED_METRICS = ("time_median_s", "mem_peak_bytes", "rel_error")
@@ -55,6 +61,8 @@ class Series:
     failed: pd.DataFrame           # rows (status != ok) at lengths with no successful row
     time_exponent: float | None = None
     memory_exponent: float | None = None
+    interpreted: bool = False      # run under an interpreter: no speed fit, no speed headline
+    noisy_fit_points: int = 0      # of the lengths the time exponent is fitted over, how many are noisy
 
 
 @dataclass
@@ -136,13 +144,19 @@ def _series(rows: pd.DataFrame) -> list[Series]:
     for name, sub in rows.groupby("_name", sort=True):
         ok = (sub[sub["status"] == "ok"]
               .groupby("seq_len", as_index=False)
-              .agg({c: "median" for c in ("time_median_s", "time_iqr_s", "mem_peak_bytes", "rel_error",
-                                          "batch", "flops_analytic")} | {"case_id": "first"}))
+              .agg({c: "median" for c in ("time_median_s", "time_iqr_s", "time_q1_s", "time_q3_s", "time_min_s",
+                                          "mem_peak_bytes", "rel_error", "batch", "flops_analytic")}
+                   | {"case_id": "first", "noise": lambda v: "; ".join(x for x in v if x)}))
         failed = sub[(sub["status"] != "ok") & ~sub["seq_len"].isin(ok["seq_len"])]
         failed = failed.drop_duplicates("seq_len").sort_values("seq_len")
         kind = str(sub["backend_kind"].dropna().iloc[0]) if sub["backend_kind"].notna().any() else "lsh"
-        series = Series(str(name), kind, ok.sort_values("seq_len"), failed)
-        series.time_exponent = fit_exponent(ok["seq_len"], ok["time_median_s"])
+        interpreted = bool(sub["interpreted"].fillna(False).astype(bool).any())
+        series = Series(str(name) + (" (interpreted)" if interpreted else ""), kind, ok.sort_values("seq_len"),
+                        failed, interpreted=interpreted)
+        # An interpreter's time says nothing about how the kernels scale: no exponent for it.
+        series.time_exponent = None if interpreted else fit_exponent(ok["seq_len"], ok["time_median_s"])
+        fitted = ok.sort_values("seq_len").dropna(subset=["time_median_s"]).tail(FIT_POINTS)
+        series.noisy_fit_points = int((fitted["noise"] != "").sum()) if series.time_exponent is not None else 0
         series.memory_exponent = fit_exponent(ok["seq_len"], ok["mem_peak_bytes"],
                                               min_lengths=MIN_FIT_LENGTHS_MEMORY)
         out.append(series)
@@ -182,16 +196,18 @@ def headline_findings(frame: pd.DataFrame, groups: list[ScalingGroup] | None = N
     findings = []
     for group in groups:
         where = group.title
-        dense = [s for s in group.series if s.kind == "dense"]
-        hashing = [s for s in group.series if s.kind != "dense"]
+        dense = [s for s in group.series if s.kind == "dense" and not s.interpreted]
+        hashing = [s for s in group.series if s.kind != "dense" and not s.interpreted]
         for lsh in hashing:
             for baseline in dense:
                 sentence = crossover(lsh, baseline)
                 if sentence:
                     findings.append((where, sentence + "."))
         for metric, attr in (("peak memory", "memory_exponent"), ("time", "time_exponent")):
-            slopes = [f"{s.name} {format_exponent(getattr(s, attr))}" for s in group.series
-                      if getattr(s, attr) is not None]
+            slopes = [f"{s.name} {format_exponent(getattr(s, attr))}"
+                      + (f" (from {s.noisy_fit_points} noisy of its {min(FIT_POINTS, len(s.ok))} lengths)"
+                         if metric == "time" and s.noisy_fit_points else "")
+                      for s in group.series if getattr(s, attr) is not None]
             if len(slopes) >= 2:
                 findings.append((where, f"{metric} grows as L^k with k = {', '.join(slopes)} (log-log slope)."))
         for series in group.series:
@@ -208,15 +224,77 @@ def headline_findings(frame: pd.DataFrame, groups: list[ScalingGroup] | None = N
     return findings
 
 
+def noise_reasons(frame: pd.DataFrame) -> pd.Series:
+    """Why each row's timing is not to be trusted ("" when nothing says so): an interquartile range over
+    NOISY_IQR_SHARE of the median, or a case of the same backend and setting that did NOISY_FLOP_RATIO
+    times its FLOPs (or more) in less time."""
+    reasons = pd.Series([""] * len(frame), index=frame.index, dtype=object)
+    if frame.empty:
+        return reasons
+    timed = (frame["status"] == "ok") & frame["time_median_s"].notna()
+    wide = timed & frame["time_iqr_s"].notna() & (frame["time_iqr_s"] > NOISY_IQR_SHARE * frame["time_median_s"])
+    for index in frame.index[wide]:
+        share = frame.at[index, "time_iqr_s"] / frame.at[index, "time_median_s"]
+        reasons[index] = f"IQR {share:.0%} of the median"
+    keys = [k for k in FLOP_RULE_KEYS if k in frame.columns]
+    candidates = frame[timed & frame["flops_analytic"].notna()]
+    for _, rows in candidates.groupby(keys, dropna=False, sort=False):
+        if len(rows) < 2:
+            continue
+        for index, row in rows.iterrows():
+            faster = rows[(rows["flops_analytic"] >= NOISY_FLOP_RATIO * row["flops_analytic"])
+                          & (rows["time_median_s"] < row["time_median_s"])]
+            if len(faster):
+                other = faster.loc[faster["flops_analytic"].idxmax()]
+                ratio = other["flops_analytic"] / row["flops_analytic"]
+                note = f"slower than {other['case_id']}, which does {ratio:.1f}x its FLOPs"
+                reasons[index] = f"{reasons[index]}; {note}" if reasons[index] else note
+    return reasons
+
+
 def _noise_findings(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    timed = frame[(frame["status"] == "ok") & frame["time_median_s"].notna() & frame["time_iqr_s"].notna()]
-    noisy = timed[timed["time_iqr_s"] > NOISY_IQR_SHARE * timed["time_median_s"]]
+    timed = frame[(frame["status"] == "ok") & frame["time_median_s"].notna()]
+    noisy = timed[timed["noise"] != ""] if "noise" in timed.columns else timed.iloc[:0]
     if noisy.empty:
         return []
+    wide = noisy["noise"].str.contains("IQR").sum()
+    inverted = noisy["noise"].str.contains("slower than").sum()
     return [("Measurement quality", (
-        f"{len(noisy)} of {len(timed)} timed cases have an interquartile range above "
-        f"{NOISY_IQR_SHARE:.0%} of their median time (a busy machine, or too few repeats): read their "
-        f"times and time exponents with care."))]
+        f"{len(noisy)} of {len(timed)} timed cases are flagged noisy ({wide} with an interquartile range above "
+        f"{NOISY_IQR_SHARE:.0%} of the median, {inverted} slower than a case of the same backend doing at least "
+        f"{NOISY_FLOP_RATIO}x their FLOPs): a busy machine or too few repeats. Their times, and exponents "
+        "fitted through them, are marked; the cases table's noise column says why."))]
+
+
+def speedups(groups: list[ScalingGroup]) -> pd.DataFrame:
+    """Per scaling group and length: each non-dense series' speed-up (baseline time / its time) and memory
+    saving (baseline memory / its memory) against each dense baseline, and its tokens per second.
+    Interpreted series are left out: their times are not the kernels'."""
+    records = []
+    for group in groups:
+        dense = [s for s in group.series if s.kind == "dense" and not s.interpreted]
+        for series in group.series:
+            if series.kind == "dense" or series.interpreted:
+                continue
+            mine = series.ok.set_index("seq_len")
+            for baseline in dense:
+                theirs = baseline.ok.set_index("seq_len")
+                for length in sorted(set(mine.index) & set(theirs.index)):
+                    a, b = mine.loc[length], theirs.loc[length]
+                    records.append({
+                        "setting": group.title, "series": series.name, "baseline": baseline.name,
+                        "seq_len": int(length),
+                        "speed_up": _div(b["time_median_s"], a["time_median_s"]),
+                        "memory_saving": _div(b["mem_peak_bytes"], a["mem_peak_bytes"]),
+                        "tokens_per_s": _div(a["batch"] * length, a["time_median_s"]),
+                        "noisy": bool(a["noise"] or b["noise"]),
+                    })
+    return pd.DataFrame.from_records(records, columns=["setting", "series", "baseline", "seq_len", "speed_up",
+                                                        "memory_saving", "tokens_per_s", "noisy"])
+
+
+def _div(a, b):
+    return float(a) / float(b) if _present(a) and _present(b) and b else None
 
 
 def format_exponent(value: float) -> str:

@@ -14,6 +14,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="HTML file to write")
     parser.add_argument("--baseline", nargs="+", type=Path, default=None, metavar="RESULTS",
                         help="results directories to compare against")
+    parser.add_argument("--plotly-js", choices=("inline", "cdn"), default="inline",
+                        help="inline plotly.js (default: the page opens offline) or load it from plotly's CDN")
     parser.set_defaults(func=run)
     return parser
 
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from .page import write_report
 
     try:
-        path = write_report(args.results, args.output, args.baseline)
+        path = write_report(args.results, args.output, args.baseline, args.plotly_js)
     except OSError as exc:
         raise UserError(f"{exc.filename or args.output}: {exc.strerror}") from None
     print(f"wrote {path}")

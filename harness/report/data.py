@@ -35,7 +35,26 @@ def load_frame(paths: list[Path]) -> tuple[list[ResultSet], pd.DataFrame]:
         frame[key] = pd.to_numeric(frame[key], errors="coerce").astype(float)
     frame["suite"] = frame["suite"].where(frame["suite"].notna(), "").astype(str)
     frame["series"] = [series_label(row) for row in frame.to_dict("records")]
+    from .analysis import noise_reasons
+
+    frame["noise"] = noise_reasons(frame)
+    frame["peak_share"] = _peak_shares(sets, frame)
     return sets, frame
+
+
+def _peak_shares(sets: list[ResultSet], frame: pd.DataFrame) -> pd.Series:
+    """achieved_flops_per_s / the matmul peak its run measured for the row's device and dtype (NaN where
+    either is unknown, and for interpreted rows, whose time is not the kernels')."""
+    peaks = {(s.path.name, p.get("device"), p.get("dtype")): p.get("flops_per_s")
+             for s in sets for p in (s.run.get("matmul_peak") or [])}
+    if frame.empty:
+        return pd.Series(dtype=float)
+    values = []
+    for row in frame[["run", "device", "dtype", "achieved_flops_per_s", "interpreted"]].itertuples(index=False):
+        peak = peaks.get((row.run, row.device, row.dtype))
+        ok = peak and pd.notna(row.achieved_flops_per_s) and row.interpreted is not True
+        values.append(row.achieved_flops_per_s / peak if ok else float("nan"))
+    return pd.Series(values, index=frame.index, dtype=float)
 
 
 def series_label(row: dict) -> str:

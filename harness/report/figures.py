@@ -85,6 +85,22 @@ def template_layout() -> dict:
 
 # --- units -------------------------------------------------------------------------------------------
 
+def tokens_label(length) -> str:
+    """1024 -> "1K", 16384 -> "16K", 1048576 -> "1M"; other lengths in full."""
+    length = int(length)
+    for size, suffix in ((1 << 20, "M"), (1 << 10, "K")):
+        if length >= size and length % size == 0:
+            return f"{length // size}{suffix}"
+    return f"{length:,}"
+
+
+def log_range(lengths) -> list[float]:
+    """A log-axis range just wider than the lengths (plotly's log ranges are in decades)."""
+    low, high = math.log10(min(lengths)), math.log10(max(lengths))
+    pad = max(0.06, 0.04 * (high - low))
+    return [low - pad, high + pad]
+
+
 def time_unit(values) -> tuple[str, float]:
     """(unit, divisor) for seconds: s, ms or µs so that the largest value reads as 1..1000."""
     top = max((v for v in values if pd.notna(v)), default=1.0)
@@ -161,16 +177,29 @@ def scaling_figure(group: ScalingGroup, metric: str, key: str) -> Figure | None:
         ok = series.ok.dropna(subset=[column])
         if len(ok):
             error = None
-            if metric == "time" and ok["time_iqr_s"].notna().any():
-                error = {"type": "data", "array": (ok["time_iqr_s"].fillna(0) / 2 / scale).tolist(),
-                         "thickness": 1, "width": 2, "visible": True}
+            noisy = ok["noise"].fillna("") != "" if metric == "time" else pd.Series(False, index=ok.index)
+            if metric == "time" and ok["time_q1_s"].notna().any():
+                # The bar spans Q1..Q3 of the timed calls: asymmetric, never below the fastest call.
+                error = {"type": "data", "symmetric": False, "thickness": 1, "width": 3, "visible": True,
+                         "array": ((ok["time_q3_s"] - ok[column]).clip(lower=0).fillna(0) / scale).tolist(),
+                         "arrayminus": ((ok[column] - ok["time_q1_s"]).clip(lower=0).fillna(0) / scale).tolist()}
+            notes = [text(c) + (f"<br>noisy: {text(n)}" if n else "")
+                     for c, n in zip(ok["case_id"], ok["noise"].fillna(""))]
             fig.add_trace(go.Scatter(
                 x=ok["seq_len"].tolist(), y=(ok[column] / scale).tolist(), mode="lines+markers", name=name,
                 legendgroup=text(series.name), line=style, error_y=error,
-                marker={"size": 8, "symbol": marker},
-                customdata=[text(c) for c in ok["case_id"]],
+                # Noisy timings get hollow markers: the point is measured, but not to be read closely.
+                marker={"size": 8, "symbol": [marker + "-open" if n else marker for n in noisy]},
+                customdata=notes,
                 hovertemplate=f"{text(series.name)}<br>L=%{{x:,}} tokens<br>%{{y:.4g}} {unit}"
                               f"<br>%{{customdata}}<extra></extra>"))
+            if metric == "time" and ok["time_min_s"].notna().any():
+                fig.add_trace(go.Scatter(
+                    x=ok["seq_len"].tolist(), y=(ok["time_min_s"] / scale).tolist(), mode="markers",
+                    name=f"{text(series.name)}: fastest call", legendgroup=text(series.name), showlegend=False,
+                    marker={"size": 9, "symbol": "line-ew-open", "color": style["color"], "line": {"width": 2}},
+                    hovertemplate=f"{text(series.name)}<br>L=%{{x:,}} tokens<br>fastest call %{{y:.4g}} {unit}"
+                                  "<extra></extra>"))
     band = max(values) / scale * 2.5
     failed_any = False
     for index, series in enumerate(plotted):
@@ -201,15 +230,17 @@ def scaling_figure(group: ScalingGroup, metric: str, key: str) -> Figure | None:
     measure = MODE_NAMES.get(str(group.context.get("mode")), "call")
     y_title = (f"time per {measure}, median ({unit})" if metric == "time"
                else f"peak memory ({unit})")
-    tick_text = ([f"{int(L):,}×{group.token_budget // int(L)}" for L in lengths] if group.token_budget
-                 else [f"{int(L):,}" for L in lengths])
+    tick_text = ([f"{tokens_label(L)}×{group.token_budget // int(L)}" for L in lengths] if group.token_budget
+                 else [tokens_label(L) for L in lengths])
+    any_exponent = any((s.time_exponent if metric == "time" else s.memory_exponent) is not None for s in plotted)
     fig.update_layout(
+        # Every measured length labelled, compactly; the same range in the group's time and memory plots.
         xaxis={"type": "log", "title": {"text": "sequence length (tokens)" + (
             " × batch" if group.token_budget else "")}, "tickvals": [float(L) for L in lengths],
-            "ticktext": tick_text},
+            "ticktext": tick_text, "range": log_range(lengths)},
         # dtick "D2": labels at 1, 2 and 5 of each decade only; "~g" prints 0.05, not 50m.
         yaxis={"type": "log", "title": {"text": y_title}, "dtick": "D2", "tickformat": "~g"},
-        legend={"title": {"text": "series (k = fitted exponent)"}},
+        legend={"title": {"text": "series (k = fitted exponent)" if any_exponent else "series"}},
         margin={"l": 70, "r": 20, "t": 30, "b": 55}, height=420, shapes=shapes, annotations=annotations,
         hovermode="closest")
     title = f"{'Time' if metric == 'time' else 'Peak memory'} vs sequence length — {group.title}"
@@ -217,8 +248,9 @@ def scaling_figure(group: ScalingGroup, metric: str, key: str) -> Figure | None:
                f"log(length) over the {FIT_POINTS} largest measured lengths, so the value grows as L^k "
                f"(given where at least "
                f"{MIN_FIT_LENGTHS if metric == 'time' else MIN_FIT_LENGTHS_MEMORY} lengths were measured). "
-               + ("Error bars: interquartile range of the timed repeats. " if metric == "time" else
-                  "Memory: peak live tensor bytes on CPU, allocator peak on GPU, inputs included. ")
+               + ("Points: median of the timed calls; bars: their Q1 to Q3; dashes: the fastest call. Hollow "
+                  "points are noisy (hover for why), interpreted series have no exponent. " if metric == "time" else
+                  "Memory: mem_peak_bytes, inputs included (its method per row in the cases table). ")
                + ("Markers in the band at the top: cases that failed (hover for the reason). "
                   if failed_any else ""))
     if group.token_budget == PAPER_FIGURE5_TOKENS and metric == "time":
@@ -271,7 +303,7 @@ GRID_KEYS = ("suite", "mode", "device", "dtype", "causal", "heads", "d_head", "b
 
 
 def grid_figures(frame: pd.DataFrame) -> list[Figure]:
-    """n_buckets x n_hashes heatmaps of time and relative error, where a group sweeps both."""
+    """n_buckets x n_hashes heatmaps of time, peak memory and relative error, where a group sweeps both."""
     figures = []
     for index, (context, rows) in enumerate(_grid_groups(frame)):
         if rows["n_buckets"].nunique() < 2 or rows["n_hashes"].nunique() < 2:
@@ -279,11 +311,13 @@ def grid_figures(frame: pd.DataFrame) -> list[Figure]:
         buckets = sorted(rows["n_buckets"].dropna().unique())
         hashes = sorted(rows["n_hashes"].dropna().unique())
         where = context_title(context) + f" · {context['backend']} · L={int(context['seq_len']):,}"
-        for metric, column, label in (("time", "time_median_s", "time"), ("error", "rel_error", "relative error")):
+        for metric, column, label in (("time", "time_median_s", "time"), ("memory", "mem_peak_bytes", "peak memory"),
+                                      ("error", "rel_error", "relative error")):
             ok = rows[rows["status"] == "ok"]
             if ok[column].notna().sum() == 0:
                 continue
-            unit, scale = time_unit(ok[column].dropna()) if metric == "time" else ("", 1.0)
+            units = {"time": time_unit, "memory": memory_unit}.get(metric, lambda values: ("", 1.0))
+            unit, scale = units(ok[column].dropna())
             z, cell_text = [], []
             for n in hashes:
                 z_row, t_row = [], []
@@ -292,7 +326,8 @@ def grid_figures(frame: pd.DataFrame) -> list[Figure]:
                     good = cell[cell["status"] == "ok"][column].dropna()
                     if len(good):
                         z_row.append(float(good.median()) / scale)
-                        t_row.append(f"{good.median() / scale:.3g}")
+                        noisy = metric == "time" and (cell["noise"].fillna("") != "").any()
+                        t_row.append(f"{good.median() / scale:.3g}" + ("*" if noisy else ""))
                     else:
                         z_row.append(None)
                         t_row.append(cell["status"].iloc[0].upper() if len(cell) else "")
@@ -300,16 +335,18 @@ def grid_figures(frame: pd.DataFrame) -> list[Figure]:
                 cell_text.append(t_row)
             fig = go.Figure(go.Heatmap(
                 x=[f"{int(b)}" for b in buckets], y=[f"{int(n)}" for n in hashes], z=z, text=cell_text,
-                texttemplate="%{text}", colorscale="Viridis" if metric == "time" else "Magma",
+                texttemplate="%{text}", colorscale={"time": "Viridis", "memory": "Cividis"}.get(metric, "Magma"),
                 reversescale=metric == "error",
                 colorbar={"title": {"text": f"{label}" + (f" ({unit})" if unit else "")}},
                 hovertemplate="n_buckets=%{x}<br>n_hashes=%{y}<br>%{text}<extra></extra>"))
+            # The top margin keeps plotly's mode bar above the cells, not over the top row.
             fig.update_layout(xaxis={"title": {"text": "n_buckets (buckets per hash round)"}, "type": "category"},
                               yaxis={"title": {"text": "n_hashes (hash rounds)"}, "type": "category"},
-                              height=360, margin={"l": 70, "r": 20, "t": 20, "b": 55})
-            caption = ("Median time per call" if metric == "time" else
-                       "Relative error ||out - dense|| / ||dense|| against exact dense attention") + \
-                ". Empty cells are failed cases (status shown)."
+                              height=380, margin={"l": 70, "r": 20, "t": 44, "b": 55})
+            caption = {"time": "Median time per call; * marks a noisy timing (see the cases table)",
+                       "memory": "Peak memory (mem_peak_bytes, inputs included)",
+                       "error": "Relative error ||out - dense|| / ||dense|| against exact dense attention (an "
+                                "all-zero output scores 1)"}[metric] + ". Empty cells are failed cases (status shown)."
             figures.append(Figure(f"grid-{metric}-{index}", f"{label.capitalize()}: n_buckets × n_hashes — "
                                   f"{where}", caption, to_dict(fig)))
     return figures
@@ -412,3 +449,100 @@ def comparison_figure(compared: pd.DataFrame) -> Figure | None:
     return Figure("comparison-ratios", "Candidate vs baseline, per case",
                   "Ratio of the candidate's median time and peak memory to the baseline's; above 1 is slower "
                   "or larger. Cases present in only one run are listed in the table below.", to_dict(fig))
+
+
+# --- comparisons against the dense baselines, accuracy against time, RSS over a call -------------------
+
+def speedup_figures(table: pd.DataFrame) -> list[Figure]:
+    """Per setting: speed-up (solid) and memory saving (dotted) of every series against each dense
+    baseline, by length (log axes; 1 = as fast / as large as the baseline)."""
+    figures = []
+    for index, (setting, rows) in enumerate(table.groupby("setting", sort=False)):
+        fig = go.Figure()
+        for number, ((series, baseline), line) in enumerate(rows.groupby(["series", "baseline"], sort=False)):
+            color = LINE_COLORS[number % len(LINE_COLORS)]
+            label = f"{text(series)} vs {text(baseline)}"
+            for column, dash, what in (("speed_up", "solid", "speed-up"), ("memory_saving", "dot", "memory saving")):
+                known = line.dropna(subset=[column])
+                if known.empty:
+                    continue
+                fig.add_trace(go.Scatter(
+                    x=known["seq_len"].tolist(), y=known[column].tolist(), mode="lines+markers",
+                    name=f"{label}: {what}", legendgroup=label, line={"color": color, "dash": dash},
+                    marker={"symbol": ["circle-open" if n else "circle" for n in known["noisy"]]},
+                    hovertemplate=f"{label}<br>L=%{{x:,}}<br>{what} %{{y:.3g}}x<extra></extra>"))
+        if not fig.data:
+            continue
+        lengths = sorted(rows["seq_len"].unique())
+        fig.update_layout(
+            xaxis={"type": "log", "title": {"text": "sequence length (tokens)"}, "tickvals": lengths,
+                   "ticktext": [tokens_label(L) for L in lengths], "range": log_range(lengths)},
+            yaxis={"type": "log", "title": {"text": "baseline / series (×)"}, "tickformat": "~g"},
+            height=400, margin={"l": 70, "r": 20, "t": 30, "b": 55},
+            shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 1, "y1": 1,
+                     "line": {"color": "#444", "width": 1}}])
+        figures.append(Figure(
+            f"speedup-{index}", f"Speed-up and memory saving against the dense baselines — {setting}",
+            "Speed-up = baseline median time / series median time (solid); memory saving = baseline peak memory / "
+            "series peak memory (dotted); above 1 the series is faster or smaller. Hollow points involve a noisy "
+            "timing. Interpreted series are left out.", to_dict(fig)))
+    return figures
+
+
+def accuracy_time_figure(frame: pd.DataFrame) -> Figure | None:
+    """Relative error against time per call, one point per measured LSH / peer case (fidelity rows)."""
+    rows = frame[(frame["status"] == "ok") & frame["rel_error"].notna() & frame["time_median_s"].notna()
+                 & ~frame["interpreted"].fillna(False).astype(bool)]
+    if rows.empty:
+        return None
+    unit, scale = time_unit(rows["time_median_s"])
+    fig = go.Figure()
+    for number, (name, series) in enumerate(rows.groupby("series", sort=True)):
+        labels = [text(f"L={int(r['seq_len']):,}, {int(r['n_buckets']) if pd.notna(r['n_buckets']) else '-'} buckets, "
+                       f"chunk {int(r['chunk_len']) if pd.notna(r['chunk_len']) else '-'}")
+                  for r in series.to_dict("records")]
+        fig.add_trace(go.Scatter(
+            x=(series["time_median_s"] / scale).tolist(), y=series["rel_error"].tolist(), mode="markers",
+            name=text(name), marker={"size": 9, "color": LINE_COLORS[number % len(LINE_COLORS)]}, customdata=labels,
+            hovertemplate=(f"{text(name)}<br>%{{customdata}}<br>%{{x:.3g}} {unit}, rel. error %{{y:.3g}}"
+                           "<extra></extra>")))
+    fig.update_layout(xaxis={"type": "log", "title": {"text": f"time per call, median ({unit})"}, "tickformat": "~g"},
+                      yaxis={"title": {"text": "relative error vs dense"}, "rangemode": "tozero"},
+                      height=400, margin={"l": 70, "r": 20, "t": 30, "b": 55},
+                      shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 1, "y1": 1,
+                               "line": {"color": "#999", "width": 1, "dash": "dot"}}])
+    return Figure("accuracy-time", "Accuracy against time per call",
+                  "Each point a case with measured fidelity: its median time and its relative error against exact "
+                  "dense attention on the same inputs. Lower left is better. Dotted: rel. error 1, what an all-zero "
+                  "output scores; on randn inputs dense attention is nearly uniform, so the error there measures "
+                  "window size more than the hashing.", to_dict(fig))
+
+
+RSS_TRACES_SHOWN = 8
+
+
+def rss_trace_figure(frame: pd.DataFrame) -> Figure | None:
+    """RSS over the memory call, for the longest case of each series (at most RSS_TRACES_SHOWN)."""
+    if "rss_trace" not in frame.columns:
+        return None
+    rows = frame[(frame["status"] == "ok") & frame["rss_trace"].map(lambda t: isinstance(t, list) and len(t) > 1)]
+    if rows.empty:
+        return None
+    longest = rows.sort_values("seq_len").groupby("series", sort=True).tail(1).head(RSS_TRACES_SHOWN)
+    top = max(b for trace in longest["rss_trace"] for _, b in trace)
+    unit, scale = memory_unit([top])
+    fig = go.Figure()
+    for number, row in enumerate(longest.to_dict("records")):
+        trace = row["rss_trace"]
+        label = text(f"{row['series']} L={int(row['seq_len']):,}")
+        fig.add_trace(go.Scatter(x=[t for t, _ in trace], y=[b / scale for _, b in trace], mode="lines", name=label,
+                                 line={"color": LINE_COLORS[number % len(LINE_COLORS)]},
+                                 hovertemplate=f"{label}<br>%{{x:.3f}} s: %{{y:.4g}} {unit}<extra></extra>"))
+    fig.update_layout(xaxis={"title": {"text": "seconds into the memory call"}},
+                      yaxis={"title": {"text": f"resident set size ({unit})"}}, height=380,
+                      margin={"l": 70, "r": 20, "t": 30, "b": 55})
+    note = next((n for n in longest.get("rss_note", pd.Series(dtype=object)).dropna()), "")
+    return Figure("rss-trace", "Resident memory over the measured call (the longest case of each series)",
+                  "The worker's RSS: the interpreter, torch and what earlier calls left mapped are in it; its rise "
+                  f"over the call (rss_call_rise_bytes) is what the call added as the OS sees it. {note}.",
+                  to_dict(fig))

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
+from ..errors import UserError
 from ..measure.metrics import metrics
 from ..results.store import ResultSet
 from .analysis import (
@@ -25,6 +26,7 @@ from .analysis import (
     compare,
     headline_findings,
     scaling_groups,
+    speedups,
     status_counts,
     tolerance,
 )
@@ -32,11 +34,14 @@ from .data import load_frame
 from .figures import (
     PAPER_TABLE2,
     Figure,
+    accuracy_time_figure,
     attention_name,
     comparison_figure,
     fidelity_figures,
     grid_figures,
+    rss_trace_figure,
     scaling_figure,
+    speedup_figures,
     table2_frame,
     template_layout,
 )
@@ -65,7 +70,9 @@ def case_columns() -> list[tuple[str, str, object]]:
     def plain(fmt):
         return lambda v: f"{int(v):,}" if fmt == "int" else _plain(v)
     columns = [(key, title, plain(fmt)) for key, title, fmt in CASE_PARAMETER_COLUMNS]
-    columns += [(m.name, m.column, m.format) for m in metrics()]
+    columns += [(m.name, m.column, m.format) for m in metrics(lambda m: m.kind != "trace")]
+    columns += [("peak_share", "achieved / matmul peak", lambda v: f"{v:.1%}"),
+                ("noise", "timing noisy because", lambda v: v or None)]
     columns += [(key, title, plain(fmt)) for key, title, fmt in CASE_CONTEXT_COLUMNS]
     return columns
 
@@ -79,7 +86,8 @@ PARAMETER_KEYS = ("suite", "backend", "backend_kind", "workload", "mode", "seq_l
 
 # --- the public entry points ---------------------------------------------------------------------------
 
-def write_report(result_dirs: list[Path], out_path: Path, baseline_dirs: list[Path] | None = None) -> Path:
+def write_report(result_dirs: list[Path], out_path: Path, baseline_dirs: list[Path] | None = None,
+                 plotly_js: str = "inline") -> Path:
     """Render the report of result_dirs (compared against baseline_dirs if given) to out_path.
 
     Raises harness.errors.UserError (one line naming file and line) on bad input.
@@ -88,14 +96,18 @@ def write_report(result_dirs: list[Path], out_path: Path, baseline_dirs: list[Pa
     baseline = load_frame([Path(p) for p in baseline_dirs])[1] if baseline_dirs else None
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(render_html(sets, frame, baseline), encoding="utf-8")
+    out_path.write_text(render_html(sets, frame, baseline, plotly_js), encoding="utf-8")
     return out_path
 
 
 # --- the page ----------------------------------------------------------------------------------------
 
-def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFrame | None = None) -> str:
-    """The whole report page as one string."""
+def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFrame | None = None,
+                plotly_js: str = "inline") -> str:
+    """The whole report page as one string. plotly_js: "inline" (the page opens offline) or "cdn" (a
+    script tag for plotly's CDN: a small page that needs the network)."""
+    if plotly_js not in PLOTLY_JS_MODES:
+        raise UserError(f"--plotly-js must be one of {', '.join(PLOTLY_JS_MODES)}, got {plotly_js!r}")
     groups = scaling_groups(frame)
     figures: list[Figure] = []
     scaling_html = []
@@ -106,7 +118,16 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
                 figures.append(figure)
                 scaling_html.append(_figure_html(figure))
     grid_list = grid_figures(frame) + fidelity_figures(frame)
+    accuracy = accuracy_time_figure(frame)
+    if accuracy:
+        grid_list.append(accuracy)
     figures.extend(grid_list)
+    speedup_table = speedups(groups)
+    speedup_list = speedup_figures(speedup_table)
+    figures.extend(speedup_list)
+    rss = rss_trace_figure(frame)
+    if rss:
+        figures.append(rss)
 
     compared = compare(baseline, frame) if baseline is not None else None
     comparison_fig = comparison_figure(compared) if compared is not None else None
@@ -119,8 +140,10 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
         ("summary", "Summary", _summary_html(sets, frame, groups)),
         ("scaling", "Scaling", "".join(scaling_html) or _empty(
             "No scaling plot: no setting has successful cases at two or more sequence lengths.")),
+        ("versus", "Against the dense baselines", _speedups_html(speedup_table, speedup_list)),
         ("grids", "Buckets, hash rounds and fidelity", "".join(_figure_html(f) for f in grid_list) or _empty(
             "No suite here sweeps n_hashes (with measured fidelity) or n_buckets x n_hashes at one length.")),
+        ("memory", "Memory as the OS sees it", _memory_html(frame, rss)),
     ]
     paper = _table2_html(frame)
     if paper:
@@ -131,6 +154,7 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
     sections += [
         ("failures", "Failures", _failures_html(frame)),
         ("cases", "All cases", _cases_html(frame)),
+        ("figures", "How every figure is obtained", _metrics_html()),
         ("flops", "How FLOPs are counted", _flops_html()),
     ]
     nav = " · ".join(f'<a href="#{key}">{html.escape(name)}</a>' for key, name, _ in sections)
@@ -143,13 +167,24 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title>"
-        f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>"
+        f"<style>{CSS}</style>{_plotly_script(plotly_js)}</head><body>"
         f"<header><h1>{html.escape(title)}</h1><p class=\"meta\">{len(frame)} cases from "
         f"{len(sets)} results director{'y' if len(sets) == 1 else 'ies'} · generated {generated}</p>"
         f"<nav>{nav}</nav></header><main>{body}</main>"
         f"<script type=\"application/json\" id=\"report-data\">{_json_for_script(payload)}</script>"
         f"<script>{PAGE_JS}</script></body></html>\n"
     )
+
+
+PLOTLY_JS_MODES = ("inline", "cdn")
+
+
+def _plotly_script(mode: str) -> str:
+    if mode == "cdn":
+        import plotly
+
+        return f'<script src="https://cdn.plot.ly/plotly-{plotly.__version__.split("+")[0]}.min.js"></script>'
+    return f"<script>{get_plotlyjs()}</script>"
 
 
 def _json_for_script(payload) -> str:
@@ -206,7 +241,8 @@ def _summary_html(sets: list[ResultSet], frame: pd.DataFrame, groups) -> str:
     if frame.empty:
         parts.append(_empty("The results files hold no cases yet."))
     else:
-        parts.append(_table(status_counts(frame).rename_axis(None), sortable=False, index=True))
+        parts.append(_table(status_counts(frame).rename_axis(index="suite", columns=None), sortable=False, index=True))
+    parts.append(_peaks_html(sets))
     cut_short = [where for s in sets for where in s.cut_short]
     if cut_short:
         parts.append(f'<p class="warn">Skipped {len(cut_short)} line(s) whose write was cut short '
@@ -356,6 +392,57 @@ def _table2_html(frame: pd.DataFrame) -> str:
     return ("<h3>Measured here: duplication-task accuracy</h3>" + _table(shaped(ours), False, True)
             + "<h3>The paper's numbers (Kitaev et al. 2020, Table 2; their hardware and training)</h3>"
             + _table(shaped(paper), False, True))
+
+
+def _peaks_html(sets: list[ResultSet]) -> str:
+    peaks = [p for s in sets for p in (s.run.get("matmul_peak") or [])]
+    if not peaks:
+        return _empty("No matmul peak was measured for these runs (achieved / peak is not shown).")
+    items = "".join(
+        f"<li>{html.escape(str(p.get('device')))} {html.escape(str(p.get('dtype')))}: "
+        + (f"{p['flops_per_s'] / 1e9:,.1f} GFLOP/s" if p.get("flops_per_s") else "not measured")
+        + f" <span class=\"note\">({html.escape(str(p.get('how', '')))}"
+        + (f", {p['threads']} threads" if p.get("threads") else "") + ")</span></li>" for p in peaks)
+    return ("<h3>The machine's matmul peak</h3><p class=\"note\">Measured once per run, device and dtype, in a "
+            "process of its own; every case's achieved FLOP/s is shown against it in the cases table.</p>"
+            f"<ul>{items}</ul>")
+
+
+def _speedups_html(table: pd.DataFrame, figures: list[Figure]) -> str:
+    if table.empty:
+        return _empty("No comparison: no setting here has a dense baseline and another backend at one length.")
+    shown = pd.DataFrame({
+        "setting": table["setting"], "series": table["series"], "baseline": table["baseline"],
+        "L (tokens)": table["seq_len"].map(lambda v: f"{int(v):,}"),
+        "speed-up (×)": table["speed_up"].map(lambda v: None if v is None or pd.isna(v) else f"{v:.3g}"),
+        "memory saving (×)": table["memory_saving"].map(lambda v: None if v is None or pd.isna(v) else f"{v:.3g}"),
+        "tokens/s": table["tokens_per_s"].map(lambda v: None if v is None or pd.isna(v) else f"{v:,.0f}"),
+        "noisy": table["noisy"].map(lambda v: "yes" if v else ""),
+    })
+    return "".join(_figure_html(f) for f in figures) + _table(shown)
+
+
+def _memory_html(frame: pd.DataFrame, rss: Figure | None) -> str:
+    from ..measure.metrics import METRICS
+
+    parts = [f'<p class="note">{html.escape(text)}</p>' for text in (
+        "mem_peak_bytes is the figure every table and plot uses: " + METRICS["mem_peak_bytes"].how + ". "
+        "mem_bound says whether it is exact or a lower bound; on the CPU the allocator's own peak "
+        "(mem_alloc_peak_bytes, every allocation through PyTorch's CPU allocator) is measured in the same call.",
+        "Peak RSS (rss_peak_bytes) is " + METRICS["rss_peak_bytes"].how + ": glibc's dynamic mmap threshold "
+        "keeps freed large blocks in the heap, so it can grow where live tensors do not. The RSS rise over the "
+        "measured call (rss_call_rise_bytes) is sampled with the threshold fixed, so freed blocks are returned "
+        "and it follows what the call holds.")]
+    if rss:
+        parts.append(_figure_html(rss))
+    return "".join(parts)
+
+
+def _metrics_html() -> str:
+    rows = pd.DataFrame([{"row key": m.name, "unit": m.unit or "—", "how it is obtained": m.how,
+                          "gated": m.gate or ""} for m in metrics()])
+    return ('<p class="note">The metric table of harness/measure/metrics.py: every figure a row carries. Unknown '
+            "is null (shown —), never 0.</p>" + _table(rows, sortable=False, wrap=True))
 
 
 def _flops_html() -> str:

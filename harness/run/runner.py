@@ -196,4 +196,11 @@ def _write_run_info(suite: Suite, run_dir: Path, resume: bool, environment: dict
             "executor": executor,
             "environment": env,
         }
+    if suite.settings.get("measure_peak") and not info.get("matmul_peak"):
+        from ..measure.peak import measure_in_subprocess
+
+        # The yardstick of achieved FLOP/s, on this machine (the driver's, for a sweep on Ray).
+        combos = sorted({(c.device, c.dtype) for c in suite.cases})
+        info["matmul_peak"] = [measure_in_subprocess(device, dtype, suite.settings.get("threads"))
+                               for device, dtype in combos]
     write_run_json(run_dir, info)

@@ -47,6 +47,7 @@ SETTINGS: dict[str, Any] = {
     "threads": None,  # torch.set_num_threads in the worker; None leaves torch's default
     "plugins": [],  # modules next to the suite file that register extra backends or metrics
     "compare_against": [],  # backends the --summary ratios are taken against (default: dense and peers)
+    "measure_peak": True,  # measure the machine's matmul FLOP/s once per (device, dtype) into run.json
 }
 
 TOP_LEVEL_KEYS = ("suite", "defaults", "sweep", "include", "exclude", "model")
@@ -160,7 +161,7 @@ def _suite_settings(table: dict, path: Path) -> dict:
             "a non-empty string")
     _expect(isinstance(settings["description"], str), where, "[suite] description",
             settings["description"], "a string")
-    for key in ("fidelity", "count_flops", "skip_larger_after_failure", "interpret"):
+    for key in ("fidelity", "count_flops", "skip_larger_after_failure", "interpret", "measure_peak"):
         _expect(isinstance(settings[key], bool), where, f"[suite] {key}", settings[key], "true or false")
     for key in ("fixed_tokens", "threads"):
         if settings[key] is not None:

@@ -1,8 +1,9 @@
 """The progress of a sweep on the terminal: a progress line with ETA while it runs.
 
-ETA = mean wall time of the cases finished so far x cases left (a rough guide: cases grow with
-seq_len). On a terminal the progress line redraws in place; elsewhere (CI logs, pipes) each
-finished case prints one line.
+On a terminal, rich's progress bar (done / total, ETA from the pace so far, statuses so far, the case
+running) with a line per finished case above it; elsewhere (CI logs, pipes) one line per finished case
+with ETA = mean wall time of the cases finished so far x cases left (a rough guide: cases grow with
+seq_len).
 """
 from __future__ import annotations
 
@@ -15,58 +16,63 @@ BAR_WIDTH = 24
 
 
 class Progress:
+    """begin(total, skipped), start(case), finish(row), note(text), close(): what the runner calls."""
+
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        from rich.console import Console
+
+        self.console = Console(file=stream or sys.stderr, highlight=False)
+        self.tty = self.console.is_terminal
         self.total = 0
         self.done = 0
         self.started = time.monotonic()
-        self.current = ""
         self.statuses: Counter = Counter()
+        self._bar = None
+        self._task = None
 
     def begin(self, total: int, skipped: int = 0) -> None:
         self.total = total
         self.started = time.monotonic()
+        if self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(BarColumn(bar_width=BAR_WIDTH), MofNCompleteColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[statuses]}"),
+                                 TextColumn("{task.description}"), console=self.console)
+            self._bar.start()
+            self._task = self._bar.add_task("", total=total, statuses="")
         if skipped:
-            self._line(f"resuming: {skipped} cases already have a row, {total} to run")
+            self.note(f"resuming: {skipped} cases already have a row, {total} to run")
 
     def start(self, case) -> None:
-        self.current = case.case_id
-        if self.tty:
-            self._draw()
+        if self._bar is not None:
+            self._bar.update(self._task, description=case.case_id)
+
+    def note(self, text: str) -> None:
+        """A line of its own, above the bar on a terminal (e.g. a training step's loss)."""
+        self.console.print(text, markup=False, soft_wrap=True)
 
     def finish(self, row: dict) -> None:
         self.done += 1
         self.statuses[row["status"]] += 1
-        if self.tty:
-            self._draw()
+        line = f"[{self.done}/{self.total}] {row['case_id']}: {_row_brief(row)}"
+        if self._bar is not None:
+            counts = " ".join(f"{k}={v}" for k, v in sorted(self.statuses.items()))
+            self._bar.update(self._task, advance=1, statuses=counts)
+            self.note(line)
         else:
-            self._line(f"[{self.done}/{self.total}] {row['case_id']}: {_row_brief(row)}  ETA {self._eta()}")
+            self.note(f"{line}  ETA {self._eta()}")
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
     def _eta(self) -> str:
         if not self.done:
             return "?"
         left = (time.monotonic() - self.started) / self.done * (self.total - self.done)
         return format_duration(left)
-
-    def _draw(self) -> None:
-        filled = int(BAR_WIDTH * self.done / max(1, self.total))
-        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        counts = " ".join(f"{k}={v}" for k, v in sorted(self.statuses.items()))
-        text = f"\r[{bar}] {self.done}/{self.total} ETA {self._eta()} {counts} | {self.current}"
-        self.stream.write(text[:160].ljust(160))
-        self.stream.flush()
-
-    def _line(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r" + " " * 160 + "\r")
-        self.stream.write(text + "\n")
-        self.stream.flush()
 
 
 def format_duration(seconds: float) -> str:

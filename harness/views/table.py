@@ -21,7 +21,9 @@ def _int(key: str):
 
 # (header, value of a row): what the case is, then how it ended.
 CASE_COLUMNS = (
-    ("backend", lambda r: r.get("backend")),
+    # An interpreted backend's times are the interpreter's, not the kernels': said next to its name.
+    ("backend", lambda r: None if r.get("backend") is None else r["backend"] + (" (interpreted)" if r.get("interpreted")
+                                                                                 else "")),
     ("mode", _what),
     ("seq", _int("seq_len")),
     ("batch", _int("batch")),
@@ -48,16 +50,25 @@ def columns(rows: list[dict] = ()) -> list[tuple[str, object]]:
 
 
 def results_table(rows: list[dict], reasons: bool = True) -> str:
-    """A plain-text table of rows (units in the header); failed rows' reasons listed below it. A value
-    that is unknown, or a key a row lacks (an older or hand-edited file), shows as "-"."""
+    """The rows as a rich table (units in the header), rendered to plain text; failed rows' reasons
+    listed below it. A value that is unknown, or a key a row lacks (an older or hand-edited file),
+    shows as "-"."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
     cols = columns(rows)
-    headers = [header for header, _ in cols]
-    body = [["-" if show(r) is None else str(show(r)) for _, show in cols] for r in rows]
-    widths = [max(len(h), *(len(line[i]) for line in body)) if body else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(cell.rjust(w) if i >= 2 else cell.ljust(w) for i, (cell, w) in
-                        enumerate(zip(line, widths))) for line in body]
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for index, (header, _) in enumerate(cols):
+        table.add_column(header, justify="right" if index >= 2 else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*["-" if show(row) is None else str(show(row)) for _, show in cols])
+    out = io.StringIO()
+    # As wide as the table needs: a pipe or a CI log must not get wrapped or cut columns.
+    Console(file=out, width=100_000, color_system=None, highlight=False).print(table)
+    lines = [line.rstrip() for line in out.getvalue().splitlines()]
     failures = [r for r in rows if r["status"] != "ok"]
     if reasons and failures:
         lines.append("")
