@@ -84,11 +84,12 @@ def target_mask(task: DuplicationTask) -> torch.Tensor:
     """(seq_len - 1,) bool over next-token targets: target j is token j + 1, predicted at position j.
 
     With n = word_len, tokens are 0 (position 0), w_1..w_n (1..n), 0 (n + 1), w_1..w_n (n + 2 .. 2n + 1).
-    Scored: j = n + 1 .. 2n, the n predictions of the second copy's symbols (w_k, k = j - n, is the
-    token at position k, so each is exactly predictable by attending n positions back). Not scored:
-    j < n, the first copy (uniformly random: no model can beat chance), and j = n, the second 0
-    (the same token at the same position in every sequence: a position embedding predicts it without
-    attention). This is trax's loss mask for the task (weights on the last word_len tokens).
+    Scored: j = n + 1 .. 2n, the n predictions of the second copy's symbols: target j is w_(j - n),
+    which the first copy holds at position j - n, so each is exactly predictable by attending n
+    positions back. Not scored: j < n, the first copy (uniformly random: no model beats chance), and
+    j = n, the second 0 (the same token at the same position in every sequence: a position embedding
+    predicts it without attention). This is trax's loss mask for the task (weights on the last
+    word_len tokens; trax's generator draws w from 1 .. vocab - 2, one symbol fewer than here).
     """
     mask = torch.zeros(task.seq_len - 1, dtype=torch.bool)
     mask[scored_slice(task)] = True
@@ -245,7 +246,7 @@ def train(model: torch.nn.Module, task: DuplicationTask, cfg: TrainConfig, check
     result = TrainResult()
     start = 0
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        state = torch.load(checkpoint_path, weights_only=False)
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         if state["fingerprint"] != fingerprint:
             raise ValueError(f"checkpoint_path={checkpoint_path!r} holds another run: "
                              f"{state['fingerprint']} != {fingerprint}")
@@ -267,9 +268,10 @@ def train(model: torch.nn.Module, task: DuplicationTask, cfg: TrainConfig, check
                       "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}, checkpoint_path)
 
     model.train()
+    device = next(model.parameters()).device  # batches are drawn on the CPU: the same data on any device
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
-        tokens = make_batch(task, cfg.batch, generator)
+        tokens = make_batch(task, cfg.batch, generator).to(device)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(step)
         loss, accuracy = loss_and_accuracy(model, tokens, task)
@@ -309,7 +311,8 @@ def eval_batches(task: DuplicationTask, batches: int, batch: int, seed: int) -> 
 def evaluate(model_state: dict, model_config: ModelConfig, task: DuplicationTask, n_hashes: int,
              batches: int = 8, batch: int = 16, seed: int = 0) -> float:
     """Accuracy (fraction) of the weights `model_state` on held-out batches, with full attention
-    (n_hashes = 0, the `dense` backend) or LSH with n_hashes rounds (`eager`).
+    (n_hashes = 0, the `dense` backend) or LSH with n_hashes rounds (`eager`), on the device the
+    state's tensors are on.
 
     Every evaluation with the same task, batches, batch and seed sees the same sequences, so the
     columns of a table differ only by the attention. The global RNG is left as it was (building the
@@ -317,12 +320,13 @@ def evaluate(model_state: dict, model_config: ModelConfig, task: DuplicationTask
     """
     with torch.random.fork_rng(devices=[]):
         model = build_model(model_config, n_hashes)
+    device = next(iter(model_state.values())).device  # evaluated where the state lies
     model.load_state_dict(model_state)
-    model.eval()
+    model.to(device).eval()
     hits = 0.0
     count = 0
     for tokens in eval_batches(task, batches, batch, seed):
-        _, accuracy = loss_and_accuracy(model, tokens, task)
+        _, accuracy = loss_and_accuracy(model, tokens.to(device), task)
         hits += accuracy * tokens.shape[0]
         count += tokens.shape[0]
     return hits / count
@@ -363,7 +367,8 @@ CPU_SUITE = Suite(task=DuplicationTask(word_len=255, vocab=128), chunk_len=32,
                   train=TrainConfig(steps=500, batch=16, lr=1e-3, warmup_steps=20, log_every=10,
                                     checkpoint_every=50))
 
-# GPU: the paper's sizes (|w| = 511, V = 128, chunks of 64: 16 per round) and a larger batch.
+# GPU: the paper's sizes (|w| = 511, V = 128, chunks of 64: 16 per round) and a larger batch. The
+# plateau is longer at this length (some hundreds of steps); `steps` leaves several times that.
 PAPER_SUITE = Suite(task=DuplicationTask(word_len=511, vocab=128), chunk_len=64,
                     train=TrainConfig(steps=2000, batch=64, lr=1e-3, warmup_steps=100, log_every=20,
                                       checkpoint_every=200),
