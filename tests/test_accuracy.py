@@ -1,4 +1,4 @@
-"""harness.accuracy: relative error and the attention mass that LSH windows recall."""
+"""harness.measure.fidelity: relative error and the attention mass that LSH windows recall."""
 from __future__ import annotations
 
 import pytest

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.accuracy import attention_mass_recall, relative_error
+from harness.measure.fidelity import attention_mass_recall, relative_error
 from harness.tasks.clustered import clustered_inputs
 from impls import LSHConfig, get_backend
 

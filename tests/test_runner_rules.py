@@ -76,7 +76,8 @@ def test_longer_lsh_cases_of_a_failed_series_are_not_run(tmp_path, monkeypatch):
     assert len({c.n_buckets for c in suite.cases}) == 4 and len({c.fidelity for c in suite.cases}) == 2
     started = []
     real = launch.run_case_in_worker
-    monkeypatch.setattr(launch, "run_case_in_worker", lambda case: started.append(case.seq_len) or real(case))
+    monkeypatch.setattr(launch, "run_case_in_worker",
+                        lambda case, *where: started.append(case.seq_len) or real(case, *where))
     rows = {r["seq_len"]: r for r in run_suite(suite, tmp_path / "out", environment={}).rows}
     assert started == [64], "only the failing case runs; longer ones are skipped"
     assert rows[64]["status"] == "oom" and "deliberate" in rows[64]["reason"]
@@ -94,7 +95,8 @@ def test_series_with_auto_chunk_len_and_token_budget_skip_too(tmp_path, monkeypa
     suite = load_suite(suite_file)
     assert len({(c.chunk_len, c.batch) for c in suite.cases}) == 4
     started = []
-    monkeypatch.setattr(launch, "run_case_in_worker", lambda case: started.append(case.seq_len) or _oom_row(case))
+    monkeypatch.setattr(launch, "run_case_in_worker",
+                        lambda case, *where: started.append(case.seq_len) or _oom_row(case))
     rows = {r["seq_len"]: r for r in run_suite(suite, tmp_path / "out", environment={}).rows}
     assert started == [64]
     assert {n: rows[n]["stage"] for n in (128, 256, 512)} == {128: "skipped", 256: "skipped", 512: "skipped"}
@@ -105,7 +107,7 @@ def test_a_failure_skips_only_its_own_series(tmp_path, monkeypatch):
     suite = load_suite(_failing_lsh_suite(tmp_path, extra_defaults="chunk_len = 16", sweep="n_buckets = [4, 8]"))
     started = []
 
-    def fake(case):
+    def fake(case, *where):
         started.append((case.n_buckets, case.seq_len))
         row = _oom_row(case)
         if case.n_buckets == 8:
@@ -120,7 +122,7 @@ def test_a_failure_skips_only_its_own_series(tmp_path, monkeypatch):
 def test_timeout_skips_like_oom(tmp_path, monkeypatch):
     suite = load_suite(_failing_lsh_suite(tmp_path, extra_defaults="chunk_len = 16"))
 
-    def timed_out(case):
+    def timed_out(case, *where):
         row = _oom_row(case)
         row["status"], row["reason"] = "timeout", "no result within timeout_s=120"
         return row
@@ -140,14 +142,15 @@ def test_a_resumed_sweep_remembers_earlier_failures(tmp_path, monkeypatch):
     first = [c for c in suite.cases if c.seq_len == 64]
     run_suite(dataclasses.replace(suite, cases=first), out, environment={})
     started = []
-    monkeypatch.setattr(launch, "run_case_in_worker", lambda case: started.append(case.seq_len) or _oom_row(case))
+    monkeypatch.setattr(launch, "run_case_in_worker",
+                        lambda case, *where: started.append(case.seq_len) or _oom_row(case))
     rows = run_suite(suite, out, resume=True, environment={}).rows
     assert started == []
     assert [(r["seq_len"], r["stage"]) for r in rows] == [(128, "skipped"), (256, "skipped"), (512, "skipped")]
     assert all("seq_len=64" in r["reason"] for r in rows)
 
 
-def _oom_row(case) -> dict:
+def _oom_row(case, *where) -> dict:
     from harness.results.store import new_row
 
     row = new_row(case)

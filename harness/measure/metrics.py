@@ -202,6 +202,24 @@ _BUILT_IN = (
            title="worker setup", shown_unit="s"),
     Metric("wall_s", "s", "the whole case as the runner saw it: start-up, every pass, exit", title="wall",
            shown_unit="s"),
+    Metric("task_accuracy", "1", "task cases: the share of scored targets the trained model predicts (argmax) on "
+           "held-out sequences, evaluated with the case's attention", title="task accuracy", shown_unit="%",
+           fmt=".2f", terminal=True),
+    Metric("train_steps", "1", "task cases: optimizer steps the model was trained for", kind="count", title="steps"),
+    Metric("train_loss", "1", "training cases: cross-entropy (nats) of the last logged training batch",
+           title="train loss", fmt=".3f"),
+    Metric("train_accuracy", "1", "training cases: accuracy on the last logged training batch (fresh data each "
+           "step: a held-out figure for the weights before the step)", title="train accuracy", shown_unit="%",
+           fmt=".2f"),
+    Metric("train_s", "s", "training cases: wall time of the steps this run trained (not of steps a resumed "
+           "run took from its checkpoint)", title="training", shown_unit="s"),
+    Metric("train_step_s", "s", "training cases: train_s / the steps it covers", title="per step", shown_unit="s"),
+    Metric("resumed_from_step", "1", "training cases: the checkpoint's step a resumed training continued from",
+           kind="count", title="resumed at"),
+    Metric("eval_s", "s", "evaluation cases: wall time of the evaluation", title="evaluation", shown_unit="s"),
+    Metric("train_curve", "", "training cases: [step, loss, accuracy] of the logged steps (also in "
+           "tasks/<case id>/curve.json of the run directory)", kind="trace"),
+    Metric("checkpoint", "", "training cases: the checkpoint the evaluations load", kind="text"),
     Metric("interpreted", "", "ran under an interpreter (the Triton interpreter on the CPU): its time is not "
            "the kernel's", kind="flag"),
     Metric("peer", "", "package and version behind a peer backend", kind="text"),

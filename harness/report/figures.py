@@ -546,3 +546,59 @@ def rss_trace_figure(frame: pd.DataFrame) -> Figure | None:
                   "The worker's RSS: the interpreter, torch and what earlier calls left mapped are in it; its rise "
                   f"over the call (rss_call_rise_bytes) is what the call added as the OS sees it. {note}.",
                   to_dict(fig))
+
+
+# --- task cases: training curves and accuracy against training time ----------------------------------
+
+def training_curve_figure(frame: pd.DataFrame) -> Figure | None:
+    """Loss (solid, left axis) and accuracy (dotted, right axis) against step, one colour per training."""
+    rows = frame[(frame["mode"] == "train") & frame["train_curve"].map(lambda c: isinstance(c, list) and len(c) > 0)]
+    if rows.empty:
+        return None
+    fig = go.Figure()
+    for number, row in enumerate(rows.sort_values("train_n_hashes").to_dict("records")):
+        curve = row["train_curve"]
+        label = text(f"{row['task']} trained with {attention_name(row['train_n_hashes'])}")
+        color = LINE_COLORS[number % len(LINE_COLORS)]
+        steps = [point[0] for point in curve]
+        fig.add_trace(go.Scatter(x=steps, y=[point[1] for point in curve], mode="lines", name=label,
+                                 legendgroup=label, line={"color": color},
+                                 hovertemplate=label + "<br>step %{x}: loss %{y:.3f}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=steps, y=[point[2] for point in curve], mode="lines", yaxis="y2",
+                                 name=label + " (accuracy)", legendgroup=label, showlegend=False,
+                                 line={"color": color, "dash": "dot"},
+                                 hovertemplate=label + "<br>step %{x}: accuracy %{y:.1%}<extra></extra>"))
+    fig.update_layout(xaxis={"title": {"text": "training step"}},
+                      yaxis={"title": {"text": "loss on the scored targets (nats, solid)"}, "rangemode": "tozero"},
+                      yaxis2={"title": {"text": "accuracy (dotted)"}, "overlaying": "y", "side": "right",
+                              "range": [0, 1.02], "tickformat": ".0%", "showgrid": False},
+                      legend={"x": 1.08}, height=420, margin={"l": 70, "r": 20, "t": 30, "b": 55})
+    return Figure("training-curves", "Training curves",
+                  "Loss and accuracy of the training batch at each logged step (fresh data every step, so each "
+                  "point is held out for the weights before its step).", to_dict(fig))
+
+
+def task_accuracy_time_figure(frame: pd.DataFrame) -> Figure | None:
+    """Per training setting: its training time per step against its accuracy under each evaluation."""
+    trained = frame[(frame["mode"] == "train") & frame["train_step_s"].notna()]
+    evaluated = frame[(frame["mode"] == "evaluate") & frame["task_accuracy"].notna()]
+    if trained.empty or evaluated.empty:
+        return None
+    step_s = dict(zip(trained["train_n_hashes"], trained["train_step_s"]))
+    fig = go.Figure()
+    for number, (eval_hashes, rows) in enumerate(evaluated.groupby("eval_n_hashes", sort=True)):
+        rows = rows[rows["train_n_hashes"].isin(step_s)]
+        if rows.empty:
+            continue
+        name = f"evaluated with {attention_name(eval_hashes)}"
+        fig.add_trace(go.Scatter(
+            x=[step_s[t] for t in rows["train_n_hashes"]], y=rows["task_accuracy"].tolist(), mode="markers",
+            name=name, marker={"size": 10, "color": LINE_COLORS[number % len(LINE_COLORS)]},
+            customdata=[attention_name(t) for t in rows["train_n_hashes"]],
+            hovertemplate=f"trained with %{{customdata}}, {name}<br>%{{x:.3g}} s a step, %{{y:.1%}}<extra></extra>"))
+    fig.update_layout(xaxis={"title": {"text": "training time per step (s)"}},
+                      yaxis={"title": {"text": "task accuracy"}, "tickformat": ".0%", "range": [0, 1.02]},
+                      height=400, margin={"l": 70, "r": 20, "t": 30, "b": 55})
+    return Figure("task-accuracy-time", "Task accuracy against training time per step",
+                  "One column of points per training setting, at its measured time per training step; one colour "
+                  "per attention the trained weights were evaluated with.", to_dict(fig))

@@ -43,7 +43,9 @@ from .figures import (
     scaling_figure,
     speedup_figures,
     table2_frame,
+    task_accuracy_time_figure,
     template_layout,
+    training_curve_figure,
 )
 
 MAX_SETTINGS_SHOWN = 4
@@ -145,9 +147,11 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
             "No suite here sweeps n_hashes (with measured fidelity) or n_buckets x n_hashes at one length.")),
         ("memory", "Memory as the OS sees it", _memory_html(frame, rss)),
     ]
+    task_figures = [f for f in (training_curve_figure(frame), task_accuracy_time_figure(frame)) if f]
+    figures.extend(task_figures)
     paper = _table2_html(frame)
     if paper:
-        sections.append(("paper", "The paper's Table 2", paper))
+        sections.append(("paper", "The paper's Table 2", paper + "".join(_figure_html(f) for f in task_figures)))
     if compared is not None:
         sections.append(("comparison", "Candidate vs baseline",
                          (_figure_html(comparison_fig) if comparison_fig else "") + _comparison_html(compared)))

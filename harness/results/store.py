@@ -38,7 +38,8 @@ def numeric_keys() -> tuple[str, ...]:
     """Row keys that hold numbers (or null): numeric case parameters and numeric metrics."""
     from ..measure.metrics import metrics
 
-    parameters = ("seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes", "chunk_len", "seed")
+    parameters = ("seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes", "chunk_len", "seed", "train_n_hashes",
+                  "eval_n_hashes")
     return parameters + tuple(m.name for m in metrics(lambda m: m.numeric))
 
 

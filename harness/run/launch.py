@@ -30,8 +30,15 @@ KILL_GRACE_S = 2.0
 CRASH_TAIL_CHARS = 300
 
 
-def run_case_in_worker(case: Case) -> dict:
-    """One case in a fresh `python -m harness.run.worker` process; always returns a row."""
+# How often a waiting launcher reads the worker's log for `progress:` lines.
+PROGRESS_POLL_S = 0.5
+
+
+def run_case_in_worker(case: Case, run_dir: Path | None = None, on_progress=None) -> dict:
+    """One case in a fresh `python -m harness.run.worker` process; always returns a row.
+
+    run_dir: the run directory, for cases that keep files there (a task's checkpoints). on_progress:
+    called with each `progress: TEXT` line the worker prints (a training's loss and accuracy)."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="reformer-bench-") as tmp:
         tmp = Path(tmp)
@@ -42,7 +49,7 @@ def run_case_in_worker(case: Case) -> dict:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "harness.run.worker", str(case_file), str(result_file),
                      repr(time.time()), str(os.getpid())],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_worker_env(case, tmp),
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_worker_env(case, tmp, run_dir),
                     start_new_session=True,
                 )
             except OSError as exc:  # no executable, no memory or process slots left, ...: a row, not the end
@@ -50,7 +57,7 @@ def run_case_in_worker(case: Case) -> dict:
                 row["wall_s"] = time.monotonic() - started
                 return row
             try:
-                returncode = proc.wait(timeout=case.timeout_s)
+                returncode = _wait(proc, case.timeout_s, log_file, on_progress)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 returncode = None
@@ -60,6 +67,26 @@ def run_case_in_worker(case: Case) -> dict:
         row = _worker_row(case, result_file, log_file, returncode)
     row["wall_s"] = time.monotonic() - started
     return row
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, log_file: Path, on_progress) -> int:
+    """proc.wait(timeout_s), handing the worker's `progress:` lines to on_progress as they come."""
+    if on_progress is None:
+        return proc.wait(timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    with open(log_file, errors="replace") as log:
+        while True:
+            try:
+                returncode = proc.wait(timeout=max(0.0, min(PROGRESS_POLL_S, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                returncode = None
+            for line in log.readlines():
+                if line.startswith("progress: "):
+                    on_progress(line[len("progress: "):].rstrip())
+            if returncode is not None:
+                return returncode
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(proc.args, timeout_s)
 
 
 def _worker_row(case: Case, result_file: Path, log_file: Path, returncode: int | None) -> dict:
@@ -83,7 +110,8 @@ def _worker_row(case: Case, result_file: Path, log_file: Path, returncode: int |
         hint = " (the OS out-of-memory killer sends SIGKILL)" if sig == "SIGKILL" else ""
         row["reason"] = f"worker killed by {sig}{where}{hint}"
     else:
-        tail = " | ".join(line.strip() for line in log if line.strip() and not line.startswith("stage: "))
+        tail = " | ".join(line.strip() for line in log
+                          if line.strip() and not line.startswith(("stage: ", "progress: ")))
         tail = tail[-CRASH_TAIL_CHARS:]
         row["reason"] = f"worker exited with code {returncode} without a result{where}" + (
             f": {tail}" if tail else "")
@@ -98,8 +126,12 @@ def _start_failure_row(case: Case, exc: OSError) -> dict:
     return row
 
 
-def _worker_env(case: Case, tmp: Path) -> dict:
+def _worker_env(case: Case, tmp: Path, run_dir: Path | None = None) -> dict:
     env = dict(os.environ)
+    if run_dir is not None:
+        from .task_case import RUN_DIR_ENV
+
+        env[RUN_DIR_ENV] = str(Path(run_dir).resolve())
     # Compile caches on disk (inductor's FX graph and kernel caches, Triton's kernel cache) would
     # let a later case reuse an earlier one's compilation: each worker gets empty ones of its own.
     env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor-cache")

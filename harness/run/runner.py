@@ -51,14 +51,20 @@ class SweepResult:
 
 
 class LocalExecutor:
-    """One worker at a time on this machine."""
+    """One worker at a time on this machine.
+
+    The runner sets run_dir (where cases may keep files: a task's checkpoints) and on_progress (a
+    worker's progress lines) on an executor before it runs any case."""
 
     name = "local"
+    concurrent = False
+    run_dir: Path | None = None
+    on_progress: Callable[[str], None] | None = None
 
     def run(self, cases: Iterable[Case], started: Callable[[Case], None]) -> Iterator[tuple[Case, dict]]:
         for case in cases:
             started(case)
-            yield case, launch.run_case_in_worker(case)
+            yield case, launch.run_case_in_worker(case, self.run_dir, self.on_progress)
 
     def close(self) -> None:
         pass
@@ -101,6 +107,8 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
     run_dir = Path(run_dir)
     earlier_rows = prepare_run_dir(run_dir, suite, resume)
     executor = executor or LocalExecutor()
+    executor.run_dir = run_dir
+    executor.on_progress = getattr(progress, "update", None)
     _write_run_info(suite, run_dir, resume, environment, executor.name)
     done = {row["case_id"] for row in earlier_rows}
     cases = [c for c in suite.cases if c.case_id not in done]
@@ -110,6 +118,8 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
     result = SweepResult(run_dir=run_dir, skipped=len(suite.cases) - len(cases))
     # series -> (seq_len, status) of its first failure, remembered across a resume
     failed_series = _earlier_failures(suite, earlier_rows) if skip_larger else {}
+    # case_id -> status of every case that ended, for the cases that depend on one (a task's evaluations)
+    ended = {row["case_id"]: row["status"] for row in earlier_rows}
     if progress is not None:
         progress.begin(len(cases), skipped=result.skipped)
     started = progress.start if progress is not None else (lambda case: None)
@@ -117,6 +127,7 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
     def record(writer: ResultsWriter, case: Case, row: dict) -> None:
         writer.append(row)
         result.rows.append(row)
+        ended[case.case_id] = row["status"]
         if skip_larger and row["status"] in ("oom", "timeout"):
             _note_failure(failed_series, case, row["status"])
         if progress is not None:
@@ -124,12 +135,15 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
 
     batches = ([list(group) for _, group in itertools.groupby(cases, key=lambda c: c.seq_len)]
                if skip_larger else [cases])
+    batches = [part for batch in batches for part in _after_dependencies(batch)]
     with ResultsWriter(run_dir / RESULTS_FILE) as writer:
         try:
             for batch in batches:
                 to_run = []
                 for case in batch:
                     row = _skip_row(case, failed_series) if failed_series else None
+                    if row is None and case.depends_on is not None:
+                        row = _dependency_row(case, ended.get(case.depends_on))
                     if row is None:
                         to_run.append(case)
                     else:
@@ -144,6 +158,33 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
             if progress is not None:
                 progress.close()
     return result
+
+
+def _after_dependencies(batch: list[Case]) -> list[list[Case]]:
+    """The batch cut so that no case is handed over with the case it depends on: a case's dependency
+    has ended (and its row is known) before the case is dispatched, in order."""
+    parts: list[list[Case]] = [[]]
+    in_part: set[str] = set()
+    for case in batch:
+        if case.depends_on in in_part:
+            parts.append([])
+            in_part = set()
+        parts[-1].append(case)
+        in_part.add(case.case_id)
+    return [part for part in parts if part]
+
+
+def _dependency_row(case: Case, status: str | None) -> dict | None:
+    """None when the case may run (what it depends on ended ok); else its row, not run."""
+    if status == "ok":
+        return None
+    row = new_row(case)
+    row["status"] = "error"
+    row["reason"] = (f"not run: it needs {case.depends_on}, which "
+                     + ("is not in this suite's run" if status is None else f"ended in {status}"))
+    row["stage"] = "skipped"
+    row["wall_s"] = 0.0
+    return row
 
 
 def _earlier_failures(suite: Suite, rows: list[dict]) -> dict[str, tuple[int, str]]:

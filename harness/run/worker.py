@@ -74,7 +74,7 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
 
     from ..env import package_version
     from ..measure.metrics import measurements
-    from ..measure.stages import Context
+    from ..measure.stages import Context, measure_rss
     from .workload import build_workload
 
     if case.threads:
@@ -91,7 +91,7 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     backend = impls.get_backend(case.backend)
     if info.package:
         row["peer"] = f"{info.package} {package_version(info.package)}"
-    workload = build_workload(case)
+    workload = None if case.workload == "task" else build_workload(case)
     effective_n_buckets = getattr(backend, "effective_n_buckets", None)
     if callable(effective_n_buckets) and case.n_buckets is not None:
         # A peer that hashes into another bucket count than asked: its row (and FLOPs) say which.
@@ -99,13 +99,22 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     _warm_thread_pool(torch)
     if case.mem_limit_bytes is not None:
         if case.device.startswith("cuda"):
-            _limit_cuda_memory(torch, workload.device, case.mem_limit_bytes)
+            _limit_cuda_memory(torch, torch.device(case.device), case.mem_limit_bytes)
         else:
             _limit_address_space(case.mem_limit_bytes)
     if spawned_at is not None:
         row["worker_setup_s"] = time.time() - spawned_at
 
     ctx = Context(case=case, workload=workload, device=case.device, info=info, backend=backend, row=row)
+    if case.workload == "task":  # trained and evaluated, not timed call by call (harness.run.task_case)
+        from .task_case import measure as measure_task
+
+        row["stage"] = case.mode
+        stage(case.mode)
+        measure_task(case, row)
+        row.update(measure_rss(ctx))
+        row["stage"] = "done"
+        return
     for measurement in measurements():
         if measurement.auxiliary and row["status"] != "ok":
             continue  # cross-checks of a failed case would measure nothing worth keeping

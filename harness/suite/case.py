@@ -14,6 +14,10 @@ from typing import Any
 
 WORKLOADS = ("attention", "layer", "model")
 MODES = ("forward", "forward_backward", "train_step")
+INPUTS = ("randn", "clustered")
+# A task case trains a model (mode "train") or evaluates a trained one (mode "evaluate"): set by the
+# suite loader from train_n_hashes / eval_n_hashes, never in a suite file.
+TASK_MODES = ("train", "evaluate")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 # Case parameters and their built-in defaults. "auto": n_buckets = 2 * seq_len / chunk_len, or
@@ -36,6 +40,14 @@ PARAMETERS: dict[str, Any] = {
     # LSH attention only: hash once before timing and pass the buckets to every call, so the figures
     # are of the attention alone (hashing and its sort excluded).
     "replay_buckets": False,
+    # attention workload: randn (standard normal qk and v) or clustered (harness.tasks.clustered: keys
+    # and queries around a few centres, so that dense attention is peaked as in trained layers).
+    "inputs": "randn",
+    # A task (a [task] table sizes it): the case trains a model with train_n_hashes rounds (0 = full
+    # attention) and, for each eval_n_hashes, evaluates it with that many (0 = full attention).
+    "task": None,
+    "train_n_hashes": None,
+    "eval_n_hashes": None,
     "dtype": "float32",
     "device": "cpu",
     "seed": 0,
@@ -47,8 +59,8 @@ PARAMETERS: dict[str, Any] = {
 
 # What a results row says about its case, in README order ("Results format").
 ROW_PARAMETERS = ("case_id", "suite", "backend", "backend_kind", "workload", "mode", "seq_len", "batch", "heads",
-                  "d_head", "n_buckets", "n_hashes", "chunk_len", "causal", "dedup", "replay_buckets", "dtype",
-                  "device", "seed", "model")
+                  "d_head", "n_buckets", "n_hashes", "chunk_len", "causal", "dedup", "replay_buckets", "inputs",
+                  "dtype", "device", "seed", "model", "task", "train_n_hashes", "eval_n_hashes")
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class Case:
     causal: bool
     dedup: bool | None
     replay_buckets: bool | None
+    inputs: str | None
     dtype: str
     device: str
     seed: int
@@ -88,6 +101,11 @@ class Case:
     # workload = "model": impls.model.ModelConfig fields (+ "reversible"); LSH settings and causal
     # come from the case.
     model: dict | None = None
+    task: str | None = None
+    train_n_hashes: int | None = None
+    eval_n_hashes: int | None = None
+    task_config: dict | None = None  # the [task] table, resolved
+    depends_on: str | None = None  # the case whose result this one needs (an evaluation: its training)
     # Parameters whose value the suite derived from seq_len ("auto" n_buckets / chunk_len, batch
     # under fixed_tokens): they change along a series, so series_key leaves them out. Not hashed
     # into case_id (the resolved values are).
@@ -120,6 +138,12 @@ class Case:
         return json.dumps(params, sort_keys=True, default=list)
 
 
+# Parameters added after case ids were published: hashed only when set to something else than this, so
+# that the cases that existed before keep their ids (resume and cross-run comparisons match on them).
+HASHED_WHEN_SET = {"inputs": "randn", "task": None, "train_n_hashes": None, "eval_n_hashes": None,
+                   "task_config": None}
+
+
 def case_id(params: dict) -> str:
     """A readable, stable id: the main parameters, then a hash of everything that defines the case.
 
@@ -127,9 +151,13 @@ def case_id(params: dict) -> str:
     path, and so is from_seq_len, which says how values were chosen, not what they are.
     """
     p = params
-    hashed = {k: v for k, v in p.items() if k not in ("plugin_dir", "from_seq_len")}
+    hashed = {k: v for k, v in p.items() if k not in ("plugin_dir", "from_seq_len", "depends_on")
+              and not (k in HASHED_WHEN_SET and v == HASHED_WHEN_SET[k])}
     lsh = "" if p["n_hashes"] is None else f"-nb{p['n_buckets']}-r{p['n_hashes']}-c{p['chunk_len']}"
     workload = "" if p["workload"] == "attention" else f"{p['workload']}-"
+    if p.get("task"):
+        trained = f"-train{p['train_n_hashes']}" + ("" if p["eval_n_hashes"] is None else f"-eval{p['eval_n_hashes']}")
+        workload = f"{p['task']}{trained}-"
     readable = (f"{p['backend']}-{workload}{p['mode']}-n{p['seq_len']}-b{p['batch']}-h{p['heads']}-d{p['d_head']}"
                 f"{lsh}{'-causal' if p['causal'] else ''}-{p['dtype']}-{p['device']}")
     digest = hashlib.sha1(json.dumps(hashed, sort_keys=True, default=list).encode()).hexdigest()[:8]

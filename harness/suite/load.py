@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .case import DTYPES, MODES, PARAMETERS, WORKLOADS, Case, case_id
+from .case import DTYPES, INPUTS, MODES, PARAMETERS, WORKLOADS, Case, case_id
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,7 +50,7 @@ SETTINGS: dict[str, Any] = {
     "measure_peak": True,  # measure the machine's matmul FLOP/s once per (device, dtype) into run.json
 }
 
-TOP_LEVEL_KEYS = ("suite", "defaults", "sweep", "include", "exclude", "model")
+TOP_LEVEL_KEYS = ("suite", "defaults", "sweep", "include", "exclude", "model", "task")
 # [model] keys that the case sets: LSH settings and causality are case axes, swept like any other.
 MODEL_KEYS_FROM_CASE = ("n_hashes", "chunk_len", "n_buckets", "causal", "dedup")
 MODEL_PREFIX = "model."
@@ -93,6 +93,7 @@ def expand_suite(data: dict, path: Path, backends: list[str] | None = None,
     defaults.update(defaults_table)
     model = _table(data, "model", where)
     _check_model_keys(model, where, "[model]")
+    task_table = _table(data, "task", where)
     sweep = _flat_model_keys(_table(data, "sweep", where), where, "[sweep]")
     _check_keys(sweep, _SWEEPABLE, where, "[sweep]", hint=_MODEL_HINT)
     for key, values in sweep.items():
@@ -125,16 +126,20 @@ def expand_suite(data: dict, path: Path, backends: list[str] | None = None,
         raw.extend(_product({**defaults, **{k: v for k, v in table.items() if not isinstance(v, list)}},
                             {k: v for k, v in table.items() if isinstance(v, list)}))
 
+    if task_table and not any(p.get("task") for p in raw):
+        raise UserError(f"{where}: [task] sizes a task, but no case sets task = \"...\"")
     cases: dict[str, Case] = {}
     for params in raw:
         if any(_matches(params, rule) for rule in excludes):
             continue
-        case = _make_case(params, settings, model, known, where)
-        if backends and case.backend not in backends:
-            continue
-        if max_seq_len is not None and case.seq_len > max_seq_len:
-            continue
-        cases.setdefault(case.case_id, case)
+        made = (_task_cases(params, settings, task_table, known, where) if params.get("task") is not None
+                else [_make_case(params, settings, model, known, where)])
+        for case in made:
+            if backends and case.backend not in backends and not case.task:
+                continue
+            if max_seq_len is not None and case.seq_len > max_seq_len:
+                continue
+            cases.setdefault(case.case_id, case)
     if backends:
         for name in backends:
             if name not in known:
@@ -209,6 +214,13 @@ def _make_case(params: dict, settings: dict, model: dict, known: list[str], wher
         _expect(_is_int(p[key]) and p[key] >= 0, where, key, p[key], "an integer >= 0")
     for key in ("causal", "dedup", "replay_buckets"):
         _expect(isinstance(p[key], bool), where, key, p[key], "true or false")
+    _expect(p["inputs"] in INPUTS, where, "inputs", p["inputs"], " | ".join(INPUTS))
+    for key in ("train_n_hashes", "eval_n_hashes"):
+        if p[key] is not None:
+            raise UserError(f"{where}: {key} applies to task cases (set task = \"duplication\"), got {key}={p[key]!r}")
+    if p["inputs"] != "randn" and p["workload"] != "attention":
+        raise UserError(f"{where}: inputs = {p['inputs']!r} applies to workload = \"attention\", "
+                        f"got workload={p['workload']!r}")
     _expect(isinstance(p["timeout_s"], (int, float)) and not isinstance(p["timeout_s"], bool)
             and p["timeout_s"] > 0, where, "timeout_s", p["timeout_s"], "a positive number of seconds")
     for key in ("n_buckets", "chunk_len"):
@@ -262,9 +274,65 @@ def _make_case(params: dict, settings: dict, model: dict, known: list[str], wher
         "mem_limit_bytes": mem_limit, "fidelity": fidelity, "count_flops": settings["count_flops"],
         "interpret": settings["interpret"], "threads": settings["threads"],
         "plugins": settings["plugins"], "plugin_dir": settings["plugin_dir"],
-        "model": case_model, "from_seq_len": tuple(from_seq_len),
+        "model": case_model, "from_seq_len": tuple(from_seq_len), "inputs": p["inputs"],
     }
     return Case(case_id=case_id(case_params), **case_params)
+
+
+# --- task cases ---------------------------------------------------------------------------------------
+
+def _task_cases(params: dict, settings: dict, table: dict, known: list[str], where: str) -> list[Case]:
+    """A trained model and one evaluation of it: the training case (made once per training setting,
+    however many evaluations name it) and the evaluation, which depends on it."""
+    import impls
+
+    from ..tasks import TASKS
+
+    p = dict(params)
+    name = p["task"]
+    _expect(name in TASKS, where, "task", name, " | ".join(f'"{t}"' for t in TASKS))
+    task = TASKS[name]
+    try:
+        config = task.resolve_table(table)
+    except ValueError as exc:
+        raise UserError(f"{where}: [task]: {exc}") from None
+    _expect(p["backend"] in known and impls.backend_info(p["backend"]).kind == "lsh", where, "backend",
+            p["backend"], "an LSH backend (it runs the hash rounds; full attention is the reference backend)")
+    for key in ("train_n_hashes", "eval_n_hashes"):
+        _expect(p[key] is None or (_is_int(p[key]) and p[key] >= 0), where, key, p[key],
+                "an integer >= 0 (0 = full attention)")
+    _expect(p["train_n_hashes"] is not None, where, "train_n_hashes", None, "set for a task case (0 = full attention)")
+    _expect(_is_int(p["chunk_len"]) and p["chunk_len"] >= 1, where, "chunk_len", p["chunk_len"],
+            "a positive integer for a task")
+    _expect(_is_int(p["seed"]) and 0 <= p["seed"] < 2 ** 31, where, "seed", p["seed"], "an integer in [0, 2**31)")
+    seq_len = task.task_of(config).seq_len
+    if seq_len % p["chunk_len"]:
+        raise UserError(f"{where}: chunk_len={p['chunk_len']} does not tile the task's seq_len={seq_len}")
+    n_buckets = 2 * seq_len // p["chunk_len"] if p["n_buckets"] == "auto" else p["n_buckets"]
+    _expect(_is_int(n_buckets) and n_buckets >= 2 and n_buckets % 2 == 0, where, "n_buckets", n_buckets,
+            "an even integer >= 2 or \"auto\"")
+
+    def one(mode: str, n_hashes: int, depends_on: str | None) -> Case:
+        backend = p["backend"] if n_hashes else impls.reference_backend()
+        fields = {
+            "suite": settings["name"], "backend": backend, "backend_kind": impls.backend_info(backend).kind,
+            "workload": "task", "mode": mode, "seq_len": seq_len, "batch": config["batch"],
+            "heads": config["heads"], "d_head": config["d_model"] // config["heads"],
+            "n_buckets": n_buckets if n_hashes else None, "n_hashes": n_hashes or None,
+            "chunk_len": p["chunk_len"] if n_hashes else None, "causal": True, "dedup": False if n_hashes else None,
+            "replay_buckets": None, "dtype": p["dtype"], "device": p["device"], "seed": p["seed"], "repeats": 1,
+            "warmup": 0, "timeout_s": float(p["timeout_s"]), "mem_limit_bytes": _mem_limit_bytes(p["mem_limit"], where),
+            "fidelity": False, "count_flops": False, "interpret": settings["interpret"], "threads": settings["threads"],
+            "plugins": settings["plugins"], "plugin_dir": settings["plugin_dir"], "inputs": None, "task": name,
+            "train_n_hashes": p["train_n_hashes"], "eval_n_hashes": None if mode == "train" else p["eval_n_hashes"],
+            "task_config": config, "depends_on": depends_on,
+        }
+        return Case(case_id=case_id(fields), **fields)
+
+    training = one("train", p["train_n_hashes"], None)
+    if p["eval_n_hashes"] is None:
+        return [training]
+    return [training, one("evaluate", p["eval_n_hashes"], training.case_id)]
 
 
 def _resolve_buckets(p: dict, where: str) -> tuple[int, int]:

@@ -1,2 +1,7 @@
-"""Tasks that train or feed the models: the paper's duplication task (duplication.py) and structured
-attention inputs for fidelity measurements (clustered.py). They depend on torch and impls only."""
+"""Tasks a model is trained on and evaluated with, by name (a suite's `task` parameter and [task] table).
+
+A task module offers resolve_table(table) (its [task] keys, checked, with defaults) and task_of(table)
+(.seq_len), and what harness.run.task_case runs: training and evaluation."""
+from . import duplication
+
+TASKS = {"duplication": duplication}

@@ -136,18 +136,22 @@ def model_config(task: DuplicationTask, d_model: int = 256, heads: int = 4, d_ff
                        axial_shape=None, seed=seed)
 
 
-def build_model(config: ModelConfig, n_hashes: int) -> ReformerLM:
-    """The model of `config` with full attention (n_hashes = 0: the exact shared-QK `dense` backend)
-    or LSH attention with n_hashes rounds (the `eager` backend).
+def build_model(config: ModelConfig, n_hashes: int, lsh_backend: str | None = None) -> ReformerLM:
+    """The model of `config` with full attention (n_hashes = 0: the registry's reference backend, the
+    exact shared-QK attention) or LSH attention with n_hashes rounds (lsh_backend, by default the
+    first LSH backend registered).
 
     Not reversible: with one layer the reversible stack saves one layer's activations (small here)
     and costs a recomputation of the layer in every backward; both wirings compute the same function
     with the same parameters, so a state dict moves between them.
     """
+    import impls
+
     _require_int("n_hashes", n_hashes, 0)
     if n_hashes == 0:
-        return ReformerLM(config, backend="dense", reversible=False)
-    return ReformerLM(replace(config, n_hashes=n_hashes), backend="eager", reversible=False)
+        return ReformerLM(config, backend=impls.reference_backend(), reversible=False)
+    lsh_backend = lsh_backend or impls.list_backends("lsh")[0]
+    return ReformerLM(replace(config, n_hashes=n_hashes), backend=lsh_backend, reversible=False)
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -309,17 +313,16 @@ def eval_batches(task: DuplicationTask, batches: int, batch: int, seed: int) -> 
 
 @torch.no_grad()
 def evaluate(model_state: dict, model_config: ModelConfig, task: DuplicationTask, n_hashes: int,
-             batches: int = 8, batch: int = 16, seed: int = 0) -> float:
+             batches: int = 8, batch: int = 16, seed: int = 0, lsh_backend: str | None = None) -> float:
     """Accuracy (fraction) of the weights `model_state` on held-out batches, with full attention
-    (n_hashes = 0, the `dense` backend) or LSH with n_hashes rounds (`eager`), on the device the
-    state's tensors are on.
+    (n_hashes = 0) or LSH with n_hashes rounds (build_model), on the device the state's tensors are on.
 
     Every evaluation with the same task, batches, batch and seed sees the same sequences, so the
     columns of a table differ only by the attention. The global RNG is left as it was (building the
     model draws initial weights, which the state then replaces).
     """
     with torch.random.fork_rng(devices=[]):
-        model = build_model(model_config, n_hashes)
+        model = build_model(model_config, n_hashes, lsh_backend)
     device = next(iter(model_state.values())).device  # evaluated where the state lies
     model.load_state_dict(model_state)
     model.to(device).eval()
@@ -332,44 +335,37 @@ def evaluate(model_state: dict, model_config: ModelConfig, task: DuplicationTask
     return hits / count
 
 
-# --- the sizes of the table --------------------------------------------------------------------------
+# --- a suite's [task] table ----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Suite:
-    """One Table 2: a model trained with each of train_hashes (0 = full attention) and every trained
-    state evaluated with each of eval_hashes, on eval_batches x eval_batch held-out sequences."""
-
-    task: DuplicationTask
-    chunk_len: int
-    train: TrainConfig
-    eval_batches: int = 8
-    eval_batch: int = 16
-    train_hashes: tuple[int, ...] = (0, 4, 2, 1)
-    eval_hashes: tuple[int, ...] = (0, 8, 4, 2, 1)
-
-    def __post_init__(self) -> None:
-        _require_int("chunk_len", self.chunk_len, 1)
-        if self.task.seq_len % self.chunk_len:
-            raise ValueError(f"chunk_len={self.chunk_len} does not tile seq_len={self.task.seq_len}")
-        _require_int("eval_batches", self.eval_batches, 1)
-        _require_int("eval_batch", self.eval_batch, 1)
-
-    def model_config(self) -> ModelConfig:
-        return model_config(self.task, chunk_len=self.chunk_len)
+# The keys of a suite's [task] table and their defaults: the task, the model (d_model, heads, d_ff;
+# 1 layer, see model_config), training (TrainConfig) and evaluation (eval_batches x eval_batch held-out
+# sequences). The defaults are the CPU-sized table of suites/duplication.toml, which says why.
+TABLE_DEFAULTS = {"word_len": 255, "vocab": 128, "d_model": 256, "heads": 4, "d_ff": 256, "steps": 500, "batch": 16,
+                  "lr": 1e-3, "warmup_steps": 20, "grad_clip": 1.0, "log_every": 10, "checkpoint_every": 50,
+                  "eval_batches": 8, "eval_batch": 16}
 
 
-# CPU: half the paper's word and the paper's vocabulary. chunk_len = 32 keeps the paper's 16 chunks per
-# round (512 tokens / 32), so one round shows a query 1/8 of the keys, as 1,024 / 64 does in the paper.
-# The loss sits at ln(vocab - 1) for a plateau of some hundred steps before it falls to near zero
-# within a few tens (the model finds the offset word_len); `steps` leaves room past that for every
-# attention. Batch 16 x 512 tokens is what one thread turns around in well under a second a step.
-CPU_SUITE = Suite(task=DuplicationTask(word_len=255, vocab=128), chunk_len=32,
-                  train=TrainConfig(steps=500, batch=16, lr=1e-3, warmup_steps=20, log_every=10,
-                                    checkpoint_every=50))
+def resolve_table(table: dict) -> dict:
+    """The [task] table with its defaults, checked (a ValueError names the key and the value)."""
+    unknown = [key for key in table if key not in TABLE_DEFAULTS]
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in [task] (keys: {', '.join(TABLE_DEFAULTS)})")
+    resolved = {**TABLE_DEFAULTS, **table}
+    for key in ("d_model", "heads", "d_ff", "eval_batches", "eval_batch"):
+        _require_int(key, resolved[key], 1)
+    if resolved["d_model"] % resolved["heads"]:
+        raise ValueError(f"d_model must be a multiple of heads, got d_model={resolved['d_model']}, "
+                         f"heads={resolved['heads']}")
+    task_of(resolved)
+    train_config_of(resolved, seed=0)
+    return resolved
 
-# GPU: the paper's sizes (|w| = 511, V = 128, chunks of 64: 16 per round) and a larger batch. The
-# plateau is longer at this length (some hundreds of steps); `steps` leaves several times that.
-PAPER_SUITE = Suite(task=DuplicationTask(word_len=511, vocab=128), chunk_len=64,
-                    train=TrainConfig(steps=2000, batch=64, lr=1e-3, warmup_steps=100, log_every=20,
-                                      checkpoint_every=200),
-                    eval_batches=16, eval_batch=32)
+
+def task_of(table: dict) -> DuplicationTask:
+    return DuplicationTask(word_len=table["word_len"], vocab=table["vocab"])
+
+
+def train_config_of(table: dict, seed: int) -> TrainConfig:
+    return TrainConfig(steps=table["steps"], batch=table["batch"], lr=table["lr"], warmup_steps=table["warmup_steps"],
+                       grad_clip=table["grad_clip"], seed=seed, log_every=table["log_every"],
+                       checkpoint_every=table["checkpoint_every"])

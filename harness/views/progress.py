@@ -16,7 +16,8 @@ BAR_WIDTH = 24
 
 
 class Progress:
-    """begin(total, skipped), start(case), finish(row), note(text), close(): what the runner calls."""
+    """begin(total, skipped), start(case), update(text), finish(row), note(text), close(): what the runner
+    calls."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         from rich.console import Console
@@ -51,6 +52,14 @@ class Progress:
     def note(self, text: str) -> None:
         """A line of its own, above the bar on a terminal (e.g. a training step's loss)."""
         self.console.print(text, markup=False, soft_wrap=True)
+
+    def update(self, text: str) -> None:
+        """What the running case reports (a training's step, loss and accuracy): the bar's text on a
+        terminal, a line of its own elsewhere."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+        else:
+            self.note(f"  {text}")
 
     def finish(self, row: dict) -> None:
         self.done += 1
