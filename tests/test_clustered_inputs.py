@@ -14,12 +14,7 @@ SHAPE = {"batch": 1, "heads": 2, "seq_len": 1024, "d_head": 64}
 CENTRES = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clustered(seed=0, **kwargs):

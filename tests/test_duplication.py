@@ -21,14 +21,7 @@ from harness.tasks.duplication import (
     train,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: extra threads only add synchronisation, and results are per thread count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # A task and model small enough to learn in a few seconds. chunk_len = seq_len / 2: two chunks per

@@ -15,13 +15,7 @@ SMALL = {"vocab": 48, "d_model": 32, "heads": 2, "d_ff": 64, "layers": 3, "max_s
          "axial_shape": None}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tensors here are a few KiB: extra threads only add synchronisation (and stall on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(**overrides) -> ModelConfig:

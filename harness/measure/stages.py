@@ -113,9 +113,10 @@ def measure_memory(ctx: Context) -> dict:
     if trace:
         figures["rss_call_rise_bytes"] = max(b for _, b in trace) - trace[0][1]
         figures["rss_trace"] = _downsample(trace, RSS_TRACE_POINTS)
-    figures["rss_note"] = (f"RSS sampled every 10 ms over the memory call by memory-profiler, glibc "
-                           f"M_MMAP_THRESHOLD fixed at {fixed_threshold} B for it" if fixed_threshold else
-                           "RSS sampled every 10 ms over the memory call by memory-profiler, malloc's defaults")
+    sampling = ("RSS sampled every 10 ms over the memory call by memory-profiler (the call runs under the memory "
+                "trackers, whose own bookkeeping is in it)")
+    figures["rss_note"] = (f"{sampling}, glibc M_MMAP_THRESHOLD fixed at {fixed_threshold} B for it" if fixed_threshold
+                           else f"{sampling}, malloc's defaults")
     return figures
 
 

@@ -245,7 +245,7 @@ def _summary_html(sets: list[ResultSet], frame: pd.DataFrame, groups) -> str:
     if frame.empty:
         parts.append(_empty("The results files hold no cases yet."))
     else:
-        parts.append(_table(status_counts(frame).rename_axis(index="suite", columns=None), sortable=False, index=True))
+        parts.append(_table(status_counts(frame).rename_axis(columns=None).reset_index(), sortable=False))
     parts.append(_peaks_html(sets))
     cut_short = [where for s in sets for where in s.cut_short]
     if cut_short:
@@ -264,6 +264,8 @@ def _environment_frame(sets: list[ResultSet]) -> pd.DataFrame:
         values = {"results dir": str(result_set.path), "cases": len(result_set.rows)}
         tables = {}
         for key, value in result_set.run.items():
+            if key == "matmul_peak":  # shown on its own above
+                continue
             if isinstance(value, dict):
                 tables[key] = value
             else:
