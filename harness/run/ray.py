@@ -253,22 +253,25 @@ def _unavailable_row(case: Case, reason: str) -> dict:
 
 def _failure_row(case: Case, exc: BaseException, node: str | None, since: float | None) -> dict:
     """The row of a task that failed in Ray rather than in its worker: `crashed`, saying how."""
-    ray = import_ray()
-    errors = ray.exceptions
+    errors = import_ray().exceptions
+
+    def kind(*names: str) -> tuple[type, ...]:  # some of these are younger than the oldest Ray allowed
+        return tuple(getattr(errors, name) for name in names if hasattr(errors, name))
+
     on = f" on {node}" if node else ""
-    if isinstance(exc, errors.NodeDiedError):
+    if isinstance(exc, kind("NodeDiedError")):
         what = f"the Ray node running the case{on} was lost"
-    elif isinstance(exc, errors.OutOfMemoryError):
+    elif isinstance(exc, kind("OutOfMemoryError")):
         what = f"Ray's memory monitor{on} killed the case's task (the node ran low on memory)"
-    elif isinstance(exc, (errors.WorkerCrashedError, errors.LocalRayletDiedError)):
+    elif isinstance(exc, kind("WorkerCrashedError", "LocalRayletDiedError")):
         what = f"the Ray worker running the case{on} died"
-    elif isinstance(exc, errors.TaskCancelledError):
+    elif isinstance(exc, kind("TaskCancelledError")):
         what = f"the Ray task{on} was cancelled from outside this sweep"
     elif node is None:
         what = "the Ray task could not start"
     else:
         what = f"the Ray task failed{on}"
-    cause = getattr(exc, "cause", None) if isinstance(exc, errors.RayTaskError) else None
+    cause = getattr(exc, "cause", None) if isinstance(exc, kind("RayTaskError")) else None
     detail = _first_line(cause if cause is not None else exc)
     row = new_row(case)
     row["status"] = "crashed"
