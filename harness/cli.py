@@ -1,7 +1,7 @@
 """`reformer-bench`: run a suite, list backends, show results; `report` and `gate` come from their modules.
 
     reformer-bench run SUITE [--out DIR] [--resume] [--backend NAME ...] [--max-seq-len N] [--no-report]
-                             [--dry-run] [--summary] [--plotly-js inline|cdn]
+                             [--dry-run] [--summary] [--plotly-js inline|cdn] [--ray ADDRESS [--ray-cpus-per-case N]]
     reformer-bench list [SUITE]
     reformer-bench show RESULTS [--summary]
     reformer-bench report RESULTS... -o report.html [--baseline RESULTS...] [--plotly-js inline|cdn]
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--summary", action="store_true", help="also print the summary (see show --summary) at the end")
     run.add_argument("--plotly-js", choices=("inline", "cdn"), default="inline",
                      help="the report's plotly.js: inline (default: opens offline) or from plotly's CDN")
+    run.add_argument("--ray", default=None, metavar="ADDRESS",
+                     help="run each case as a task on a Ray cluster: auto (the cluster this machine is part of), "
+                          "HOST:PORT (its head node), or local (a Ray instance started for this run); needs the "
+                          "ray extra")
+    run.add_argument("--ray-cpus-per-case", type=int, default=None, metavar="N",
+                     help="with --ray: CPUs each CPU case reserves on its node (default: the suite's threads, or "
+                          "a whole node where the suite leaves threads unset)")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="backends, their kind and whether each is available here (and why not)")
@@ -90,12 +97,20 @@ def cmd_run(args) -> int:
 
     if args.max_seq_len is not None and args.max_seq_len < 1:
         raise UserError(f"--max-seq-len must be a positive integer, got {args.max_seq_len}")
+    if args.ray_cpus_per_case is not None and args.ray is None:
+        raise UserError(f"--ray-cpus-per-case {args.ray_cpus_per_case}: only with --ray ADDRESS")
     suite = load_suite(args.suite, backends=args.backend, max_seq_len=args.max_seq_len)
     if args.dry_run:
         for case in suite.cases:
             print(case.case_id)
         print(f"{len(suite.cases)} cases in suite {suite.name} ({args.suite})")
         return 0
+    executor = None
+    if args.ray is not None:
+        from .run.ray import RayExecutor
+
+        executor = RayExecutor(args.ray, cpus_per_case=args.ray_cpus_per_case)
+        executor.check_cases(suite.cases)
     if args.out is not None:
         run_dir = args.out
     elif args.resume:
@@ -106,12 +121,18 @@ def cmd_run(args) -> int:
     else:
         run_dir = new_run_dir(DEFAULT_OUT_BASE, suite.name)
     prepare_run_dir(run_dir, suite, args.resume)
-    print(f"{PROG}: suite {suite.name}: {len(suite.cases)} cases -> {run_dir}", file=sys.stderr)
+    if executor is not None:
+        executor.connect()
+    print(f"{PROG}: suite {suite.name}: {len(suite.cases)} cases -> {run_dir}"
+          f"{f' on {executor.name}' if executor is not None else ''}", file=sys.stderr)
     try:
-        result = run_suite(suite, run_dir, resume=args.resume, progress=Progress())
+        result = run_suite(suite, run_dir, resume=args.resume, progress=Progress(), executor=executor)
     except SweepInterrupted as exc:
         print(f"\n{PROG}: {exc}; rerun with --resume --out {exc.run_dir}", file=sys.stderr)
         return 130
+    finally:
+        if executor is not None:
+            executor.close()  # also where run_suite failed before it got to close it
     rows = read_results(run_dir).rows
     print(results_table(rows))
     print(status_summary(rows))
