@@ -49,9 +49,12 @@ def check_dense_inputs(qk: torch.Tensor, v: torch.Tensor) -> None:
 
 # Rotations are cached: drawn per call they cost heads x d_head x n_hashes x n_buckets/2 normals
 # on the CPU and a copy from pageable memory to the device, which waits for the device. An entry
-# grows with n_buckets and a sweep moves from shape to shape, so the cache keeps a few entries and
-# evicts the least recently used.
-ROTATION_CACHE_SIZE = 8
+# grows with n_buckets and a sweep moves from shape to shape, so the cache is bounded and evicts the
+# least recently used: by entries, as many as a deep model has layers (layer i hashes with seed + i:
+# fewer entries than layers would draw every layer's rotations on every call), and by bytes (an entry
+# at a million tokens is tens of MiB); the newest entry always stays.
+ROTATION_CACHE_SIZE = 64
+ROTATION_CACHE_BYTES = 256 << 20
 _ROTATION_CACHE: OrderedDict[tuple, tuple[torch.Tensor, int]] = OrderedDict()
 _ROTATION_LOCK = threading.Lock()
 
@@ -84,7 +87,11 @@ def _shared_rotations(cfg: LSHConfig, heads: int, d_head: int, device=None,
                               dtype=torch.float32).to(device=device, dtype=dtype)
         _ROTATION_CACHE[key] = (rot, rot._version)
         _ROTATION_CACHE.move_to_end(key)
-        while len(_ROTATION_CACHE) > ROTATION_CACHE_SIZE:
+        def held() -> int:
+            return sum(t.numel() * t.element_size() for t, _ in _ROTATION_CACHE.values())
+
+        while len(_ROTATION_CACHE) > 1 and (len(_ROTATION_CACHE) > ROTATION_CACHE_SIZE
+                                            or held() > ROTATION_CACHE_BYTES):
             _ROTATION_CACHE.popitem(last=False)
         return rot
 

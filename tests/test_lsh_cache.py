@@ -146,3 +146,13 @@ def test_cuda_plan_hashes_like_the_cpu_plan(monkeypatch, limit_positions, plan):
     monkeypatch.setitem(lsh.HASH_BLOCK_LIMIT, "cuda", 2 * 3 * 3 * 8 * limit_positions)
     assert real_plan(2, 3, 200, 3, 16, "cuda") == plan
     assert torch.equal(hash_buckets(qk, cfg), want)
+
+
+def test_cache_is_bounded_by_bytes_and_keeps_the_newest(monkeypatch):
+    monkeypatch.setattr(lsh, "ROTATION_CACHE_BYTES", 3 * 1 * 4 * 1 * 2 * 4)  # three entries of 32 bytes
+    for seed in range(5):
+        random_rotations(LSHConfig(n_buckets=4, n_hashes=1, seed=seed), heads=1, d_head=4)
+    assert sorted(key[0] for key in lsh._ROTATION_CACHE) == [2, 3, 4]
+    monkeypatch.setattr(lsh, "ROTATION_CACHE_BYTES", 1)  # smaller than any entry: the newest still stays
+    random_rotations(LSHConfig(n_buckets=4, n_hashes=1, seed=9), heads=1, d_head=4)
+    assert [key[0] for key in lsh._ROTATION_CACHE] == [9]

@@ -180,8 +180,8 @@ _BUILT_IN = (
            "compiled code included", title="allocator peak", shown_unit="MiB"),
     Metric("nvml_peak_used_bytes", "B", "NVML device memory used, sampled in a thread: a device-wide cross-check "
            "(CUDA context, allocator cache, other processes)", title="NVML peak", shown_unit="MiB"),
-    Metric("rss_peak_bytes", "B", "the worker process's peak resident set size over the whole case (getrusage): "
-           "the interpreter, torch and every pass included, under malloc's defaults", title="peak RSS",
+    Metric("rss_peak_bytes", "B", "the worker process's peak resident set size over setup and the timed calls "
+           "(getrusage): the interpreter, torch and the inputs included, under malloc's defaults", title="peak RSS",
            shown_unit="MiB"),
     Metric("rss_call_rise_bytes", "B", "highest RSS sampled during the memory call - RSS at its start "
            "(memory-profiler, every 10 ms, glibc's mmap threshold fixed so that freed blocks are returned)",

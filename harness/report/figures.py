@@ -576,7 +576,7 @@ def training_curve_figure(frame: pd.DataFrame) -> Figure | None:
     fig.update_layout(xaxis={"title": {"text": "training step"}},
                       yaxis={"title": {"text": "loss on the scored targets (nats, solid)"}, "rangemode": "tozero"},
                       yaxis2={"title": {"text": "accuracy (dotted)"}, "overlaying": "y", "side": "right",
-                              "range": [0, 1.02], "tickformat": ".0%", "showgrid": False},
+                              "range": [0, 1.02], "tick0": 0, "dtick": 0.2, "tickformat": ".0%", "showgrid": False},
                       legend={"x": 1.08}, height=420, margin={"l": 70, "r": 20, "t": 30, "b": 55})
     return Figure("training-curves", "Training curves",
                   "Loss and accuracy of the training batch at each logged step (fresh data every step, so each "
@@ -601,9 +601,12 @@ def task_accuracy_time_figure(frame: pd.DataFrame) -> Figure | None:
             name=name, marker={"size": 10, "color": LINE_COLORS[number % len(LINE_COLORS)]},
             customdata=[attention_name(t) for t in rows["train_n_hashes"]],
             hovertemplate=f"trained with %{{customdata}}, {name}<br>%{{x:.3g}} s a step, %{{y:.1%}}<extra></extra>"))
-    fig.update_layout(xaxis={"title": {"text": "training time per step (s)"}},
-                      yaxis={"title": {"text": "task accuracy"}, "tickformat": ".0%", "range": [0, 1.02]},
+    settings = sorted(step_s.items(), key=lambda item: item[1])
+    fig.update_layout(xaxis={"title": {"text": "training time per step (s)"}, "tickvals": [t for _, t in settings],
+                             "ticktext": [f"{attention_name(n)}<br>{t:.3g} s" for n, t in settings]},
+                      yaxis={"title": {"text": "task accuracy"}, "tickformat": ".0%", "range": [0, 1.02],
+                             "tick0": 0, "dtick": 0.2},
                       height=400, margin={"l": 70, "r": 20, "t": 30, "b": 55})
     return Figure("task-accuracy-time", "Task accuracy against training time per step",
-                  "One column of points per training setting, at its measured time per training step; one colour "
-                  "per attention the trained weights were evaluated with.", to_dict(fig))
+                  "One column of points per training setting (named under the axis), at its measured time per "
+                  "training step; one colour per attention the trained weights were evaluated with.", to_dict(fig))

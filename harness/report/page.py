@@ -58,7 +58,9 @@ CASE_PARAMETER_COLUMNS = (
     ("backend", "backend", None), ("workload", "workload", None), ("mode", "mode", None),
     ("seq_len", "L (tokens)", "int"), ("batch", "batch", "int"), ("n_hashes", "n_hashes", "int"),
     ("n_buckets", "n_buckets", "int"), ("chunk_len", "chunk_len", "int"), ("causal", "causal", None),
-    ("dedup", "dedup", None), ("replay_buckets", "buckets replayed", None),
+    ("dedup", "dedup", None), ("replay_buckets", "buckets replayed", None), ("inputs", "inputs", None),
+    ("task", "task", None), ("train_n_hashes", "trained with (rounds, 0 = full)", "int"),
+    ("eval_n_hashes", "evaluated with (rounds, 0 = full)", "int"),
 )
 CASE_CONTEXT_COLUMNS = (
     ("suite", "suite", None), ("backend_kind", "kind", None), ("heads", "heads", "int"), ("d_head", "d_head", "int"),
@@ -151,7 +153,8 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
     figures.extend(task_figures)
     paper = _table2_html(frame)
     if paper:
-        sections.append(("paper", "The paper's Table 2", paper + "".join(_figure_html(f) for f in task_figures)))
+        # A task suite's table is what its reader came for: first after the summary.
+        sections.insert(1, ("paper", "The paper's Table 2", paper + "".join(_figure_html(f) for f in task_figures)))
     if compared is not None:
         sections.append(("comparison", "Candidate vs baseline",
                          (_figure_html(comparison_fig) if comparison_fig else "") + _comparison_html(compared)))

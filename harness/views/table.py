@@ -34,6 +34,20 @@ CASE_COLUMNS = (
 )
 
 
+def _attention(n_hashes) -> str:
+    return "full" if not n_hashes else f"LSH-{n_hashes}"
+
+
+def _task_setting(row: dict) -> str | None:
+    """"trained with LSH-4" for a training, "LSH-4 evaluated with LSH-2" for an evaluation."""
+    if not row.get("task"):
+        return None
+    trained = _attention(row.get("train_n_hashes"))
+    if row.get("eval_n_hashes") is None:
+        return f"{row['task']} trained with {trained}"
+    return f"{row['task']} {trained} evaluated with {_attention(row['eval_n_hashes'])}"
+
+
 def _metric_column(metric: Metric):
     return metric.column, lambda row: metric.format(row.get(metric.name))
 
@@ -42,6 +56,8 @@ def columns(rows: list[dict] = ()) -> list[tuple[str, object]]:
     """The case columns (with a "model" column of the model keys that differ, where rows differ in
     them), then the terminal metrics."""
     cols = list(CASE_COLUMNS)
+    if any(r.get("task") for r in rows):
+        cols.insert(2, ("task", _task_setting))
     keys = varying_model_keys(list(rows))
     if keys:
         cols.insert(2, ("model", lambda r: " ".join(f"{k}={(r.get('model') or {})[k]}" for k in keys
@@ -61,8 +77,9 @@ def results_table(rows: list[dict], reasons: bool = True) -> str:
 
     cols = columns(rows)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for index, (header, _) in enumerate(cols):
-        table.add_column(header, justify="right" if index >= 2 else "left", no_wrap=True)
+    text_columns = {"backend", "mode", "task", "model", "status"}
+    for header, _ in cols:
+        table.add_column(header, justify="left" if header in text_columns else "right", no_wrap=True)
     for row in rows:
         table.add_row(*["-" if show(row) is None else str(show(row)) for _, show in cols])
     out = io.StringIO()
