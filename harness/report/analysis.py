@@ -22,9 +22,11 @@ MIN_FIT_LENGTHS_MEMORY = 2
 #: A timing whose interquartile range exceeds this share of its median is flagged as noisy.
 NOISY_IQR_SHARE = 0.3
 #: A case is also flagged when a case of the same backend and setting does at least this many times
-#: its FLOPs in less time: more work cannot take less time unless one of the two timings is off.
+#: its FLOPs in less time: more work cannot take less time unless one of the two timings is off. Only
+#: cases that differ in one LSH knob are compared (their hash rounds, or their buckets and chunk length):
+#: across both, the matmul shapes change so much that work per second differs honestly.
 NOISY_FLOP_RATIO = 1.2
-#: Rows that differ only in these keys and their LSH settings are compared for the FLOP rule.
+#: Rows compared for the FLOP rule share these keys, and n_hashes or (n_buckets, chunk_len).
 FLOP_RULE_KEYS = ("suite", "backend", "workload", "mode", "device", "dtype", "causal", "heads", "d_head", "batch",
                   "seq_len")
 #: Figures compared between two runs (larger is worse), by the one rule of harness.results.compare
@@ -238,7 +240,9 @@ def noise_reasons(frame: pd.DataFrame) -> pd.Series:
         reasons[index] = f"IQR {share:.0%} of the median"
     keys = [k for k in FLOP_RULE_KEYS if k in frame.columns]
     candidates = frame[timed & frame["flops_analytic"].notna()]
-    for _, rows in candidates.groupby(keys, dropna=False, sort=False):
+    groupings = [candidates.groupby(keys + knob, dropna=False, sort=False) for knob in (["n_hashes"],
+                                                                                        ["n_buckets", "chunk_len"])]
+    for rows in (rows for grouping in groupings for _, rows in grouping):
         if len(rows) < 2:
             continue
         for index, row in rows.iterrows():
@@ -248,7 +252,8 @@ def noise_reasons(frame: pd.DataFrame) -> pd.Series:
                 other = faster.loc[faster["flops_analytic"].idxmax()]
                 ratio = other["flops_analytic"] / row["flops_analytic"]
                 note = f"slower than {other['case_id']}, which does {ratio:.1f}x its FLOPs"
-                reasons[index] = f"{reasons[index]}; {note}" if reasons[index] else note
+                if note not in reasons[index]:
+                    reasons[index] = f"{reasons[index]}; {note}" if reasons[index] else note
     return reasons
 
 

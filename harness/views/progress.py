@@ -96,6 +96,11 @@ def format_duration(seconds: float) -> str:
 def _row_brief(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['status']} ({row.get('reason') or ''})"[:140]
+    if row.get("task_accuracy") is not None:
+        return f"ok, accuracy {row['task_accuracy']:.2%}"
+    if row.get("train_steps") is not None:
+        taken = "" if row.get("train_s") is None else f" in {row['train_s']:.0f} s"
+        return f"ok, trained {row['train_steps']} steps{taken}, last accuracy {row.get('train_accuracy') or 0:.1%}"
     return f"ok {_ms(row.get('time_median_s'))} ms, {_mib(row.get('mem_peak_bytes'))} MiB"
 
 
