@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .measure.memory import format_size
-from .measure.metrics import Metric, metrics
+from .measure.metrics import METRICS, Metric, metrics
 from .results.compare import change, verdict
 
 BASELINE_DIR = Path("reports/baselines")
@@ -50,7 +49,8 @@ def flag_of(metric: Metric) -> str:
 
 
 def _label(metric_name: str) -> str:
-    return {"mem_peak_bytes": "memory", "time_median_s": "time"}.get(metric_name, metric_name)
+    """A gated metric as the gate's table names it: its row key."""
+    return metric_name
 
 
 # --- device classes ---------------------------------------------------------------------------
@@ -95,11 +95,21 @@ def _recorded_gpu_name(run: dict) -> str | None:
     return None
 
 
+def _row_gpu_name(row: dict) -> str | None:
+    """The GPU a row ran on, from its node ("host (GPU name)"): on a Ray cluster the worker's, not the
+    driver's."""
+    node = str(row.get("node") or "")
+    return node[node.index("(") + 1:-1] if node.endswith(")") and "(" in node else None
+
+
 def results_device_class(run: dict, rows: list[dict], where: str) -> str:
     """The single device class of a results directory's rows."""
-    devices = sorted({str(row.get("device") or "cpu") for row in rows})
-    classes = sorted({device_class(d, _recorded_gpu_name(run) if d.startswith("cuda") else None)
-                      for d in devices})
+    if not rows:
+        raise UserError(f"{where}: no result rows to gate")
+    classes = sorted({device_class(str(row.get("device") or "cpu"),
+                                   (_row_gpu_name(row) or _recorded_gpu_name(run))
+                                   if str(row.get("device") or "cpu").startswith("cuda") else None)
+                      for row in rows})
     if len(classes) > 1:
         raise UserError(f"{where}: rows ran on several device classes ({', '.join(classes)}); "
                         f"gate one device class per results directory")
@@ -246,11 +256,13 @@ def _plural(count: int, word: str) -> str:
 
 
 def _format_value(metric: str, value: float | None) -> str:
+    """As the metric table shows the metric, with its unit; bytes also in full (an exact CPU figure)."""
     if value is None:
         return "-"
-    if metric == "mem_peak_bytes":
-        return f"{format_size(value)} ({int(value)} B)"
-    return f"{value * 1e3:.3f} ms"
+    declared = METRICS[metric]
+    shown = declared.shown_unit if declared.shown_unit is not None else declared.unit
+    exact = f" ({int(value)} B)" if declared.unit == "B" else ""
+    return f"{declared.format(value)} {shown}{exact}"
 
 
 def format_report(report: GateReport, tolerances: dict[str, float]) -> str:

@@ -237,3 +237,15 @@ def test_gate_suite_memory_is_deterministic():
         assert first["status"] == second["status"] == "ok", first["reason"]
         assert first["mem_method"] == "cpu-tensor-tracker"
         assert first["mem_peak_bytes"] == second["mem_peak_bytes"] > 0
+
+
+def test_the_gpu_a_row_ran_on_names_its_class_and_an_empty_run_is_refused(tmp_path, capsys):
+    # On a Ray cluster the driver's environment is a CPU: the rows' node says which GPU they ran on.
+    rows = [dict(row(r["case_id"], r["mem_peak_bytes"], device="cuda"), node="gpu-node-3 (NVIDIA H200)")
+            for r in BASE_ROWS]
+    results = write_results(tmp_path / "ray", rows, device_name="Some CPU")
+    assert main([str(results), "--baseline", str(tmp_path / "h200.json"), "--update"]) == 0
+    assert json.loads((tmp_path / "h200.json").read_text())["device_class"] == "cuda-nvidia-h200"
+    empty = write_results(tmp_path / "empty", [])
+    assert main([str(empty), "--baseline", str(tmp_path / "h200.json")]) == 2
+    assert "no result rows" in capsys.readouterr().err

@@ -120,6 +120,8 @@ def test_a_failed_training_leaves_its_evaluations_not_run(tmp_path):
     (('backend = "eager"', 'backend = "dense"'), "backend must be an LSH backend"),
     (("chunk_len = 8", "chunk_len = 7"), "does not tile"),
     (("eval_n_hashes = [0, 2]", "eval_n_hashes = [-1]"), "eval_n_hashes must be an integer >= 0"),
+    (("timeout_s = 300", "timeout_s = \"x\""), "timeout_s must be a positive number"),
+    (("timeout_s = 300", 'timeout_s = 300\ndtype = "bfloat16"'), "dtype must be \"float32\" for a task"),
 ])
 def test_bad_task_parameters_are_one_line(tmp_path, change, message):
     path = _suite(tmp_path)

@@ -15,6 +15,7 @@ forward_backward: the backward of a matmul is two matmuls of the same size, so a
 3x its forward; hashing is not differentiated. The eager LSH backward also recomputes QK^T
 (flash-attention style), which FlopCounterMode sees and the analytic count, being the algorithm's
 cost, does not: counted = analytic + 2*B*H*N*W*C*D*R there.
+replay_buckets (buckets hashed once before timing): the call hashes nothing, so no hashing term.
 layer and model workloads: no analytic count (projections, feed-forward and heads depend on the
 implementation); flops_counted covers them.
 """
@@ -24,14 +25,15 @@ from collections.abc import Callable
 
 
 def lsh_attention_flops(batch: int, heads: int, seq_len: int, d_head: int, n_buckets: int, n_hashes: int,
-                        chunk_len: int, backward: bool = False) -> int:
-    """Analytic matmul FLOPs of LSH attention (module docstring formulas)."""
+                        chunk_len: int, backward: bool = False, hashing: bool = True) -> int:
+    """Analytic matmul FLOPs of LSH attention (module docstring formulas); hashing=False leaves out the
+    projection onto the rotations (buckets replayed: the call hashes nothing)."""
     n_chunks = seq_len // chunk_len
     window = 1 if n_chunks == 1 else 2
     rows = batch * heads * seq_len
-    hashing = 2 * rows * d_head * n_hashes * (n_buckets // 2)
+    projection = 2 * rows * d_head * n_hashes * (n_buckets // 2) if hashing else 0
     attention = 4 * rows * window * chunk_len * d_head * n_hashes
-    return hashing + (3 if backward else 1) * attention
+    return projection + (3 if backward else 1) * attention
 
 
 def dense_attention_flops(batch: int, heads: int, seq_len: int, d_head: int, backward: bool = False) -> int:
@@ -52,7 +54,7 @@ def analytic_flops(case, n_buckets: int | None = None) -> int | None:
     if case.backend_kind == "dense":
         return dense_attention_flops(case.batch, case.heads, case.seq_len, case.d_head, backward)
     return lsh_attention_flops(case.batch, case.heads, case.seq_len, case.d_head, n_buckets or case.n_buckets,
-                               case.n_hashes, case.chunk_len, backward)
+                               case.n_hashes, case.chunk_len, backward, hashing=not case.replay_buckets)
 
 
 def counted_flops(fn: Callable[[], object]) -> int:

@@ -39,7 +39,7 @@ CUDA_METHOD = "cuda-allocator"
 class PeakMemory:
     """Result of track_peak_memory: peak_bytes = max over the region of (live bytes - live at entry).
 
-    peak_bytes: int, bytes. method: how it was measured (CPU_METHOD or CUDA_METHOD).
+    peak_bytes: int, bytes. method: how it was measured (CPU_METHOD, CPU_ALLOCATOR_METHOD or CUDA_METHOD).
     retained_bytes: bytes allocated inside the region and still live at its exit (None until exit).
     """
 
@@ -64,7 +64,7 @@ class _StorageTracker(TorchDispatchMode):
     known to the tracker), so the figure is the peak of memory the region itself added. Scratch
     buffers that one ATen kernel allocates and frees internally (e.g. CPU flash attention's
     workspace) never reach the dispatcher as op outputs and are not counted; torch.compile'd code
-    does not run under a dispatch mode at all (the runner leaves its CPU memory unmeasured).
+    does not run under a dispatch mode at all (its CPU memory comes from track_allocator_peak).
     """
 
     def __init__(self, result: PeakMemory, device_type: str) -> None:
@@ -192,8 +192,10 @@ def rss_trace(fn, interval_s: float = 0.01) -> tuple[list[tuple[float, int]], ob
     sampled every interval_s by memory-profiler (a monitoring process reading /proc) while fn runs."""
     from memory_profiler import memory_usage
 
+    # max_iterations=1: memory-profiler would otherwise call fn again, at a finer interval, when one call
+    # gives it fewer than a few samples; the samples must be of one call, the measured one.
     samples, value = memory_usage((fn, (), {}), interval=interval_s, timestamps=True, retval=True,
-                                  include_children=False, backend="psutil")
+                                  include_children=False, backend="psutil", max_iterations=1)
     start = samples[0][1] if samples else 0.0
     return [(t - start, int(mib * 2 ** 20)) for mib, t in samples], value
 

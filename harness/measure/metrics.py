@@ -160,7 +160,8 @@ _BUILT_IN = (
            terminal=True),
     Metric("time_min_s", "s", "fastest timed call", title="min", shown_unit="ms"),
     Metric("repeats", "1", "timed calls", kind="count"),
-    Metric("tokens_per_s", "tokens/s", "batch * seq_len / time_median_s (for a model: tokens of one step)",
+    Metric("tokens_per_s", "tokens/s", "batch * seq_len / time_median_s (a model: tokens of one step); a training "
+           "case: tokens trained per second of the steps it ran",
            title="tokens/s", fmt=",.0f"),
     Metric("first_call_s", "s", "the first call alone: lazy init, compilation and autotuning land here",
            title="first", shown_unit="ms", terminal=True),

@@ -6,7 +6,7 @@
                allocator's events on the CPU (a backend with compile_stats, torch.compile, is measured
                by the allocator alone: dynamo does not run under the tracker's TorchDispatchMode), the
                CUDA allocator and NVML on GPU; memory-profiler samples the RSS over the same call
-  compile      backend.compile_stats(), if offered, covering the timed and memory calls:
+  compile_stats  backend.compile_stats(), if offered, covering the timed and memory calls:
                compilations; a fallback to eager is status error
   finite       the output (and gradients) of the memory call: NaN / inf is status nonfinite
   flops        the analytic count, and one call under FlopCounterMode on the eager path (flops_via)
@@ -37,7 +37,6 @@ class Context:
     backend: Any = None
     row: dict = field(default_factory=dict)
     output: Any = None
-    timing: Any = None
 
     def fail(self, status: str, reason: str) -> None:
         """Mark the case failed (the first failure's reason is kept)."""
@@ -57,7 +56,7 @@ def measure_timing(ctx: Context) -> dict:
     from .timing import time_call
 
     case = ctx.case
-    timing = ctx.timing = time_call(ctx.workload, warmup=case.warmup, repeats=case.repeats, device=case.device)
+    timing = time_call(ctx.workload, warmup=case.warmup, repeats=case.repeats, device=case.device)
     compiles = ctx.info is not None and ctx.info.compiles
     tokens = case.batch * case.seq_len
     return {"time_median_s": timing.median_s, "time_q1_s": timing.q1_s, "time_q3_s": timing.q3_s,

@@ -11,7 +11,8 @@ import pandas as pd
 
 #: Rows that differ only in these keys (and in the swept ones) share a plot.
 # dedup is not one of them: dense rows have dedup = null; it is part of the series name instead.
-CONTEXT_KEYS = ("suite", "mode", "device", "dtype", "causal", "heads", "d_head")
+# replay_buckets is not one of them (dense rows have none): it is part of the series name instead.
+CONTEXT_KEYS = ("suite", "workload", "mode", "device", "dtype", "causal", "heads", "d_head", "inputs")
 #: The exponent is fitted over this many of the largest measured lengths: small lengths are dominated
 #: by fixed per-call overheads and would pull the slope towards 0.
 FIT_POINTS = 4
@@ -84,11 +85,15 @@ class ScalingGroup:
 def context_title(context: dict, token_budget: int | None = None) -> str:
     """e.g. "smoke · forward + backward · cpu float32 · causal · 4 heads x 64"."""
     parts = [str(context.get("suite") or "")]
+    if context.get("workload") not in (None, "attention") and _present(context.get("workload")):
+        parts.append(str(context["workload"]))
     if context.get("mode"):
         parts.append(MODE_NAMES.get(context["mode"], str(context["mode"])))
     parts.append(" ".join(str(context[k]) for k in ("device", "dtype") if _present(context.get(k))))
     if context.get("causal") is True:
         parts.append("causal")
+    if context.get("inputs") not in (None, "randn") and _present(context.get("inputs")):
+        parts.append(f"{context['inputs']} inputs")
     if _present(context.get("heads")) and _present(context.get("d_head")):
         parts.append(f"{int(context['heads'])} heads x {int(context['d_head'])}")
     if token_budget:
@@ -132,8 +137,11 @@ def distinct_series_names(rows: pd.DataFrame) -> pd.Series:
     """The `series` column, refined by chunk length then bucket count where a name repeats at one length."""
     names = rows["series"].astype(str)
     for key, fmt in (("chunk_len", "chunk {:g}"), ("n_buckets", "{:g} buckets")):
-        repeated = pd.DataFrame({"n": names, "L": rows["seq_len"]}).duplicated(keep=False)
-        if not repeated.any() or rows.loc[repeated, key].nunique() < 2:
+        pairs = pd.DataFrame({"n": names, "L": rows["seq_len"], "v": rows[key]})
+        repeated = pairs.duplicated(["n", "L"], keep=False)
+        # Refine only where one name at one length holds several values of the key (not where "auto"
+        # settings differ from length to length along one series).
+        if not repeated.any() or not (pairs[repeated].groupby(["n", "L"])["v"].nunique(dropna=False) > 1).any():
             continue
         suffix = rows[key].map(lambda v, fmt=fmt: fmt.format(v) if _present(v) else "default")
         names = names.where(~repeated, names + " · " + suffix)
@@ -148,7 +156,9 @@ def _series(rows: pd.DataFrame) -> list[Series]:
               .groupby("seq_len", as_index=False)
               .agg({c: "median" for c in ("time_median_s", "time_iqr_s", "time_q1_s", "time_q3_s", "time_min_s",
                                           "mem_peak_bytes", "rel_error", "batch", "flops_analytic")}
-                   | {"case_id": "first", "noise": lambda v: "; ".join(x for x in v if x)}))
+                   | {"case_id": "first", "noise": lambda v: "; ".join(x for x in v if x),
+                      "mem_bound": lambda v: (v == "lower bound").any()})
+              .rename(columns={"mem_bound": "mem_lower_bound"}))
         failed = sub[(sub["status"] != "ok") & ~sub["seq_len"].isin(ok["seq_len"])]
         failed = failed.drop_duplicates("seq_len").sort_values("seq_len")
         kind = str(sub["backend_kind"].dropna().iloc[0]) if sub["backend_kind"].notna().any() else "lsh"
@@ -293,9 +303,11 @@ def speedups(groups: list[ScalingGroup]) -> pd.DataFrame:
                         "memory_saving": _div(b["mem_peak_bytes"], a["mem_peak_bytes"]),
                         "tokens_per_s": _div(a["batch"] * length, a["time_median_s"]),
                         "noisy": bool(a["noise"] or b["noise"]),
+                        "memory_lower_bound": bool(a["mem_lower_bound"] or b["mem_lower_bound"]),
                     })
     return pd.DataFrame.from_records(records, columns=["setting", "series", "baseline", "seq_len", "speed_up",
-                                                        "memory_saving", "tokens_per_s", "noisy"])
+                                                        "memory_saving", "tokens_per_s", "noisy",
+                                                        "memory_lower_bound"])
 
 
 def _div(a, b):

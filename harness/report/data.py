@@ -58,9 +58,11 @@ def _peak_shares(sets: list[ResultSet], frame: pd.DataFrame) -> pd.Series:
 
 
 def series_label(row: dict) -> str:
-    """How a plot legend names a row's series: "eager LSH-4" (+ " dedup"), the backend alone for dense."""
+    """How a plot legend names a row's series: "eager LSH-4" (+ " dedup", + " buckets replayed"), the
+    backend alone for dense."""
     n_hashes = row.get("n_hashes")
     hashes = n_hashes is not None and not (isinstance(n_hashes, float) and math.isnan(n_hashes))
     if row.get("backend_kind") == "dense" or not hashes:
         return str(row["backend"])
-    return f"{row['backend']} LSH-{int(n_hashes)}" + (" dedup" if row.get("dedup") is True else "")
+    return (f"{row['backend']} LSH-{int(n_hashes)}" + (" dedup" if row.get("dedup") is True else "")
+            + (" buckets replayed" if row.get("replay_buckets") is True else ""))

@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from ..suite.case import attention_label as attention_name
 from .analysis import (
     FIT_POINTS,
     MIN_FIT_LENGTHS,
@@ -304,8 +305,8 @@ def _short(reason: str, limit: int = 160) -> str:
 
 # --- grids and fidelity --------------------------------------------------------------------------------
 
-GRID_KEYS = ("suite", "mode", "device", "dtype", "causal", "heads", "d_head", "backend", "dedup", "seq_len",
-             "batch")
+GRID_KEYS = ("suite", "workload", "mode", "device", "dtype", "causal", "heads", "d_head", "inputs", "backend", "dedup",
+             "replay_buckets", "seq_len", "batch")
 
 
 def grid_figures(frame: pd.DataFrame) -> list[Figure]:
@@ -432,10 +433,6 @@ def table2_frame(frame: pd.DataFrame) -> pd.DataFrame | None:
     table = rows.pivot_table(index="train_n_hashes", columns="eval_n_hashes", values="task_accuracy",
                              aggfunc="median") * 100
     return table
-
-
-def attention_name(n_hashes) -> str:
-    return "full attention" if not n_hashes else f"LSH-{int(n_hashes)}"
 
 
 def comparison_figure(compared: pd.DataFrame) -> Figure | None:

@@ -424,11 +424,14 @@ def _speedups_html(table: pd.DataFrame, figures: list[Figure]) -> str:
         "setting": table["setting"], "series": table["series"], "baseline": table["baseline"],
         "L (tokens)": table["seq_len"].map(lambda v: f"{int(v):,}"),
         "speed-up (×)": table["speed_up"].map(lambda v: None if v is None or pd.isna(v) else f"{v:.3g}"),
-        "memory saving (×)": table["memory_saving"].map(lambda v: None if v is None or pd.isna(v) else f"{v:.3g}"),
+        "memory saving (×)": [None if v is None or pd.isna(v) else f"{v:.3g}" + ("*" if low else "")
+                              for v, low in zip(table["memory_saving"], table["memory_lower_bound"])],
         "tokens/s": table["tokens_per_s"].map(lambda v: None if v is None or pd.isna(v) else f"{v:,.0f}"),
         "noisy": table["noisy"].map(lambda v: "yes" if v else ""),
     })
-    return "".join(_figure_html(f) for f in figures) + _table(shown)
+    note = ('<p class="note">* one of the two memory figures is a lower bound (mem_bound): the saving is '
+            "approximate.</p>" if table["memory_lower_bound"].any() else "")
+    return "".join(_figure_html(f) for f in figures) + _table(shown) + note
 
 
 def _memory_html(frame: pd.DataFrame, rss: Figure | None) -> str:

@@ -8,6 +8,7 @@ case's parameters (harness.suite.ROW_PARAMETERS), then every metric of the table
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +138,10 @@ def _cut_short(line: str, exc: json.JSONDecodeError) -> bool:
     """Whether a line that fails to parse is a row whose write was cut: an object that is valid up to
     where the line ends (the parser stops at the end, inside a string, or inside null / true / false)."""
     rest = line[exc.pos:].strip()
-    in_word = any(word.startswith(rest) for word in ("null", "true", "false"))
-    return line.lstrip().startswith("{") and (rest == "" or exc.msg.startswith("Unterminated string") or in_word)
+    in_word = any(word.startswith(rest) for word in ("null", "true", "false", "NaN", "Infinity", "-Infinity"))
+    in_number = re.fullmatch(r"-?[0-9]*\.?[0-9]*([eE][-+]?[0-9]*)?", rest) is not None
+    return line.lstrip().startswith("{") and (rest == "" or exc.msg.startswith("Unterminated string") or in_word
+                                              or in_number)
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -74,13 +74,16 @@ def _wait(proc: subprocess.Popen, timeout_s: float, log_file: Path, on_progress)
     if on_progress is None:
         return proc.wait(timeout=timeout_s)
     deadline = time.monotonic() + timeout_s
+    pending = ""  # a line the worker has not finished writing yet
     with open(log_file, errors="replace") as log:
         while True:
             try:
                 returncode = proc.wait(timeout=max(0.0, min(PROGRESS_POLL_S, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
                 returncode = None
-            for line in log.readlines():
+            pending += log.read()
+            *lines, pending = pending.split("\n")
+            for line in lines:
                 if line.startswith("progress: "):
                     on_progress(line[len("progress: "):].rstrip())
             if returncode is not None:
@@ -155,8 +158,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
 
 
 def interpreter_env(case: Case) -> dict[str, str]:

@@ -104,7 +104,6 @@ def _case_task(case: Case, run_dir: str | None = None):
 class RayExecutor:
     """The runner's executor (see harness.run.runner.LocalExecutor) on a Ray cluster."""
 
-    concurrent = True
     run_dir = None  # set by the runner; handed to every task (a task case's checkpoints)
     on_progress = None  # a worker's progress lines stay on its node
     def __init__(self, address: str, cpus_per_case: int | None = None) -> None:

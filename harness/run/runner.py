@@ -4,7 +4,7 @@ case as it ends.
 Failures never stop the sweep: every case ends in a row with its status (see launch). Rows are appended
 (and flushed) as soon as each case ends; Ctrl-C kills the running workers, keeps every finished row and
 raises SweepInterrupted; `resume=True` skips cases that already have a row (and, with
-skip_larger_after_failure, remembers the oom / timeout rows among them). Without resume, a run
+skip_larger_after_failure, remembers the oom / timeout / SIGKILLed rows among them). Without resume, a run
 directory that already holds rows is refused: appending a second run would give its cases two rows.
 
 Where the workers run is the executor's business: LocalExecutor runs them one after another on this
@@ -59,7 +59,6 @@ class LocalExecutor:
     worker's progress lines) on an executor before it runs any case."""
 
     name = "local"
-    concurrent = False
     run_dir: Path | None = None
     on_progress: Callable[[str], None] | None = None
 
@@ -171,7 +170,7 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
         writer.append(row)
         result.rows.append(row)
         ended[case.case_id] = row["status"]
-        if skip_larger and row["status"] in ("oom", "timeout"):
+        if skip_larger and _ends_series(row):
             _note_failure(failed_series, case, row["status"])
         if progress is not None:
             progress.finish(row)
@@ -237,9 +236,16 @@ def _earlier_failures(suite: Suite, rows: list[dict]) -> dict[str, tuple[int, st
     failures: dict[str, tuple[int, str]] = {}
     for row in rows:
         case = cases.get(row.get("case_id"))
-        if case is not None and row.get("status") in ("oom", "timeout"):
+        if case is not None and _ends_series(row):
             _note_failure(failures, case, row["status"])
     return failures
+
+
+def _ends_series(row: dict) -> bool:
+    """An oom or timeout, or a worker SIGKILLed (the OS's out-of-memory killer, where no mem_limit made it
+    an oom first): a longer case of the series would end the same way."""
+    return row.get("status") in ("oom", "timeout") or (
+        row.get("status") == "crashed" and "SIGKILL" in str(row.get("reason") or ""))
 
 
 def _note_failure(failures: dict[str, tuple[int, str]], case: Case, status: str) -> None:

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..suite.case import attention_label as _attention
+
 RUN_DIR_ENV = "REFORMER_BENCH_RUN_DIR"
 CHECKPOINT, CURVE = "checkpoint.pt", "curve.json"
 
@@ -104,7 +106,3 @@ def _evaluate(case, row: dict, task, table: dict, where: Path, chunk_len: int) -
     row.update(task_accuracy=accuracy, eval_s=time.perf_counter() - start, train_steps=state["step"])
     progress(f"{case.task} trained with {_attention(case.train_n_hashes)}, evaluated with "
              f"{_attention(case.eval_n_hashes)}: {accuracy:.2%}")
-
-
-def _attention(n_hashes) -> str:
-    return "full attention" if not n_hashes else f"LSH-{n_hashes}"

@@ -8,7 +8,8 @@ lines to stderr so that the launcher can say where a killed or hanging worker wa
 Setup (untimed): import the suite's plugins and the backend, check available() and the device,
 build the seeded workload (harness.run.workload), warm torch's thread pool, then apply the case's
 memory limit (mem_limit). Then every measurement of the metric table in order
-(harness.measure.stages: timing, memory, compile, finite, flops, fidelity, rss; then plugins').
+(harness.measure.stages: timing, rss, memory, compile_stats, finite, flops, fidelity; then plugins').
+A task case (harness.run.task_case) trains or evaluates instead.
 """
 from __future__ import annotations
 

@@ -138,6 +138,11 @@ class Case:
         return json.dumps(params, sort_keys=True, default=list)
 
 
+def attention_label(n_hashes) -> str:
+    """How a task's attention setting is named: 0 (or None) hash rounds is full attention."""
+    return "full attention" if not n_hashes else f"LSH-{int(n_hashes)}"
+
+
 # Parameters added after case ids were published: hashed only when set to something else than this, so
 # that the cases that existed before keep their ids (resume and cross-run comparisons match on them).
 HASHED_WHEN_SET = {"inputs": "randn", "task": None, "train_n_hashes": None, "eval_n_hashes": None,

@@ -305,6 +305,13 @@ def _task_cases(params: dict, settings: dict, table: dict, known: list[str], whe
     _expect(_is_int(p["chunk_len"]) and p["chunk_len"] >= 1, where, "chunk_len", p["chunk_len"],
             "a positive integer for a task")
     _expect(_is_int(p["seed"]) and 0 <= p["seed"] < 2 ** 31, where, "seed", p["seed"], "an integer in [0, 2**31)")
+    # The task trains and evaluates in float32 (its module's choice): another dtype would be a row that
+    # says what did not happen.
+    _expect(p["dtype"] == "float32", where, "dtype", p["dtype"], "\"float32\" for a task")
+    _expect(isinstance(p["device"], str) and (p["device"] == "cpu" or p["device"].startswith("cuda")),
+            where, "device", p["device"], "'cpu', 'cuda' or 'cuda:N'")
+    _expect(isinstance(p["timeout_s"], (int, float)) and not isinstance(p["timeout_s"], bool)
+            and p["timeout_s"] > 0, where, "timeout_s", p["timeout_s"], "a positive number of seconds")
     seq_len = task.task_of(config).seq_len
     if seq_len % p["chunk_len"]:
         raise UserError(f"{where}: chunk_len={p['chunk_len']} does not tile the task's seq_len={seq_len}")

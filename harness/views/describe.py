@@ -24,6 +24,10 @@ def describe(row: dict, with_backend: bool = False, leave_out=(), model_keys=Non
         parts.append(f"batch {row['batch']}")
     if row.get("n_hashes") is not None:
         parts.append(f"{row['n_hashes']} rounds, chunk {row['chunk_len']}")
+    if row.get("replay_buckets"):
+        parts.append("buckets replayed")
+    if row.get("inputs") not in (None, "randn"):
+        parts.append(f"{row['inputs']} inputs")
     if row.get("causal"):
         parts.append("causal")
     if row.get("dtype") not in (None, "float32"):

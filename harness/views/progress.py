@@ -100,7 +100,8 @@ def _row_brief(row: dict) -> str:
         return f"ok, accuracy {row['task_accuracy']:.2%}"
     if row.get("train_steps") is not None:
         taken = "" if row.get("train_s") is None else f" in {row['train_s']:.0f} s"
-        return f"ok, trained {row['train_steps']} steps{taken}, last accuracy {row.get('train_accuracy') or 0:.1%}"
+        last = "" if row.get("train_accuracy") is None else f", last accuracy {row['train_accuracy']:.1%}"
+        return f"ok, trained {row['train_steps']} steps{taken}{last}"
     return f"ok {_ms(row.get('time_median_s'))} ms, {_mib(row.get('mem_peak_bytes'))} MiB"
 
 

@@ -19,7 +19,10 @@ from .describe import describe, varying_model_keys
 # Row keys that tell cases apart, besides the backend. n_buckets and dedup are left out: peers report
 # the bucket count they really use, and dense rows have none.
 SETTING_KEYS = ("workload", "mode", "seq_len", "batch", "heads", "d_head", "n_hashes", "chunk_len", "causal",
-                "replay_buckets", "dtype", "device", "model")
+                "replay_buckets", "inputs", "dtype", "device", "model")
+# What a dense baseline has no value for (null in its rows): left out when one side is dense, so that every
+# LSH setting is compared with the dense case of the same shape.
+LSH_KEYS = ("n_hashes", "chunk_len", "replay_buckets")
 
 
 def _key(row: dict, keys, drop=()) -> str:
@@ -40,30 +43,37 @@ def baselines(rows: list[dict], compare_against=()) -> list[str]:
 
 
 def comparisons(rows: list[dict], compare_against=()) -> list[dict]:
-    """One entry per (setting, backend, baseline) where both ran ok."""
+    """One entry per (row, baseline backend) where both ran ok at the same setting: the same LSH
+    settings too, unless the baseline is dense (it has none)."""
     against = baselines(rows, compare_against)
-    groups: dict[str, dict[str, dict]] = defaultdict(dict)
-    for row in rows:
-        if row.get("status") == "ok" and row.get("backend"):
-            groups[_key(row, SETTING_KEYS)].setdefault(row["backend"], row)
+    shape_keys = tuple(k for k in SETTING_KEYS if k not in LSH_KEYS)
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("backend")]
+    base_rows = {name: {} for name in against}
+    for row in ok:
+        if row["backend"] in base_rows:
+            keys = shape_keys if row.get("backend_kind") == "dense" else SETTING_KEYS
+            base_rows[row["backend"]].setdefault(_key(row, keys), row)
     shown = varying_model_keys(rows)
     out = []
-    for by_backend in groups.values():
-        for base_name in against:
-            base = by_backend.get(base_name)
+    for base_name in against:
+        for row in ok:
+            name = row["backend"]
+            # Each pair once: a baseline is compared with the baselines listed before it only.
+            if name == base_name or (name in against and against.index(name) < against.index(base_name)):
+                continue
+            dense = any(r.get("backend_kind") == "dense" for r in base_rows[base_name].values())
+            base = base_rows[base_name].get(_key(row, shape_keys if dense else SETTING_KEYS))
             if base is None:
                 continue
-            for name, row in by_backend.items():
-                # Each pair once: a baseline is compared with the baselines listed before it only.
-                if name == base_name or (name in against and against.index(name) > against.index(base_name)):
-                    continue
-                entry = {"setting": describe(row, model_keys=shown), "backend": name, "baseline": base_name}
-                for key, label in (("time_median_s", "time_ratio"), ("mem_peak_bytes", "mem_ratio"),
-                                   ("rss_peak_bytes", "rss_ratio")):
-                    entry[label] = _ratio(row.get(key), base.get(key))
-                entry["speed_up"] = _ratio(base.get("time_median_s"), row.get("time_median_s"))
-                entry["time_s"], entry["baseline_time_s"] = row.get("time_median_s"), base.get("time_median_s")
-                out.append(entry)
+            entry = {"setting": describe(row, model_keys=shown), "backend": name, "baseline": base_name}
+            for key, label in (("time_median_s", "time_ratio"), ("mem_peak_bytes", "mem_ratio"),
+                               ("rss_peak_bytes", "rss_ratio")):
+                entry[label] = _ratio(row.get(key), base.get(key))
+            entry["speed_up"] = _ratio(base.get("time_median_s"), row.get("time_median_s"))
+            entry["time_s"], entry["baseline_time_s"] = row.get("time_median_s"), base.get("time_median_s")
+            # A memory ratio is only as good as its two figures: say where one is a lower bound.
+            entry["mem_lower_bound"] = "lower bound" in (row.get("mem_bound"), base.get("mem_bound"))
+            out.append(entry)
     return out
 
 
@@ -112,7 +122,8 @@ def summary_text(rows: list[dict], compare_against=()) -> str:
         lines.append("Comparisons (ratio = backend / baseline; speed-up = baseline time / backend time):")
         header = ("setting", "backend", "baseline", "time", "speed-up", "peak mem", "peak RSS")
         table = [header] + [(e["setting"], e["backend"], e["baseline"], _x(e["time_ratio"]), _x(e["speed_up"]),
-                             _x(e["mem_ratio"]), _x(e["rss_ratio"])) for e in entries]
+                             _x(e["mem_ratio"]) + ("*" if e["mem_lower_bound"] and e["mem_ratio"] else ""),
+                             _x(e["rss_ratio"])) for e in entries]
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
     for entry in growth(rows):
@@ -126,6 +137,8 @@ def summary_text(rows: list[dict], compare_against=()) -> str:
         lines.append(f"  {format_size(entry['bytes_per_unit'])} per added {key.rstrip('s')} "
                      f"(difference of the peaks / difference of {key}); "
                      f"largest / smallest: memory {_x(entry['mem_ratio'])}, time {_x(entry['time_ratio'])}")
+    if any(e["mem_lower_bound"] for e in entries):
+        lines.append("  * a peak memory of the pair is a lower bound (mem_bound): the ratio is approximate")
     if not lines:
         return "Nothing to summarise: no two ok cases differ only in their backend or in a model key."
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from collections import Counter
 
 from ..measure.metrics import Metric, metrics
 from ..results.store import STATUSES
+from ..suite.case import attention_label
 from .describe import MODE_SHORT, varying_model_keys
 
 
@@ -34,18 +35,14 @@ CASE_COLUMNS = (
 )
 
 
-def _attention(n_hashes) -> str:
-    return "full" if not n_hashes else f"LSH-{n_hashes}"
-
-
 def _task_setting(row: dict) -> str | None:
     """"trained with LSH-4" for a training, "LSH-4 evaluated with LSH-2" for an evaluation."""
     if not row.get("task"):
         return None
-    trained = _attention(row.get("train_n_hashes"))
+    trained = attention_label(row.get("train_n_hashes"))
     if row.get("eval_n_hashes") is None:
         return f"{row['task']} trained with {trained}"
-    return f"{row['task']} {trained} evaluated with {_attention(row['eval_n_hashes'])}"
+    return f"{row['task']} {trained} evaluated with {attention_label(row['eval_n_hashes'])}"
 
 
 def _metric_column(metric: Metric):
