@@ -59,7 +59,9 @@ def columns(rows: list[dict] = ()) -> list[tuple[str, object]]:
     if keys:
         cols.insert(2, ("model", lambda r: " ".join(f"{k}={(r.get('model') or {})[k]}" for k in keys
                                                     if k in (r.get("model") or {}))))
-    return cols + [_metric_column(m) for m in metrics(lambda m: m.terminal)]
+    # A metric no row has a value for (task accuracy in an attention sweep) is left out.
+    shown = [m for m in metrics(lambda m: m.terminal) if not rows or any(r.get(m.name) is not None for r in rows)]
+    return cols + [_metric_column(m) for m in shown]
 
 
 def results_table(rows: list[dict], reasons: bool = True) -> str:
