@@ -26,6 +26,7 @@ from harness import cli
 from harness.results.store import RESULTS_FILE, read_rows, read_run_json
 from harness.run.ray import task_resources, unplaceable
 from harness.suite import load_suite
+from tests.processes import alive
 
 SUITES = Path(__file__).parent / "suites"
 REPO = Path(__file__).resolve().parent.parent
@@ -168,14 +169,6 @@ def _wait_for(condition, what: str, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _rows(out: Path) -> list[dict]:
     path = out / RESULTS_FILE
     return read_rows(path) if path.exists() else []
@@ -249,7 +242,7 @@ def test_a_killed_ray_driver_keeps_its_rows_and_resume_completes_the_sweep(ray_h
     driver.wait()
     assert [r["status"] for r in read_rows(out)] == ["unavailable"]
     # Ray ends a dead driver's tasks; each case's worker dies with its launcher.
-    _wait_for(lambda: not any(_alive(pid) for pid in _started_workers(tmp_path)), "the orphaned workers to end")
+    _wait_for(lambda: not any(alive(pid) for pid in _started_workers(tmp_path)), "the orphaned workers to end")
     (tmp_path / "release").write_text("")
     done = _run(suite, out, "--resume", "--ray", ray_head)
     assert done.returncode == 0, done.stderr
@@ -273,7 +266,7 @@ def test_ctrl_c_cancels_the_running_ray_tasks_and_keeps_the_finished_rows(ray_he
     assert f"rerun with --resume --out {out}" in stderr
     assert [r["status"] for r in read_rows(out)] == ["unavailable"]
     # Cancelled, not left to Ray's clean-up of a departed driver: gone by the time the driver exits.
-    assert not any(_alive(pid) for pid in workers)
+    assert not any(alive(pid) for pid in workers)
 
 
 @needs_ray

@@ -19,6 +19,7 @@ import torch
 from harness.results.store import RESULTS_FILE, ResultsWriter, read_rows, read_run_json
 from harness.run.runner import SweepInterrupted, run_suite
 from harness.suite import load_suite
+from tests.processes import alive
 
 SUITES = Path(__file__).parent / "suites"
 REPO = Path(__file__).resolve().parent.parent
@@ -214,9 +215,9 @@ def test_killed_runner_takes_its_worker_with_it(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(worker_pid):
+    while time.monotonic() < deadline and alive(worker_pid):
         time.sleep(0.1)
-    assert not _alive(worker_pid)
+    assert not alive(worker_pid)
 
 
 def _child_pid(pid: int) -> int | None:
@@ -225,11 +226,3 @@ def _child_pid(pid: int) -> int | None:
     except OSError:
         return None
     return int(children[0]) if children else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

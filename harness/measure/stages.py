@@ -18,6 +18,7 @@ harness.measure.metrics, where a plugin's measurement joins them.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,8 +87,8 @@ def measure_memory(ctx: Context) -> dict:
     def call():
         if ctx.device == "cpu":
             dynamo = callable(getattr(ctx.backend, "compile_stats", None))
-            tensor_tracker = None if dynamo else track_peak_memory("cpu")
-            with track_allocator_peak() as allocator, _maybe(tensor_tracker) as tensors:
+            tensor_tracker = contextlib.nullcontext() if dynamo else track_peak_memory("cpu")
+            with track_allocator_peak() as allocator, tensor_tracker as tensors:
                 ctx.output = ctx.workload()
             figures["mem_alloc_peak_bytes"] = input_bytes + allocator.peak_bytes
             if dynamo:
@@ -215,19 +216,6 @@ def measure_rss(ctx: Context) -> dict:
     from .memory import process_peak_rss_bytes
 
     return {"rss_peak_bytes": process_peak_rss_bytes()}
-
-
-class _maybe:
-    """`with _maybe(x):` enters x when it is not None."""
-
-    def __init__(self, manager) -> None:
-        self.manager = manager
-
-    def __enter__(self):
-        return None if self.manager is None else self.manager.__enter__()
-
-    def __exit__(self, *exc):
-        return None if self.manager is None else self.manager.__exit__(*exc)
 
 
 for _measurement in (

@@ -119,6 +119,7 @@ def read_results(path: Path, require_run: bool = False) -> ResultSet:
         raise UserError(f"{rows_path}: not a results file (not UTF-8 text)") from None
     except OSError as exc:
         raise UserError(f"{rows_path}: cannot read ({exc.strerror})") from None
+    numeric = numeric_keys()  # once per file, not per row
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -130,7 +131,7 @@ def read_results(path: Path, require_run: bool = False) -> ResultSet:
                 result.cut_short.append(where)
                 continue
             raise UserError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        result.rows.append(_check_row(row, where))
+        result.rows.append(_check_row(row, where, numeric))
     return result
 
 
@@ -149,7 +150,7 @@ def read_rows(path: Path) -> list[dict]:
     return read_results(path).rows
 
 
-def _check_row(row: object, where: str) -> dict:
+def _check_row(row: object, where: str, numeric: tuple[str, ...]) -> dict:
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
     missing = [key for key in REQUIRED_KEYS if row.get(key) is None]
@@ -157,7 +158,7 @@ def _check_row(row: object, where: str) -> dict:
         raise UserError(f"{where}: missing key {missing[0]!r}")
     if row["status"] not in STATUSES:
         raise UserError(f"{where}: status={row['status']!r} is not one of {', '.join(STATUSES)}")
-    for key in numeric_keys():
+    for key in numeric:
         value = row.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise UserError(f"{where}: {key}={value!r} is not a number or null")
