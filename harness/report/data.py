@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from ..results.store import ResultSet, import_run_plugins, numeric_keys, read_results, row_keys
+from ..results.store import ResultSet, numeric_keys, read_results, row_keys
 
 
 def load_frame(paths: list[Path]) -> tuple[list[ResultSet], pd.DataFrame]:
@@ -23,7 +23,6 @@ def load_frame(paths: list[Path]) -> tuple[list[ResultSet], pd.DataFrame]:
         if not Path(path).is_dir():
             raise UserError(f"results directory {str(path)!r} does not exist")
         result_set = read_results(Path(path), require_run=True)
-        import_run_plugins(result_set.run)
         sets.append(result_set)
     keys = list(row_keys())
     records = [row | {"run": s.path.name} for s in sets for row in s.rows]
