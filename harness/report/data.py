@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..results.store import ResultSet, numeric_keys, read_results, row_keys
+from ..suite.parameters import flag_labels
 
 
 def load_frame(paths: list[Path]) -> tuple[list[ResultSet], pd.DataFrame]:
@@ -57,11 +58,10 @@ def _peak_shares(sets: list[ResultSet], frame: pd.DataFrame) -> pd.Series:
 
 
 def series_label(row: dict) -> str:
-    """How a plot legend names a row's series: "eager LSH-4" (+ " dedup", + " buckets replayed"), the
-    backend alone for dense."""
+    """How a plot legend names a row's series: "eager LSH-4", + the labels of its true LSH flags (" dedup",
+    " buckets replayed": harness.suite.parameters), the backend alone for dense."""
     n_hashes = row.get("n_hashes")
     hashes = n_hashes is not None and not (isinstance(n_hashes, float) and math.isnan(n_hashes))
     if row.get("backend_kind") == "dense" or not hashes:
         return str(row["backend"])
-    return (f"{row['backend']} LSH-{int(n_hashes)}" + (" dedup" if row.get("dedup") is True else "")
-            + (" buckets replayed" if row.get("replay_buckets") is True else ""))
+    return " ".join([f"{row['backend']} LSH-{int(n_hashes)}", *flag_labels(row)])

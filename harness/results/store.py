@@ -76,9 +76,10 @@ def _count_error(value) -> str | None:
 def _trace_error(value) -> str | None:
     if value is None:
         return None
-    points = value if isinstance(value, list) else None
-    if points is None or not all(isinstance(point, list) and all(_number_error(x) is None for x in point)
-                                 for point in points):
+    def sample(point) -> bool:  # [x, y, more...]: x and y numbers, the others numbers or null
+        return (isinstance(point, list) and len(point) >= 2 and all(_number_error(x) is None for x in point)
+                and None not in point[:2])
+    if not isinstance(value, list) or not all(sample(point) for point in value):
         return "is not a list of [x, y, ...] samples or null"
     return None
 
@@ -210,7 +211,9 @@ def _check_row(row: object, where: str, checks: dict[str, Callable[[object], str
     if row["status"] not in STATUSES:
         raise UserError(f"{where}: status={row['status']!r} is not one of {', '.join(STATUSES)}")
     for key, check in checks.items():
-        error = check(row.get(key))
+        if key not in row:  # an older or hand-made file: unknown
+            continue
+        error = check(row[key])
         if error:
             shown = repr(row[key])
             shown = shown if len(shown) <= REPR_CHARS else shown[:REPR_CHARS - 1] + "…"

@@ -115,7 +115,8 @@ def case_id(params: dict) -> str:
     """
     p = params
     when_set = _HASHED_WHEN_SET | {q.name: q.default for q in parameters(lambda q: not q.hashed_default)}
-    extra = {k: v for k, v in (p.get("extra") or {}).items() if v != when_set.get(k)}
+    plugin_defaults = {q.name: q.default for q in plugin_parameters()}
+    extra = {k: v for k, v in (p.get("extra") or {}).items() if k not in plugin_defaults or v != plugin_defaults[k]}
     hashed = {k: v for k, v in p.items() if k not in _NOT_HASHED and not (k in when_set and v == when_set[k])}
     hashed.update(extra)
     lsh = "" if p["n_hashes"] is None else f"-nb{p['n_buckets']}-r{p['n_hashes']}-c{p['chunk_len']}"

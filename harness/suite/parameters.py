@@ -53,8 +53,9 @@ class Parameter:
     dense row). column / title / fmt: the report's cases table ("parameter" or "context" column; "int":
     shown with thousands separators). flag_label: for a flag, what a series name and a one-line
     description add where it is true. hashed_default: whether the default value is hashed into the
-    case id; False for parameters added after ids were published (plugins' included), so that the
-    cases that leave them at their default keep their ids."""
+    case id of a built-in parameter; False for those added after ids were published, so that the cases
+    that leave them at their default keep their ids. A plugin's parameter is hashed only when set to
+    something else than its default, whatever this says."""
 
     name: str
     default: Any
@@ -259,10 +260,9 @@ _BUILT_IN = (
               "and queries around a few centres: dense attention is peaked as in trained layers)", "grouping",
               choices=INPUTS, applies=lambda case: case["workload"] == "attention",
               applies_to="workload = \"attention\"", column="parameter", hashed_default=False),
-    Parameter("dtype", "float32", "text", "the tensors' dtype", "grouping", choices=DTYPES, nullable=False,
-              column="context"),
+    Parameter("dtype", "float32", "text", "the tensors' dtype", "grouping", choices=DTYPES, column="context"),
     Parameter("device", "cpu", "text", "where the case runs", "grouping", valid=_is_device,
-              wanted="'cpu', 'cuda' or 'cuda:N'", nullable=False, column="context"),
+              wanted="'cpu', 'cuda' or 'cuda:N'", column="context"),
     Parameter("seed", 0, "int", "seeds the inputs and the rotations", "run", minimum=0),
     Parameter("model", None, "table", "workload = \"model\": the [model] table resolved for the case", "grouping",
               in_suite=False, column="context"),
