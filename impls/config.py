@@ -68,9 +68,12 @@ def resolve_buckets(seq_len: int, n_buckets: int | None, chunk_len: int | None) 
     return n_buckets, chunk_len
 
 
-def require_int(name: str, value: object, minimum: int | None = None) -> None:
-    """ValueError naming the parameter unless value is an integer (not a bool), >= minimum if given."""
+def require_int(name: str, value: object, minimum: int | None = None, below: int | None = None) -> None:
+    """ValueError naming the parameter unless value is an integer (not a bool), >= minimum and < below
+    where given: the project reports every bad value as a one-line ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {name}={value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {name}={value}")
+    if below is not None and value >= below:
+        raise ValueError(f"{name} must be < {below}, got {name}={value}")
