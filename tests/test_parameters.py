@@ -112,7 +112,7 @@ def test_a_parameter_from_a_plugin_module(tmp_path, capsys, tables_restored):
 
     assert cli.main(["show", str(out)]) == 0
     shown = capsys.readouterr().out
-    assert "scale seen" in shown and "0.5" in shown
+    assert "score scale" in shown and "scale seen" in shown and "0.5" in shown
     assert cli.main(["report", str(out), "-o", str(out / "report.html"), "--plotly-js", "cdn"]) == 0
     capsys.readouterr()
     page = (out / "report.html").read_text()
