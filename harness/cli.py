@@ -178,7 +178,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .results.store import import_run_plugins, read_results, results_path
+    from .results.store import read_results, results_path
     from .views.table import results_table, status_summary
 
     path = results_path(args.results)
@@ -190,7 +190,6 @@ def cmd_show(args) -> int:
         raise UserError(f"show: {exc}") from None
     if not result.rows:
         raise UserError(f"show: {path} holds no result rows")
-    import_run_plugins(result.run)
     if args.summary:
         from .views.summary import summary_text
 

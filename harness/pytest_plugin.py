@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import torch
 
-from harness.measure.memory import format_size, parse_size, track_peak_memory
+from harness.measure.memory import format_size, track_peak_memory
+from harness.units import parse_size
 
 BENCHMARK_FIXTURE = "benchmark"
 

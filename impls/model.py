@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import LSHConfig
+from .config import LSHConfig, require_int, resolve_buckets
 from .lsh import hash_buckets
 from .registry import backend_info, get_backend
 
@@ -66,21 +66,21 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab", "d_model", "heads", "d_ff", "layers", "max_seq_len", "n_hashes", "ff_chunks"):
-            _require_positive_int(name, getattr(self, name))
-        _require_int("seed", self.seed)
+            require_int(name, getattr(self, name), minimum=1)
+        require_int("seed", self.seed)
         if self.d_model % self.heads:
             raise ValueError(f"d_model must be a multiple of heads, got d_model={self.d_model}, "
                              f"heads={self.heads}")
         for flag in ("causal", "dedup"):
             if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be a bool, got {flag}={getattr(self, flag)!r}")  # noqa: TRY004
+                raise ValueError(f"{flag} must be a bool, got {flag}={getattr(self, flag)!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be a number in [0, 1), got dropout={self.dropout!r}")
         if self.chunk_len is not None:
-            _require_positive_int("chunk_len", self.chunk_len)
+            require_int("chunk_len", self.chunk_len, minimum=1)
         if self.n_buckets is not None:
-            _require_int("n_buckets", self.n_buckets)
+            require_int("n_buckets", self.n_buckets)
             if self.n_buckets < 2 or self.n_buckets % 2:
                 raise ValueError(f"n_buckets must be an even integer >= 2 or None, "
                                  f"got n_buckets={self.n_buckets}")
@@ -99,25 +99,9 @@ class ModelConfig:
 
     def lsh_config(self, layer: int, seq_len: int) -> LSHConfig:
         """The LSHConfig of block `layer` for a sequence of seq_len tokens."""
-        n_buckets = self.n_buckets
-        if n_buckets is None:
-            if seq_len % self.chunk_len:
-                raise ValueError(f"seq_len={seq_len} is not a multiple of chunk_len={self.chunk_len}")
-            n_buckets = max(2, 2 * seq_len // self.chunk_len)  # 2 * (seq / chunk_len): even
+        n_buckets = self.n_buckets if self.n_buckets is not None else resolve_buckets(seq_len, None, self.chunk_len)[0]
         return LSHConfig(n_buckets=n_buckets, n_hashes=self.n_hashes, chunk_len=self.chunk_len,
                          causal=self.causal, dedup=self.dedup, seed=self.seed + layer)
-
-
-def _require_int(name: str, value: object) -> None:
-    # The project reports every bad input as a ValueError naming the parameter (hence the noqa's).
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {name}={value!r}")  # noqa: TRY004
-
-
-def _require_positive_int(name: str, value: object) -> None:
-    _require_int(name, value)
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {name}={value}")
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -417,7 +401,7 @@ class _LanguageModel(nn.Module):
 def _resolve_ff_chunks(cfg: ModelConfig, ff_chunks: int | None) -> int:
     if ff_chunks is None:
         return cfg.ff_chunks
-    _require_positive_int("ff_chunks", ff_chunks)
+    require_int("ff_chunks", ff_chunks, minimum=1)
     return ff_chunks
 
 
@@ -448,9 +432,9 @@ class ReformerLM(_LanguageModel):
                  ff_chunks: int | None = None) -> None:
         super().__init__()
         if not isinstance(cfg, ModelConfig):
-            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")  # noqa: TRY004
+            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
         if not isinstance(reversible, bool):
-            raise ValueError(f"reversible must be a bool, got reversible={reversible!r}")  # noqa: TRY004
+            raise ValueError(f"reversible must be a bool, got reversible={reversible!r}")
         self.cfg = cfg
         self.backend, self.hashes = _available_backend(backend, ("lsh", "dense"))
         self.reversible = reversible
@@ -488,7 +472,7 @@ class TransformerLM(_LanguageModel):
     def __init__(self, cfg: ModelConfig, backend: str = "sdpa", ff_chunks: int | None = None) -> None:
         super().__init__()
         if not isinstance(cfg, ModelConfig):
-            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")  # noqa: TRY004
+            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         self.backend, _ = _available_backend(backend, ("dense",))
         self.ff_chunks = _resolve_ff_chunks(cfg, ff_chunks)

@@ -13,10 +13,10 @@ import torch.utils.flop_counter
 from harness.measure.memory import (
     CPU_METHOD,
     NvmlSampler,
-    parse_size,
     process_peak_rss_bytes,
     track_peak_memory,
 )
+from harness.units import parse_size
 from impls import LSHConfig, get_backend
 
 

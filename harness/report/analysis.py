@@ -9,10 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-#: Rows that differ only in these keys (and in the swept ones) share a plot.
-# dedup is not one of them: dense rows have dedup = null; it is part of the series name instead.
-# replay_buckets is not one of them (dense rows have none): it is part of the series name instead.
-CONTEXT_KEYS = ("suite", "workload", "mode", "device", "dtype", "causal", "heads", "d_head", "inputs")
+from ..suite.parameters import grouping_keys, names, plugin_parameters, series_keys, variant_keys
+
 #: The exponent is fitted over this many of the largest measured lengths: small lengths are dominated
 #: by fixed per-call overheads and would pull the slope towards 0.
 FIT_POINTS = 4
@@ -27,17 +25,37 @@ NOISY_IQR_SHARE = 0.3
 #: cases that differ in one LSH knob are compared (their hash rounds, or their buckets and chunk length):
 #: across both, the matmul shapes change so much that work per second differs honestly.
 NOISY_FLOP_RATIO = 1.2
-#: Rows compared for the FLOP rule share these keys, and n_hashes or (n_buckets, chunk_len).
-FLOP_RULE_KEYS = ("suite", "backend", "workload", "mode", "device", "dtype", "causal", "heads", "d_head", "batch",
-                  "seq_len")
-#: Figures compared between two runs (larger is worse), by the one rule of harness.results.compare
-#: with each metric's tolerance from the table; time also has to move by more than the two IQRs together.
-COMPARED_METRICS = ("time_median_s", "mem_peak_bytes", "rel_error")
-#: What the comparison shows of each case. Cases are matched by case_id: the runner's ids are stable
-#: (derived from the case's parameters), so the same case in two runs of a suite has the same id.
-MATCH_KEYS = ("suite", "backend", "mode", "seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes",
-              "chunk_len", "causal", "dedup", "dtype", "device")
 MODE_NAMES = {"forward": "forward", "forward_backward": "forward + backward", "train_step": "training step"}
+
+
+# --- the keys rows are grouped and matched on, from the parameter table (harness.suite.parameters) ----
+
+def context_keys() -> tuple[str, ...]:
+    """Rows that differ only in these keys (and in the swept ones) share a plot: the grouping parameters.
+    The LSH flags (dedup, replayed buckets) are not among them (dense rows have none): they name the
+    series instead."""
+    return grouping_keys()
+
+
+def grid_keys() -> tuple[str, ...]:
+    """A grid (n_buckets x n_hashes) holds the rows of one context, backend, series variant and length."""
+    return context_keys() + ("backend",) + variant_keys() + series_keys()
+
+
+def fidelity_keys() -> tuple[str, ...]:
+    """A fidelity figure: a grid's rows at every length."""
+    return tuple(k for k in grid_keys() if k != "seq_len")
+
+
+def flop_rule_keys() -> tuple[str, ...]:
+    """Rows compared for the FLOP rule share a grid, and n_hashes or (n_buckets, chunk_len)."""
+    return grid_keys()
+
+
+def match_keys() -> tuple[str, ...]:
+    """What the comparison shows of each case (the parameters a table shows; cases are matched by case_id:
+    the runner's ids are stable, so the same case in two runs of a suite has the same id)."""
+    return names(lambda p: p.in_row and p.column is not None and p.type != "table" and p.name != "case_id")
 
 
 def fit_exponent(lengths, values, points: int = FIT_POINTS, min_lengths: int = MIN_FIT_LENGTHS) -> float | None:
@@ -96,6 +114,8 @@ def context_title(context: dict, token_budget: int | None = None) -> str:
         parts.append(f"{context['inputs']} inputs")
     if _present(context.get("heads")) and _present(context.get("d_head")):
         parts.append(f"{int(context['heads'])} heads x {int(context['d_head'])}")
+    parts += [f"{p.name} {context[p.name]}" for p in plugin_parameters()
+              if p.name in context and _present(context[p.name]) and context[p.name] != p.default]
     if token_budget:
         parts.append(f"{token_budget:,} tokens per batch")
     elif _present(context.get("batch")):
@@ -119,7 +139,7 @@ def scaling_groups(frame: pd.DataFrame) -> list[ScalingGroup]:
     """Groups with at least two sequence lengths. batch joins the context unless batch * seq_len is the
     same for every row (a fixed token budget, as in the paper's Figure 5)."""
     groups = []
-    for context, rows in _groups(frame, CONTEXT_KEYS):
+    for context, rows in _groups(frame, context_keys()):
         tokens = (rows["batch"] * rows["seq_len"]).dropna().unique()
         if len(tokens) == 1 and rows["batch"].nunique() > 1:
             candidates = [(context, rows, int(tokens[0]))]
@@ -248,7 +268,7 @@ def noise_reasons(frame: pd.DataFrame) -> pd.Series:
     for index in frame.index[wide]:
         share = frame.at[index, "time_iqr_s"] / frame.at[index, "time_median_s"]
         reasons[index] = f"IQR {share:.0%} of the median"
-    keys = [k for k in FLOP_RULE_KEYS if k in frame.columns]
+    keys = [k for k in flop_rule_keys() if k in frame.columns]
     candidates = frame[timed & frame["flops_analytic"].notna()]
     groupings = [candidates.groupby(keys + knob, dropna=False, sort=False) for knob in (["n_hashes"],
                                                                                         ["n_buckets", "chunk_len"])]
@@ -325,7 +345,7 @@ def _fidelity_findings(frame: pd.DataFrame) -> list[tuple[str, str]]:
     length measured with at least two hash counts (median over bucket counts there)."""
     findings = []
     ok = frame[(frame["status"] == "ok") & frame["rel_error"].notna() & frame["n_hashes"].notna()]
-    for context, rows in _groups(ok, CONTEXT_KEYS + ("backend", "dedup", "batch")):
+    for context, rows in _groups(ok, fidelity_keys()):
         swept = rows.groupby("seq_len")["n_hashes"].nunique()
         swept = swept[swept >= 2]
         if swept.empty:
@@ -360,7 +380,7 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
     candidate/baseline ratios, `present` (both | baseline only | candidate only) and `verdict` (why it is
     a regression; empty when it is not, or when the case is in one run only).
     """
-    keys = list(MATCH_KEYS)
+    keys = list(match_keys())
     metrics = ["status", "time_median_s", "time_iqr_s", "mem_peak_bytes", "rel_error"]
 
     def side(frame):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from ..results.store import ResultSet, import_run_plugins, numeric_keys, read_results, row_keys
+from ..results.store import ResultSet, numeric_keys, read_results, row_keys
+from ..suite.parameters import flag_labels
 
 
 def load_frame(paths: list[Path]) -> tuple[list[ResultSet], pd.DataFrame]:
@@ -23,7 +24,6 @@ def load_frame(paths: list[Path]) -> tuple[list[ResultSet], pd.DataFrame]:
         if not Path(path).is_dir():
             raise UserError(f"results directory {str(path)!r} does not exist")
         result_set = read_results(Path(path), require_run=True)
-        import_run_plugins(result_set.run)
         sets.append(result_set)
     keys = list(row_keys())
     records = [row | {"run": s.path.name} for s in sets for row in s.rows]
@@ -58,11 +58,10 @@ def _peak_shares(sets: list[ResultSet], frame: pd.DataFrame) -> pd.Series:
 
 
 def series_label(row: dict) -> str:
-    """How a plot legend names a row's series: "eager LSH-4" (+ " dedup", + " buckets replayed"), the
-    backend alone for dense."""
+    """How a plot legend names a row's series: "eager LSH-4", + the labels of its true LSH flags (" dedup",
+    " buckets replayed": harness.suite.parameters), the backend alone for dense."""
     n_hashes = row.get("n_hashes")
     hashes = n_hashes is not None and not (isinstance(n_hashes, float) and math.isnan(n_hashes))
     if row.get("backend_kind") == "dense" or not hashes:
         return str(row["backend"])
-    return (f"{row['backend']} LSH-{int(n_hashes)}" + (" dedup" if row.get("dedup") is True else "")
-            + (" buckets replayed" if row.get("replay_buckets") is True else ""))
+    return " ".join([f"{row['backend']} LSH-{int(n_hashes)}", *flag_labels(row)])

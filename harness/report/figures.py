@@ -25,7 +25,9 @@ from .analysis import (
     ScalingGroup,
     Series,
     context_title,
+    fidelity_keys,
     format_exponent,
+    grid_keys,
 )
 
 # Kitaev, Kaiser, Levskaya (2020), Figure 5 (right): seconds per step at a fixed 32,768 tokens per batch
@@ -305,10 +307,6 @@ def _short(reason: str, limit: int = 160) -> str:
 
 # --- grids and fidelity --------------------------------------------------------------------------------
 
-GRID_KEYS = ("suite", "workload", "mode", "device", "dtype", "causal", "heads", "d_head", "inputs", "backend", "dedup",
-             "replay_buckets", "seq_len", "batch")
-
-
 def grid_figures(frame: pd.DataFrame) -> list[Figure]:
     """n_buckets x n_hashes heatmaps of time, peak memory and relative error, where a group sweeps both."""
     figures = []
@@ -359,7 +357,6 @@ def grid_figures(frame: pd.DataFrame) -> list[Figure]:
     return figures
 
 
-FIDELITY_KEYS = tuple(k for k in GRID_KEYS if k != "seq_len")
 LINE_COLORS = ("#3182bd", "#e6550d", "#31a354", "#756bb1", "#8c564b", "#d62728", "#17becf", "#bcbd22")
 
 
@@ -368,7 +365,7 @@ def fidelity_figures(frame: pd.DataFrame) -> list[Figure]:
     one figure per setting and backend, one colour per (length, bucket setting)."""
     figures = []
     ok = frame[(frame["status"] == "ok") & frame["n_hashes"].notna()]
-    for index, (context, rows) in enumerate(_grid_groups(ok, FIDELITY_KEYS)):
+    for index, (context, rows) in enumerate(_grid_groups(ok, fidelity_keys())):
         if rows["rel_error"].notna().sum() == 0 or rows.groupby("seq_len")["n_hashes"].nunique().max() < 2:
             continue
         where = context_title(context) + f" · {context['backend']}"
@@ -411,8 +408,8 @@ def fidelity_figures(frame: pd.DataFrame) -> list[Figure]:
     return figures
 
 
-def _grid_groups(frame: pd.DataFrame, keys=GRID_KEYS):
-    keys = [k for k in keys if k in frame.columns]
+def _grid_groups(frame: pd.DataFrame, keys=None):
+    keys = [k for k in (grid_keys() if keys is None else keys) if k in frame.columns]
     lsh = frame[frame["n_hashes"].notna()]
     if lsh.empty:
         return []
@@ -531,13 +528,14 @@ def rss_trace_figure(frame: pd.DataFrame) -> Figure | None:
     if rows.empty:
         return None
     longest = rows.sort_values("seq_len").groupby("series", sort=True).tail(1).head(RSS_TRACES_SHOWN)
-    top = max(b for trace in longest["rss_trace"] for _, b in trace)
+    top = max(t[1] for trace in longest["rss_trace"] for t in trace)
     unit, scale = memory_unit([top])
     fig = go.Figure()
     for number, row in enumerate(longest.to_dict("records")):
         trace = row["rss_trace"]
-        label = text(f"{row['series']} L={int(row['seq_len']):,}")
-        fig.add_trace(go.Scatter(x=[t for t, _ in trace], y=[b / scale for _, b in trace], mode="lines", name=label,
+        length = f" L={int(row['seq_len']):,}" if pd.notna(row["seq_len"]) else ""  # a hand-made row may lack it
+        label = text(f"{row['series']}{length}")
+        fig.add_trace(go.Scatter(x=[t[0] for t in trace], y=[t[1] / scale for t in trace], mode="lines", name=label,
                                  line={"color": LINE_COLORS[number % len(LINE_COLORS)]},
                                  hovertemplate=f"{label}<br>%{{x:.3f}} s: %{{y:.4g}} {unit}<extra></extra>"))
     fig.update_layout(xaxis={"title": {"text": "seconds into the memory call"}},

@@ -21,10 +21,11 @@ from plotly.offline import get_plotlyjs
 from ..errors import UserError
 from ..measure.metrics import metrics
 from ..results.store import ResultSet
+from ..suite.parameters import parameters
 from .analysis import (
-    MATCH_KEYS,
     compare,
     headline_findings,
+    match_keys,
     scaling_groups,
     speedups,
     status_counts,
@@ -51,41 +52,42 @@ from .figures import (
 MAX_SETTINGS_SHOWN = 4
 REASON_CHARS_IN_CASES = 80
 
-#: What a case is: (row key, column title, format); then every metric of the table, then where it ran.
-#: Columns with no value in any row are left out, and parameter columns with one value for every row
-#: become a sentence above the table.
-CASE_PARAMETER_COLUMNS = (
-    ("backend", "backend", None), ("workload", "workload", None), ("mode", "mode", None),
-    ("seq_len", "L (tokens)", "int"), ("batch", "batch", "int"), ("n_hashes", "n_hashes", "int"),
-    ("n_buckets", "n_buckets", "int"), ("chunk_len", "chunk_len", "int"), ("causal", "causal", None),
-    ("dedup", "dedup", None), ("replay_buckets", "buckets replayed", None), ("inputs", "inputs", None),
-    ("task", "task", None), ("train_n_hashes", "trained with (rounds, 0 = full)", "int"),
-    ("eval_n_hashes", "evaluated with (rounds, 0 = full)", "int"),
-)
-CASE_CONTEXT_COLUMNS = (
-    ("suite", "suite", None), ("backend_kind", "kind", None), ("heads", "heads", "int"), ("d_head", "d_head", "int"),
-    ("dtype", "dtype", None), ("device", "device", None), ("model", "model", None), ("case_id", "case", None),
-    ("run", "results dir", None),
-)
+#: Report columns that are not parameters: where a row came from.
+CASE_CONTEXT_EXTRA = (("run", "results dir", None),)
+#: Metrics folded into the sentence above the cases table when every row has the same value.
+FOLDED_METRICS = ("mem_method", "repeats", "interpreted", "peer")
+
+
+def case_parameter_columns() -> list[tuple[str, str, str | None]]:
+    """(row key, column title, format) of what a case is: the parameter table's "parameter" columns."""
+    return [(p.name, p.title or p.name, p.fmt) for p in parameters(lambda p: p.in_row and p.column == "parameter")]
+
+
+def case_context_columns() -> list[tuple[str, str, str | None]]:
+    """Where and how it ran: the parameter table's "context" columns, the case id last, then the run."""
+    context = parameters(lambda p: p.in_row and p.column == "context")
+    context = [p for p in context if p.name != "case_id"] + [p for p in context if p.name == "case_id"]
+    return [(p.name, p.title or p.name, p.fmt) for p in context] + list(CASE_CONTEXT_EXTRA)
 
 
 def case_columns() -> list[tuple[str, str, object]]:
-    """(row key, column title with unit, formatter of one value): parameters, metrics, context."""
+    """(row key, column title with unit, formatter of one value): parameters, metrics, context.
+    Columns with no value in any row are left out, and parameter columns with one value for every row
+    become a sentence above the table."""
     def plain(fmt):
         return lambda v: f"{int(v):,}" if fmt == "int" else _plain(v)
-    columns = [(key, title, plain(fmt)) for key, title, fmt in CASE_PARAMETER_COLUMNS]
+    columns = [(key, title, plain(fmt)) for key, title, fmt in case_parameter_columns()]
     columns += [(m.name, m.column, m.format) for m in metrics(lambda m: m.kind != "trace")]
     columns += [("peak_share", "achieved / matmul peak", lambda v: f"{v:.1%}"),
                 ("noise", "timing noisy because", lambda v: v or None)]
-    columns += [(key, title, plain(fmt)) for key, title, fmt in CASE_CONTEXT_COLUMNS]
+    columns += [(key, title, plain(fmt)) for key, title, fmt in case_context_columns()]
     return columns
 
 
-#: Columns folded into the sentence above the cases table when every row has the same value.
-PARAMETER_KEYS = ("suite", "backend", "backend_kind", "workload", "mode", "seq_len", "batch", "heads", "d_head",
-                  "n_buckets", "n_hashes", "chunk_len", "causal", "dedup", "replay_buckets", "dtype", "device", "model",
-                  "run",
-                  "mem_method", "repeats", "interpreted", "peer")
+def folded_keys() -> tuple[str, ...]:
+    """Columns folded into the sentence above the cases table when every row has the same value."""
+    return (tuple(key for key, _, _ in case_parameter_columns() + case_context_columns() if key != "case_id")
+            + FOLDED_METRICS)
 
 
 # --- the public entry points ---------------------------------------------------------------------------
@@ -306,6 +308,7 @@ def _format_column(values: pd.Series, divisor, fmt) -> pd.Series:
 def _cases_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
     """(table, titles of columns with no value, {title: value} of parameters the same in every row)."""
     shown, empty, constant = {}, [], {}
+    folded = folded_keys()
     for key, title, one in case_columns():
         if key not in frame.columns or frame[key].isna().all() or (frame[key].astype(str) == "").all():
             empty.append(title)
@@ -315,7 +318,7 @@ def _cases_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str
             column = column.map(lambda r: None if not r else (
                 r if len(r) <= REASON_CHARS_IN_CASES else r[:REASON_CHARS_IN_CASES - 1] + "…"))
         formatted = column.map(lambda v, one=one: None if _missing(v) else one(v))
-        if key in PARAMETER_KEYS and len(frame) > 1 and formatted.nunique(dropna=False) == 1:
+        if key in folded and len(frame) > 1 and formatted.nunique(dropna=False) == 1:
             constant[title] = formatted.iloc[0] if formatted.iloc[0] is not None else "—"
             continue
         shown[title] = formatted
@@ -351,7 +354,8 @@ def _failures_html(frame: pd.DataFrame) -> str:
 
 def _comparison_html(compared: pd.DataFrame) -> str:
     show = compared.copy()
-    for key in ("seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes", "chunk_len"):
+    keys = match_keys()
+    for key in [p.name for p in parameters(lambda p: p.type == "int" and p.name in keys)]:
         show[key] = _format_column(show[key], 1, "int")
     formats = {"time_median_s_base": 1e-3, "time_median_s_cand": 1e-3, "mem_peak_bytes_base": 2 ** 20,
                "mem_peak_bytes_cand": 2 ** 20, "rel_error_base": 1, "rel_error_cand": 1,
@@ -365,8 +369,8 @@ def _comparison_html(compared: pd.DataFrame) -> str:
              "rel_error_base": "rel. error base", "rel_error_cand": "rel. error cand", "error_ratio": "rel. error ×",
              "present": "in"}
     # Keys with one value for every case go into a sentence instead of a column of repeats.
-    constant = {k: show[k].iloc[0] for k in MATCH_KEYS if show[k].nunique(dropna=False) == 1}
-    keys = [k for k in MATCH_KEYS if k not in constant]
+    constant = {k: show[k].iloc[0] for k in keys if show[k].nunique(dropna=False) == 1}
+    keys = [k for k in keys if k not in constant]
     table = show[["verdict"] + keys + list(names)].rename(
         columns=names | {"seq_len": "L (tokens)", "verdict": "regression"})
     regressions = table[show["verdict"] != ""]

@@ -2,18 +2,22 @@
 
 A run directory holds run.json (suite, settings and environment), results.jsonl (one JSON object per
 case, appended and flushed as each case finishes) and, once written, report.html. A row's keys are the
-case's parameters (harness.suite.ROW_PARAMETERS), then every metric of the table
-(harness.measure.metrics), in that order; a figure that was not measured is null.
+case's parameters (the table harness.suite.parameters), then every metric of the table
+(harness.measure.metrics), in that order; a figure that was not measured is null. The reader checks
+every row against the two tables (type, null where allowed, range): a row that does not fit is one
+UserError line naming the file, the line, the key and the value.
 """
 from __future__ import annotations
 
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..plugins import import_run_plugins
 
 STATUSES = ("ok", "oom", "timeout", "error", "crashed", "unavailable", "nonfinite")
 RUN_FILE = "run.json"
@@ -25,9 +29,9 @@ REQUIRED_KEYS = ("case_id", "status")
 def row_keys() -> tuple[str, ...]:
     """Every key of a row, in order: case parameters, then the metric table (plugins' metrics included)."""
     from ..measure.metrics import METRICS
-    from ..suite import ROW_PARAMETERS
+    from ..suite.parameters import row_parameters
 
-    return ROW_PARAMETERS + tuple(METRICS)
+    return row_parameters() + tuple(METRICS)
 
 
 def new_row(case) -> dict:
@@ -38,10 +42,56 @@ def new_row(case) -> dict:
 def numeric_keys() -> tuple[str, ...]:
     """Row keys that hold numbers (or null): numeric case parameters and numeric metrics."""
     from ..measure.metrics import metrics
+    from ..suite.parameters import names
 
-    parameters = ("seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes", "chunk_len", "seed", "train_n_hashes",
-                  "eval_n_hashes")
-    return parameters + tuple(m.name for m in metrics(lambda m: m.numeric))
+    return names(lambda p: p.numeric and p.in_row) + tuple(m.name for m in metrics(lambda m: m.numeric))
+
+
+def row_checks() -> dict[str, Callable[[object], str | None]]:
+    """key -> why a row's value for it does not fit (None when it does), from the parameter table and the
+    metric table. Null is unknown (a figure not measured, an LSH setting of a dense row); where the
+    parameter table says a key is never null, null is refused. A key a row lacks is read as unknown."""
+    from ..measure.metrics import metrics
+    from ..suite.parameters import parameters
+
+    checks = {p.name: p.row_error for p in parameters(lambda p: p.in_row)}
+    checks.update({m.name: _METRIC_CHECKS[m.kind] for m in metrics() if m.name != "status"})
+    return checks
+
+
+def _number_error(value) -> str | None:
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return None
+    return "is not a number or null"
+
+
+def _count_error(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        return "is not an integer or null"
+    return "is below 0" if value < 0 else None
+
+
+def _trace_error(value) -> str | None:
+    if value is None:
+        return None
+    def sample(point) -> bool:  # [x, y, more...]: x and y numbers, the others numbers or null
+        return (isinstance(point, list) and len(point) >= 2 and all(_number_error(x) is None for x in point)
+                and None not in point[:2])
+    if not isinstance(value, list) or not all(sample(point) for point in value):
+        return "is not a list of [x, y, ...] samples or null"
+    return None
+
+
+_METRIC_CHECKS: dict[str, Callable[[object], str | None]] = {
+    "number": _number_error,
+    "count": _count_error,
+    "text": lambda v: None if v is None or isinstance(v, str) else "is not a string or null",
+    "flag": lambda v: None if v is None or isinstance(v, bool) else "is not true, false or null",
+    "trace": _trace_error,
+}
+REPR_CHARS = 80
 
 
 class ResultsWriter:
@@ -112,6 +162,8 @@ def read_results(path: Path, require_run: bool = False) -> ResultSet:
         raise UserError(f"results directory {str(path)!r} does not exist")
     if not rows_path.is_file():
         raise UserError(f"{rows_path}: missing")
+    # The run's plugins may declare the parameters and metrics its rows carry: import them before the check.
+    import_run_plugins(run)
     result = ResultSet(path=run_dir if path.is_dir() else path, run=run)
     try:
         lines = rows_path.read_text(encoding="utf-8").splitlines()
@@ -119,7 +171,7 @@ def read_results(path: Path, require_run: bool = False) -> ResultSet:
         raise UserError(f"{rows_path}: not a results file (not UTF-8 text)") from None
     except OSError as exc:
         raise UserError(f"{rows_path}: cannot read ({exc.strerror})") from None
-    numeric = numeric_keys()  # once per file, not per row
+    checks = row_checks()  # once per file, not per row
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -131,7 +183,7 @@ def read_results(path: Path, require_run: bool = False) -> ResultSet:
                 result.cut_short.append(where)
                 continue
             raise UserError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        result.rows.append(_check_row(row, where, numeric))
+        result.rows.append(_check_row(row, where, checks))
     return result
 
 
@@ -150,7 +202,7 @@ def read_rows(path: Path) -> list[dict]:
     return read_results(path).rows
 
 
-def _check_row(row: object, where: str, numeric: tuple[str, ...]) -> dict:
+def _check_row(row: object, where: str, checks: dict[str, Callable[[object], str | None]]) -> dict:
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
     missing = [key for key in REQUIRED_KEYS if row.get(key) is None]
@@ -158,10 +210,14 @@ def _check_row(row: object, where: str, numeric: tuple[str, ...]) -> dict:
         raise UserError(f"{where}: missing key {missing[0]!r}")
     if row["status"] not in STATUSES:
         raise UserError(f"{where}: status={row['status']!r} is not one of {', '.join(STATUSES)}")
-    for key in numeric:
-        value = row.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise UserError(f"{where}: {key}={value!r} is not a number or null")
+    for key, check in checks.items():
+        if key not in row:  # an older or hand-made file: unknown
+            continue
+        error = check(row[key])
+        if error:
+            shown = repr(row[key])
+            shown = shown if len(shown) <= REPR_CHARS else shown[:REPR_CHARS - 1] + "…"
+            raise UserError(f"{where}: {key}={shown} {error}")
     return row
 
 
@@ -208,18 +264,3 @@ def read_run_json(run_dir: Path) -> dict:
     if not isinstance(info, dict):
         raise UserError(f"{path}: not a run.json (a JSON {type(info).__name__}, not an object)")
     return info
-
-
-def import_run_plugins(run: dict) -> None:
-    """Import the plugins a run's suite named (they may declare metrics its rows carry), where they
-    can still be found; a plugin that cannot be imported leaves its metrics shown as plain keys."""
-    settings = run.get("settings") or {}
-    plugins, suite_file = settings.get("plugins") or (), run.get("suite_file")
-    if not plugins or not suite_file:
-        return
-    from ..suite import import_plugins
-
-    try:
-        import_plugins(tuple(plugins), str(Path(suite_file).resolve().parent))
-    except Exception:  # noqa: BLE001 -- showing results must not depend on a plugin still importing
-        pass

@@ -88,7 +88,7 @@ def unplaceable(resources: dict, nodes: list[dict]) -> str | None:
 
 def _case_task(case: Case, run_dir: str | None = None):
     """Runs on a Ray node: says where it runs, then runs the case in a fresh worker process there."""
-    from ..suite import import_plugins
+    from ..plugins import import_plugins
     from .runner import node_name
 
     node = node_name(case.device)

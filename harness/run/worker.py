@@ -31,8 +31,8 @@ def stage(name: str) -> None:
 def run_case(case: Case, spawned_at: float | None = None) -> dict:
     """Measure one case in this process; returns its row (never raises for a failing case)."""
     from ..measure import stages  # noqa: F401 -- registers the built-in measurements, before any plugin's
+    from ..plugins import import_plugins
     from ..results.store import new_row
-    from ..suite import import_plugins
 
     if case.plugins:  # before the row is made: plugins may declare metrics
         import_plugins(case.plugins, case.plugin_dir)

@@ -1,66 +1,18 @@
 """A case: one measurement of one backend at one configuration, and how to run it.
 
-Case parameters (PARAMETERS, with their built-in defaults) are what a suite file sets per case; the
-rest of a Case is derived by harness.suite.load (kind, resolved buckets, fidelity) or comes from the
-suite's [suite] table (how to run). A case id is readable and stable: the same parameters give the
-same id in every run, which is what --resume and comparisons across runs match on.
+Case parameters (harness.suite.parameters, the table) are what a suite file sets per case; the rest
+of a Case is derived by harness.suite.build (kind, resolved buckets, fidelity) or comes from the
+suite's [suite] table (how to run). A plugin's parameters travel in Case.extra. A case id is readable
+and stable: the same parameters give the same id in every run, which is what --resume and comparisons
+across runs match on.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
-WORKLOADS = ("attention", "layer", "model")
-MODES = ("forward", "forward_backward", "train_step")
-INPUTS = ("randn", "clustered")
-# A task case trains a model (mode "train") or evaluates a trained one (mode "evaluate"): set by the
-# suite loader from train_n_hashes / eval_n_hashes, never in a suite file.
-TASK_MODES = ("train", "evaluate")
-DTYPES = ("float32", "float64", "float16", "bfloat16")
-
-# Case parameters and their built-in defaults. "auto": n_buckets = 2 * seq_len / chunk_len, or
-# chunk_len = 2 * seq_len / n_buckets (LSHConfig's rule); at most one of the two may be "auto".
-PARAMETERS: dict[str, Any] = {
-    "backend": None,  # None: the first LSH backend registered (impls.list_backends("lsh"))
-    # attention: attend(qk, v); layer: x -> projections -> attention -> output projection;
-    # model: the backend's language model (tokens -> loss), shaped by the [model] table.
-    "workload": "attention",
-    "mode": "forward",
-    "seq_len": 1024,
-    "batch": 1,
-    "heads": 4,
-    "d_head": 64,
-    "n_buckets": "auto",
-    "n_hashes": 4,
-    "chunk_len": 64,
-    "causal": False,
-    "dedup": False,
-    # LSH attention only: hash once before timing and pass the buckets to every call, so the figures
-    # are of the attention alone (hashing and its sort excluded).
-    "replay_buckets": False,
-    # attention workload: randn (standard normal qk and v) or clustered (harness.tasks.clustered: keys
-    # and queries around a few centres, so that dense attention is peaked as in trained layers).
-    "inputs": "randn",
-    # A task (a [task] table sizes it): the case trains a model with train_n_hashes rounds (0 = full
-    # attention) and, for each eval_n_hashes, evaluates it with that many (0 = full attention).
-    "task": None,
-    "train_n_hashes": None,
-    "eval_n_hashes": None,
-    "dtype": "float32",
-    "device": "cpu",
-    "seed": 0,
-    "repeats": 5,
-    "warmup": 2,
-    "timeout_s": 300.0,
-    "mem_limit": "none",
-}
-
-# What a results row says about its case, in README order ("Results format").
-ROW_PARAMETERS = ("case_id", "suite", "backend", "backend_kind", "workload", "mode", "seq_len", "batch", "heads",
-                  "d_head", "n_buckets", "n_hashes", "chunk_len", "causal", "dedup", "replay_buckets", "inputs",
-                  "dtype", "device", "seed", "model", "task", "train_n_hashes", "eval_n_hashes")
+from .parameters import parameters, plugin_parameters, row_parameters
 
 
 @dataclass(frozen=True)
@@ -110,6 +62,8 @@ class Case:
     # under fixed_tokens): they change along a series, so series_key leaves them out. Not hashed
     # into case_id (the resolved values are).
     from_seq_len: tuple[str, ...] = ()
+    # Parameters that plugins declared (harness.suite.parameters.register_parameter): name -> value.
+    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -119,12 +73,13 @@ class Case:
         data = json.loads(text)
         data["plugins"] = tuple(data.get("plugins") or ())
         data["from_seq_len"] = tuple(data.get("from_seq_len") or ())
+        data["extra"] = data.get("extra") or {}
         return cls(**data)
 
     def parameters(self) -> dict:
-        """The case's ROW_PARAMETERS values (what its row starts with)."""
-        values = asdict(self)
-        return {key: values[key] for key in ROW_PARAMETERS}
+        """The case's row parameters (harness.suite.parameters.row_parameters): what its row starts with."""
+        values = asdict(self) | self.extra
+        return {key: values.get(key) for key in row_parameters()}
 
     def series_key(self) -> str:
         """Identifies the case with its sequence length left out, and with it what follows from the
@@ -143,27 +98,34 @@ def attention_label(n_hashes) -> str:
     return "full attention" if not n_hashes else f"LSH-{int(n_hashes)}"
 
 
-# Parameters added after case ids were published: hashed only when set to something else than this, so
-# that the cases that existed before keep their ids (resume and cross-run comparisons match on them).
-HASHED_WHEN_SET = {"inputs": "randn", "task": None, "train_n_hashes": None, "eval_n_hashes": None,
-                   "task_config": None}
+# Case fields that are not parameters but are hashed only when set (added after ids were published).
+_HASHED_WHEN_SET = {"task_config": None}
+# Case fields that say how a case was made or where its files lie, not what it measures.
+_NOT_HASHED = ("plugin_dir", "from_seq_len", "depends_on", "extra")
 
 
 def case_id(params: dict) -> str:
     """A readable, stable id: the main parameters, then a hash of everything that defines the case.
 
     Where the suite file lies (plugin_dir) is left out so that ids do not depend on the checkout's
-    path, and so is from_seq_len, which says how values were chosen, not what they are.
+    path, and so is from_seq_len, which says how values were chosen, not what they are. A parameter
+    whose default is not hashed (harness.suite.parameters: added after ids were published, or a
+    plugin's) is hashed only when set to something else, so that the cases that existed before it
+    keep their ids (resume and cross-run comparisons match on them).
     """
     p = params
-    hashed = {k: v for k, v in p.items() if k not in ("plugin_dir", "from_seq_len", "depends_on")
-              and not (k in HASHED_WHEN_SET and v == HASHED_WHEN_SET[k])}
+    when_set = _HASHED_WHEN_SET | {q.name: q.default for q in parameters(lambda q: not q.hashed_default)}
+    plugin_defaults = {q.name: q.default for q in plugin_parameters()}
+    extra = {k: v for k, v in (p.get("extra") or {}).items() if k not in plugin_defaults or v != plugin_defaults[k]}
+    hashed = {k: v for k, v in p.items() if k not in _NOT_HASHED and not (k in when_set and v == when_set[k])}
+    hashed.update(extra)
     lsh = "" if p["n_hashes"] is None else f"-nb{p['n_buckets']}-r{p['n_hashes']}-c{p['chunk_len']}"
     workload = "" if p["workload"] == "attention" else f"{p['workload']}-"
     if p.get("task"):
         trained = f"-train{p['train_n_hashes']}" + ("" if p["eval_n_hashes"] is None else f"-eval{p['eval_n_hashes']}")
         workload = f"{p['task']}{trained}-"
+    plugins = "".join(f"-{q.name}{extra[q.name]}" for q in plugin_parameters() if q.name in extra)
     readable = (f"{p['backend']}-{workload}{p['mode']}-n{p['seq_len']}-b{p['batch']}-h{p['heads']}-d{p['d_head']}"
-                f"{lsh}{'-causal' if p['causal'] else ''}-{p['dtype']}-{p['device']}")
+                f"{lsh}{'-causal' if p['causal'] else ''}{plugins}-{p['dtype']}-{p['device']}")
     digest = hashlib.sha1(json.dumps(hashed, sort_keys=True, default=list).encode()).hexdigest()[:8]
     return f"{readable}-{digest}"

@@ -42,12 +42,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _require_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {name}={value}")
+from impls.config import require_int as _require_int
 
 
 def _require_nonnegative(name: str, value: object) -> None:

@@ -26,22 +26,13 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from impls.config import require_int as _require_int
 from impls.model import ModelConfig, ReformerLM
 
 # Training batches come from a generator seeded with seed, evaluation batches from seed + EVAL_STREAM,
 # and both seeds are below EVAL_STREAM: the CPU generator keeps only 32 bits of a seed (2**32 seeds
 # like 0), so splitting the 32-bit range in two is what keeps the streams apart.
 EVAL_STREAM = 1 << 31
-
-
-def _require_int(name: str, value: object, minimum: int, below: int | None = None) -> None:
-    # The project reports every bad input as a one-line ValueError naming the parameter.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {name}={value}")
-    if below is not None and value >= below:
-        raise ValueError(f"{name} must be < {below}, got {name}={value}")
 
 
 # --- the data ----------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from ..suite.parameters import flag_labels
+
 MODE_SHORT = {"forward": "fwd", "forward_backward": "fwd+bwd", "train_step": "train step"}
 
 
@@ -24,8 +26,7 @@ def describe(row: dict, with_backend: bool = False, leave_out=(), model_keys=Non
         parts.append(f"batch {row['batch']}")
     if row.get("n_hashes") is not None:
         parts.append(f"{row['n_hashes']} rounds, chunk {row['chunk_len']}")
-    if row.get("replay_buckets"):
-        parts.append("buckets replayed")
+    parts += flag_labels(row)  # "dedup", "buckets replayed"
     if row.get("inputs") not in (None, "randn"):
         parts.append(f"{row['inputs']} inputs")
     if row.get("causal"):

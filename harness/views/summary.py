@@ -14,15 +14,23 @@ import json
 from collections import defaultdict
 
 from ..measure.memory import format_size
+from ..suite.parameters import names
 from .describe import describe, varying_model_keys
 
-# Row keys that tell cases apart, besides the backend. n_buckets and dedup are left out: peers report
-# the bucket count they really use, and dense rows have none.
-SETTING_KEYS = ("workload", "mode", "seq_len", "batch", "heads", "d_head", "n_hashes", "chunk_len", "causal",
-                "replay_buckets", "inputs", "dtype", "device", "model")
-# What a dense baseline has no value for (null in its rows): left out when one side is dense, so that every
-# LSH setting is compared with the dense case of the same shape.
-LSH_KEYS = ("n_hashes", "chunk_len", "replay_buckets")
+# Left out of the settings compared: peers report the bucket count they really use.
+BACKEND_REPORTED = ("n_buckets",)
+
+
+def setting_keys() -> tuple[str, ...]:
+    """Row keys that tell cases apart within a suite, besides the backend (harness.suite.parameters)."""
+    return names(lambda p: p.in_row and p.role in ("grouping", "series", "lsh-only")
+                 and p.name not in ("suite", *BACKEND_REPORTED))
+
+
+def lsh_keys() -> tuple[str, ...]:
+    """What a dense baseline has no value for (null in its rows): left out when one side is dense, so that
+    every LSH setting is compared with the dense case of the same shape."""
+    return names(lambda p: p.in_row and p.role == "lsh-only" and p.name not in BACKEND_REPORTED)
 
 
 def _key(row: dict, keys, drop=()) -> str:
@@ -46,12 +54,13 @@ def comparisons(rows: list[dict], compare_against=()) -> list[dict]:
     """One entry per (row, baseline backend) where both ran ok at the same setting: the same LSH
     settings too, unless the baseline is dense (it has none)."""
     against = baselines(rows, compare_against)
-    shape_keys = tuple(k for k in SETTING_KEYS if k not in LSH_KEYS)
+    setting, lsh = setting_keys(), lsh_keys()
+    shape_keys = tuple(k for k in setting if k not in lsh)
     ok = [r for r in rows if r.get("status") == "ok" and r.get("backend")]
     base_rows = {name: {} for name in against}
     for row in ok:
         if row["backend"] in base_rows:
-            keys = shape_keys if row.get("backend_kind") == "dense" else SETTING_KEYS
+            keys = shape_keys if row.get("backend_kind") == "dense" else setting
             base_rows[row["backend"]].setdefault(_key(row, keys), row)
     shown = varying_model_keys(rows)
     out = []
@@ -62,7 +71,7 @@ def comparisons(rows: list[dict], compare_against=()) -> list[dict]:
             if name == base_name or (name in against and against.index(name) < against.index(base_name)):
                 continue
             dense = any(r.get("backend_kind") == "dense" for r in base_rows[base_name].values())
-            base = base_rows[base_name].get(_key(row, shape_keys if dense else SETTING_KEYS))
+            base = base_rows[base_name].get(_key(row, shape_keys if dense else setting))
             if base is None:
                 continue
             entry = {"setting": describe(row, model_keys=shown), "backend": name, "baseline": base_name}
@@ -90,7 +99,7 @@ def growth(rows: list[dict]) -> list[dict]:
         series: dict[str, list[dict]] = defaultdict(list)
         for row in ok:
             if key in row["model"]:
-                series[_key(row, ("backend",) + SETTING_KEYS, drop=(key,))].append(row)
+                series[_key(row, ("backend",) + setting_keys(), drop=(key,))].append(row)
         for members in series.values():
             members.sort(key=lambda r: r["model"][key])
             first, last = members[0], members[-1]

@@ -7,6 +7,7 @@ from collections import Counter
 from ..measure.metrics import Metric, metrics
 from ..results.store import STATUSES
 from ..suite.case import attention_label
+from ..suite.parameters import plugin_parameters
 from .describe import MODE_SHORT, varying_model_keys
 
 
@@ -53,6 +54,9 @@ def columns(rows: list[dict] = ()) -> list[tuple[str, object]]:
     """The case columns (with a "model" column of the model keys that differ, where rows differ in
     them), then the terminal metrics."""
     cols = list(CASE_COLUMNS)
+    # A plugin's parameters (harness.suite.parameters), before the status, where some row sets one.
+    cols[-1:-1] = [(p.title or p.name, lambda r, key=p.name: None if r.get(key) is None else str(r[key]))
+                   for p in plugin_parameters() if p.in_row and any(r.get(p.name) is not None for r in rows)]
     if any(r.get("task") for r in rows):
         cols.insert(2, ("task", _task_setting))
     keys = varying_model_keys(list(rows))
