@@ -12,9 +12,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..inputs import INPUTS as INPUTS  # the attention inputs registered by name (randn, clustered, plugins')
+
 WORKLOADS = ("attention", "layer", "model")
 MODES = ("forward", "forward_backward", "train_step")
-INPUTS = ("randn", "clustered")
 # A task case trains a model (mode "train") or evaluates a trained one (mode "evaluate"): set by the
 # suite loader from train_n_hashes / eval_n_hashes, never in a suite file.
 TASK_MODES = ("train", "evaluate")
@@ -40,7 +41,7 @@ PARAMETERS: dict[str, Any] = {
     # LSH attention only: hash once before timing and pass the buckets to every call, so the figures
     # are of the attention alone (hashing and its sort excluded).
     "replay_buckets": False,
-    # attention workload: randn (standard normal qk and v) or clustered (harness.tasks.clustered: keys
+    # attention workload: randn (standard normal qk and v) or clustered (harness.inputs.clustered: keys
     # and queries around a few centres, so that dense attention is peaked as in trained layers).
     "inputs": "randn",
     # A task (a [task] table sizes it): the case trains a model with train_n_hashes rounds (0 = full
