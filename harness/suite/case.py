@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..inputs import INPUTS as INPUTS  # the attention inputs registered by name (randn, clustered, plugins')
+from ..tasks.registry import attention_label as attention_label  # how a task's attention is named
 
 WORKLOADS = ("attention", "layer", "model")
 MODES = ("forward", "forward_backward", "train_step")
@@ -137,11 +138,6 @@ class Case:
         if params.get("model") and "model.max_seq_len" in self.from_seq_len:
             params["model"] = {k: v for k, v in params["model"].items() if k != "max_seq_len"}
         return json.dumps(params, sort_keys=True, default=list)
-
-
-def attention_label(n_hashes) -> str:
-    """How a task's attention setting is named: 0 (or None) hash rounds is full attention."""
-    return "full attention" if not n_hashes else f"LSH-{int(n_hashes)}"
 
 
 # Parameters added after case ids were published: hashed only when set to something else than this, so

@@ -217,7 +217,7 @@ def _make_case(params: dict, settings: dict, model: dict, known: list[str], wher
     _expect(p["inputs"] in INPUTS, where, "inputs", p["inputs"], " | ".join(INPUTS))
     for key in ("train_n_hashes", "eval_n_hashes"):
         if p[key] is not None:
-            raise UserError(f"{where}: {key} applies to task cases (set task = \"duplication\"), got {key}={p[key]!r}")
+            raise UserError(f"{where}: {key} applies to task cases (set task = \"<name>\"), got {key}={p[key]!r}")
     if p["inputs"] != "randn" and p["workload"] != "attention":
         raise UserError(f"{where}: inputs = {p['inputs']!r} applies to workload = \"attention\", "
                         f"got workload={p['workload']!r}")
@@ -286,14 +286,17 @@ def _task_cases(params: dict, settings: dict, table: dict, known: list[str], whe
     however many evaluations name it) and the evaluation, which depends on it."""
     import impls
 
-    from ..tasks import TASKS
+    from ..tasks import get_task, list_tasks
 
     p = dict(params)
     name = p["task"]
-    _expect(name in TASKS, where, "task", name, " | ".join(f'"{t}"' for t in TASKS))
-    task = TASKS[name]
+    tasks = list_tasks()
+    if name not in tasks:
+        raise UserError(f"{where}: unknown task {name!r}{_did_you_mean(name, tasks)}; known: {', '.join(tasks)}")
+    task = get_task(name)
     try:
         config = task.resolve_table(table)
+        shape = task.shape(config)
     except ValueError as exc:
         raise UserError(f"{where}: [task]: {exc}") from None
     _expect(p["backend"] in known and impls.backend_info(p["backend"]).kind == "lsh", where, "backend",
@@ -305,14 +308,15 @@ def _task_cases(params: dict, settings: dict, table: dict, known: list[str], whe
     _expect(_is_int(p["chunk_len"]) and p["chunk_len"] >= 1, where, "chunk_len", p["chunk_len"],
             "a positive integer for a task")
     _expect(_is_int(p["seed"]) and 0 <= p["seed"] < 2 ** 31, where, "seed", p["seed"], "an integer in [0, 2**31)")
-    # The task trains and evaluates in float32 (its module's choice): another dtype would be a row that
-    # says what did not happen.
-    _expect(p["dtype"] == "float32", where, "dtype", p["dtype"], "\"float32\" for a task")
+    # A task trains and evaluates in the dtypes it declares: another dtype would be a row that says what
+    # did not happen.
+    _expect(p["dtype"] in task.dtypes, where, "dtype", p["dtype"],
+            " | ".join(f'"{d}"' for d in task.dtypes) + " for a task")
     _expect(isinstance(p["device"], str) and (p["device"] == "cpu" or p["device"].startswith("cuda")),
             where, "device", p["device"], "'cpu', 'cuda' or 'cuda:N'")
     _expect(isinstance(p["timeout_s"], (int, float)) and not isinstance(p["timeout_s"], bool)
             and p["timeout_s"] > 0, where, "timeout_s", p["timeout_s"], "a positive number of seconds")
-    seq_len = task.task_of(config).seq_len
+    seq_len = shape.seq_len
     if seq_len % p["chunk_len"]:
         raise UserError(f"{where}: chunk_len={p['chunk_len']} does not tile the task's seq_len={seq_len}")
     n_buckets = 2 * seq_len // p["chunk_len"] if p["n_buckets"] == "auto" else p["n_buckets"]
@@ -323,10 +327,11 @@ def _task_cases(params: dict, settings: dict, table: dict, known: list[str], whe
         backend = p["backend"] if n_hashes else impls.reference_backend()
         fields = {
             "suite": settings["name"], "backend": backend, "backend_kind": impls.backend_info(backend).kind,
-            "workload": "task", "mode": mode, "seq_len": seq_len, "batch": config["batch"],
-            "heads": config["heads"], "d_head": config["d_model"] // config["heads"],
+            "workload": "task", "mode": mode, "seq_len": seq_len, "batch": shape.batch,
+            "heads": shape.heads, "d_head": shape.d_head,
             "n_buckets": n_buckets if n_hashes else None, "n_hashes": n_hashes or None,
-            "chunk_len": p["chunk_len"] if n_hashes else None, "causal": True, "dedup": False if n_hashes else None,
+            "chunk_len": p["chunk_len"] if n_hashes else None, "causal": task.causal,
+            "dedup": False if n_hashes else None,
             "replay_buckets": None, "dtype": p["dtype"], "device": p["device"], "seed": p["seed"], "repeats": 1,
             "warmup": 0, "timeout_s": float(p["timeout_s"]), "mem_limit_bytes": _mem_limit_bytes(p["mem_limit"], where),
             "fidelity": False, "count_flops": False, "interpret": settings["interpret"], "threads": settings["threads"],
