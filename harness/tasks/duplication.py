@@ -268,7 +268,7 @@ class Duplication(Task):
     def report_sections(self, frame) -> list[Section]:
         from .duplication_report import report_sections
 
-        return report_sections(frame)
+        return report_sections(frame, PAPER_TABLE2)
 
 
 TASK = Duplication()

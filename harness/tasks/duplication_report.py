@@ -1,22 +1,23 @@
-"""The duplication task's section of the report: Table 2 measured here beside the paper's
-(harness.tasks.duplication.PAPER_TABLE2), the training curves and accuracy against training time."""
+"""The duplication task's section of the report: Table 2 measured here beside the paper's (given by
+harness.tasks.duplication, which holds PAPER_TABLE2), the training curves and accuracy against training
+time."""
 from __future__ import annotations
 
 import pandas as pd
 
 from .charts import COLORS, training_curve_chart
-from .duplication import PAPER_TABLE2
 from .registry import Chart, Section, Table, attention_label
 
 
-def report_sections(frame: pd.DataFrame) -> list[Section]:
-    """The section "The paper's Table 2" when the rows hold evaluations; none otherwise."""
+def report_sections(frame: pd.DataFrame, paper: dict) -> list[Section]:
+    """The section "The paper's Table 2" (paper: {trained: {evaluated: accuracy %}}) when the rows hold
+    evaluations; none otherwise."""
     measured = table2_frame(frame)
     if measured is None:
         return []
     parts = [Table("Measured here: duplication-task accuracy", _shaped(_paper_order(measured))),
              Table("The paper's numbers (Kitaev et al. 2020, Table 2; their hardware and training)",
-                   _shaped(_paper_order(pd.DataFrame(PAPER_TABLE2).T)))]
+                   _shaped(_paper_order(pd.DataFrame(paper).T)))]
     parts += [chart for chart in (training_curve_chart(frame, loss="loss on the scored targets (nats, solid)"),
                                   accuracy_time_chart(frame)) if chart]
     return [Section("paper", "The paper's Table 2", parts)]
