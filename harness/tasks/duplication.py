@@ -235,7 +235,7 @@ class Duplication(Task):
 
     table_defaults = TABLE_DEFAULTS
     metrics = ("task_accuracy",)
-    references = {"Kitaev et al. 2020, Table 2": PAPER_TABLE2}
+    references = {"paper": PAPER_TABLE2}  # Kitaev et al. 2020, Table 2
 
     def check_table(self, config: dict) -> None:
         for key in ("d_model", "heads", "d_ff", "eval_batches", "eval_batch"):
@@ -268,7 +268,7 @@ class Duplication(Task):
     def report_sections(self, frame) -> list[Section]:
         from .duplication_report import report_sections
 
-        return report_sections(frame, PAPER_TABLE2)
+        return report_sections(frame, self.references["paper"])
 
 
 TASK = Duplication()
