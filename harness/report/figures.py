@@ -1,6 +1,7 @@
 """Plotly figures of the report, returned as plain dicts (data + layout, no template) for the page to
 embed as JSON: scaling plots, n_buckets x n_hashes heatmaps, fidelity against n_hashes, the paper's
-Figure 5 overlay, the paper's Table 2 next to a task suite, and the comparison of two runs.
+Figure 5 overlay and the comparison of two runs (a task's own charts are its report section's:
+harness.tasks).
 
 Every string that comes from a results file goes through `text()` first: plotly renders a subset of
 HTML in names and titles, and `&lt;` is how a literal "<" gets through.
@@ -16,7 +17,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from ..suite.case import attention_label as attention_name
 from .analysis import (
     FIT_POINTS,
     MIN_FIT_LENGTHS,
@@ -35,15 +35,6 @@ from .analysis import (
 PAPER_FIGURE5_FULL = {1024: 0.17, 2048: 0.3, 4096: 0.5, 8192: 1.0, 16384: 1.9, 32768: 3.5}
 PAPER_FIGURE5_LSH = {8: {1024: 0.32, 32768: 0.44}, 1: {1024: 0.10, 32768: 0.075}}
 PAPER_FIGURE5_TOKENS = 32768
-
-# Kitaev et al. (2020), Table 2: accuracy (%) on the duplication task of a 1-layer model, by the
-# attention it was trained with (rows) and evaluated with (columns). 0 = full attention.
-PAPER_TABLE2 = {
-    0: {0: 100.0, 8: 94.8, 4: 92.5, 2: 76.9, 1: 52.5},
-    4: {0: 0.8, 8: 100.0, 4: 99.9, 2: 99.4, 1: 91.9},
-    2: {0: 0.8, 8: 100.0, 4: 99.9, 2: 97.1, 1: 86.8},
-    1: {0: 0.8, 8: 99.9, 4: 99.6, 2: 94.8, 1: 77.9},
-}
 
 # Styles follow a backend's place in the registry (impls.list_backends: built-ins first, then plugins),
 # so a backend keeps its style in every figure and report, and a new one gets a style of its own.
@@ -416,22 +407,6 @@ def _grid_groups(frame: pd.DataFrame, keys=None):
     return [(dict(zip(keys, key)), rows) for key, rows in lsh.groupby(keys, dropna=False, sort=False)]
 
 
-# --- the paper's Table 2 ---------------------------------------------------------------------------------
-
-def table2_frame(frame: pd.DataFrame) -> pd.DataFrame | None:
-    """Measured duplication-task accuracy (%) by train x eval attention, when rows carry `task`,
-    `train_n_hashes`, `eval_n_hashes` (0 = full attention) and `task_accuracy` (a fraction)."""
-    needed = {"task", "train_n_hashes", "eval_n_hashes", "task_accuracy"}
-    if not needed <= set(frame.columns):
-        return None
-    rows = frame[(frame["task"] == "duplication") & frame["task_accuracy"].notna()]
-    if rows.empty:
-        return None
-    table = rows.pivot_table(index="train_n_hashes", columns="eval_n_hashes", values="task_accuracy",
-                             aggfunc="median") * 100
-    return table
-
-
 def comparison_figure(compared: pd.DataFrame) -> Figure | None:
     """Candidate / baseline time and memory ratio per case (log axis; 1 = unchanged)."""
     both = compared[compared["present"] == "both"]
@@ -546,62 +521,3 @@ def rss_trace_figure(frame: pd.DataFrame) -> Figure | None:
                   "The worker's RSS: the interpreter, torch and what earlier calls left mapped are in it; its rise "
                   f"over the call (rss_call_rise_bytes) is what the call added as the OS sees it. {note}.",
                   to_dict(fig))
-
-
-# --- task cases: training curves and accuracy against training time ----------------------------------
-
-def training_curve_figure(frame: pd.DataFrame) -> Figure | None:
-    """Loss (solid, left axis) and accuracy (dotted, right axis) against step, one colour per training."""
-    rows = frame[(frame["mode"] == "train") & frame["train_curve"].map(lambda c: isinstance(c, list) and len(c) > 0)]
-    if rows.empty:
-        return None
-    fig = go.Figure()
-    for number, row in enumerate(rows.sort_values("train_n_hashes").to_dict("records")):
-        curve = row["train_curve"]
-        label = text(f"{row['task']} trained with {attention_name(row['train_n_hashes'])}")
-        color = LINE_COLORS[number % len(LINE_COLORS)]
-        steps = [point[0] for point in curve]
-        fig.add_trace(go.Scatter(x=steps, y=[point[1] for point in curve], mode="lines", name=label,
-                                 legendgroup=label, line={"color": color},
-                                 hovertemplate=label + "<br>step %{x}: loss %{y:.3f}<extra></extra>"))
-        fig.add_trace(go.Scatter(x=steps, y=[point[2] for point in curve], mode="lines", yaxis="y2",
-                                 name=label + " (accuracy)", legendgroup=label, showlegend=False,
-                                 line={"color": color, "dash": "dot"},
-                                 hovertemplate=label + "<br>step %{x}: accuracy %{y:.1%}<extra></extra>"))
-    fig.update_layout(xaxis={"title": {"text": "training step"}},
-                      yaxis={"title": {"text": "loss on the scored targets (nats, solid)"}, "rangemode": "tozero"},
-                      yaxis2={"title": {"text": "accuracy (dotted)"}, "overlaying": "y", "side": "right",
-                              "range": [0, 1.02], "tick0": 0, "dtick": 0.2, "tickformat": ".0%", "showgrid": False},
-                      legend={"x": 1.08}, height=420, margin={"l": 70, "r": 20, "t": 30, "b": 55})
-    return Figure("training-curves", "Training curves",
-                  "Loss and accuracy of the training batch at each logged step (fresh data every step, so each "
-                  "point is held out for the weights before its step).", to_dict(fig))
-
-
-def task_accuracy_time_figure(frame: pd.DataFrame) -> Figure | None:
-    """Per training setting: its training time per step against its accuracy under each evaluation."""
-    trained = frame[(frame["mode"] == "train") & frame["train_step_s"].notna()]
-    evaluated = frame[(frame["mode"] == "evaluate") & frame["task_accuracy"].notna()]
-    if trained.empty or evaluated.empty:
-        return None
-    step_s = dict(zip(trained["train_n_hashes"], trained["train_step_s"]))
-    fig = go.Figure()
-    for number, (eval_hashes, rows) in enumerate(evaluated.groupby("eval_n_hashes", sort=True)):
-        rows = rows[rows["train_n_hashes"].isin(step_s)]
-        if rows.empty:
-            continue
-        name = f"evaluated with {attention_name(eval_hashes)}"
-        fig.add_trace(go.Scatter(
-            x=[step_s[t] for t in rows["train_n_hashes"]], y=rows["task_accuracy"].tolist(), mode="markers",
-            name=name, marker={"size": 10, "color": LINE_COLORS[number % len(LINE_COLORS)]},
-            customdata=[attention_name(t) for t in rows["train_n_hashes"]],
-            hovertemplate=f"trained with %{{customdata}}, {name}<br>%{{x:.3g}} s a step, %{{y:.1%}}<extra></extra>"))
-    settings = sorted(step_s.items(), key=lambda item: item[1])
-    fig.update_layout(xaxis={"title": {"text": "training time per step (s)"}, "tickvals": [t for _, t in settings],
-                             "ticktext": [f"{attention_name(n)}<br>{t:.3g} s" for n, t in settings]},
-                      yaxis={"title": {"text": "task accuracy"}, "tickformat": ".0%", "range": [0, 1.02],
-                             "tick0": 0, "dtick": 0.2},
-                      height=400, margin={"l": 70, "r": 20, "t": 30, "b": 55})
-    return Figure("task-accuracy-time", "Task accuracy against training time per step",
-                  "One column of points per training setting (named under the axis), at its measured time per "
-                  "training step; one colour per attention the trained weights were evaluated with.", to_dict(fig))

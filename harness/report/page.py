@@ -2,7 +2,8 @@
 offline. `write_report` is what `reformer-bench run` calls after a run (harness.report.command adds
 `reformer-bench report`).
 
-Sections: summary (environment, suites, counts by status, headline findings), scaling plots, grids,
+Sections: summary (environment, suites, counts by status, headline findings), each task's own sections
+(harness.tasks: Task.report_sections), scaling plots, grids,
 the paper's reference figures, the comparison with a baseline, failures, every case, FLOP formulas.
 Everything that comes from a results file is escaped (html.escape in the page, pandas' escaping in
 tables, harness.report.figures.text in chart strings).
@@ -33,20 +34,16 @@ from .analysis import (
 )
 from .data import load_frame
 from .figures import (
-    PAPER_TABLE2,
     Figure,
     accuracy_time_figure,
-    attention_name,
     comparison_figure,
     fidelity_figures,
     grid_figures,
     rss_trace_figure,
     scaling_figure,
     speedup_figures,
-    table2_frame,
-    task_accuracy_time_figure,
     template_layout,
-    training_curve_figure,
+    to_dict,
 )
 
 MAX_SETTINGS_SHOWN = 4
@@ -151,12 +148,8 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
             "No suite here sweeps n_hashes (with measured fidelity) or n_buckets x n_hashes at one length.")),
         ("memory", "Memory as the OS sees it", _memory_html(frame, rss)),
     ]
-    task_figures = [f for f in (training_curve_figure(frame), task_accuracy_time_figure(frame)) if f]
-    figures.extend(task_figures)
-    paper = _table2_html(frame)
-    if paper:
-        # A task suite's table is what its reader came for: first after the summary.
-        sections.insert(1, ("paper", "The paper's Table 2", paper + "".join(_figure_html(f) for f in task_figures)))
+    # A task suite's sections are what its reader came for: first after the summary.
+    sections[1:1] = _task_sections(frame, figures, {key for key, _, _ in sections})
     if compared is not None:
         sections.append(("comparison", "Candidate vs baseline",
                          (_figure_html(comparison_fig) if comparison_fig else "") + _comparison_html(compared)))
@@ -315,7 +308,7 @@ def _cases_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str
             continue
         column = frame[key]
         if key == "reason":
-            column = column.map(lambda r: None if not r else (
+            column = column.map(lambda r: None if not isinstance(r, str) or not r else (
                 r if len(r) <= REASON_CHARS_IN_CASES else r[:REASON_CHARS_IN_CASES - 1] + "…"))
         formatted = column.map(lambda v, one=one: None if _missing(v) else one(v))
         if key in folded and len(frame) > 1 and formatted.nunique(dropna=False) == 1:
@@ -387,24 +380,45 @@ def _comparison_html(compared: pd.DataFrame) -> str:
     return "".join(parts)
 
 
-def _table2_html(frame: pd.DataFrame) -> str:
-    measured = table2_frame(frame)
-    if measured is None:
-        return ""
-    def shaped(table: pd.DataFrame) -> pd.DataFrame:
-        table = table.rename(index=attention_name, columns=attention_name)
-        table.index.name, table.columns.name = "trained with", "evaluated with"
-        return table.map(lambda v: f"{v:.1f}%" if pd.notna(v) else None)
-    def paper_order(table: pd.DataFrame) -> pd.DataFrame:
-        """Full attention first, then LSH-8, -4, -2, -1, as the paper lays its table out."""
-        def order(keys):
-            return sorted(keys, key=lambda n: (n != 0, -n))
-        return table.loc[order(table.index), order(table.columns)]
-    paper = paper_order(pd.DataFrame(PAPER_TABLE2).T)
-    ours = paper_order(measured)
-    return ("<h3>Measured here: duplication-task accuracy</h3>" + _table(shaped(ours), False, True)
-            + "<h3>The paper's numbers (Kitaev et al. 2020, Table 2; their hardware and training)</h3>"
-            + _table(shaped(paper), False, True))
+def _task_sections(frame: pd.DataFrame, figures: list[Figure], taken: set[str]) -> list[tuple[str, str, str]]:
+    """(key, title, html) of each section the tasks in the rows give for their rows (Task.report_sections:
+    tables, charts and text); a chart joins `figures`. A task no longer registered (its plugin gone)
+    gives none."""
+    from ..tasks import Chart, Table, Text, get_task, list_tasks
+
+    if "task" not in frame.columns:
+        return []
+    out = []
+    for name in sorted(frame["task"].dropna().unique()):
+        if name not in list_tasks():
+            continue
+        for section in get_task(name).report_sections(frame[frame["task"] == name]):
+            parts = []
+            for part in section.parts:
+                if isinstance(part, Table):
+                    parts.append(f"<h3>{html.escape(part.title, quote=False)}</h3>"
+                                 + (f'<p class="note">{html.escape(part.note, quote=False)}</p>' if part.note else "")
+                                 + _table(part.frame, sortable=False, index=part.index))
+                elif isinstance(part, Chart):
+                    figure = part.figure if isinstance(part.figure, dict) else to_dict(part.figure)
+                    chart = Figure(_unique(part.key, {f.key for f in figures}), part.title, part.caption, figure)
+                    figures.append(chart)
+                    parts.append(_figure_html(chart))
+                elif isinstance(part, Text):
+                    parts.append(f"<p>{html.escape(part.text, quote=False)}</p>")
+                else:
+                    raise TypeError(f"task {name!r}: a report part must be a Table, Chart or Text, got {part!r}")
+            key = _unique(section.key, taken)
+            taken.add(key)
+            out.append((key, section.title, "".join(parts)))
+    return out
+
+
+def _unique(key: str, taken: set[str]) -> str:
+    number, unique = 2, key
+    while unique in taken:
+        unique, number = f"{key}-{number}", number + 1
+    return unique
 
 
 def _peaks_html(sets: list[ResultSet]) -> str:

@@ -32,7 +32,7 @@ def measure(case, row: dict) -> None:
     """Fill the row of a task case (its metrics, or its status and reason)."""
     import torch
 
-    from ..tasks import TASKS
+    from ..tasks import TaskRun, get_task
 
     run_dir = os.environ.get(RUN_DIR_ENV)
     if not run_dir:
@@ -40,44 +40,38 @@ def measure(case, row: dict) -> None:
         row["reason"] = (f"a task case needs its run directory (${RUN_DIR_ENV}, set by the runner) for the "
                          "checkpoints; on a cluster it must be a shared directory")
         return
-    task = TASKS[case.task]
-    table = case.task_config
+    task = get_task(case.task)
     if case.threads:
         torch.set_num_threads(case.threads)
+    n_hashes = case.train_n_hashes if case.mode == "train" else case.eval_n_hashes
     # A model trained with full attention has no chunk length of its own (its weights do not depend
     # on one): one chunk of the whole sequence. Its LSH evaluations bring their own.
-    chunk_len = case.chunk_len or case.seq_len
+    run = TaskRun(n_hashes=n_hashes, lsh_backend=case.backend if n_hashes else None,
+                  chunk_len=case.chunk_len or case.seq_len, n_buckets=case.n_buckets, seed=case.seed,
+                  device=case.device)
     if case.mode == "train":
-        _train(case, row, task, table, task_dir(run_dir, case.case_id), chunk_len)
+        _train(case, row, task, run, task_dir(run_dir, case.case_id))
     else:
-        _evaluate(case, row, task, table, task_dir(run_dir, case.depends_on), chunk_len)
+        _evaluate(case, row, task, run, task_dir(run_dir, case.depends_on))
 
 
-def _model_config(task, table: dict, chunk_len: int, n_buckets, seed: int):
-    return task.model_config(task.task_of(table), d_model=table["d_model"], heads=table["heads"], d_ff=table["d_ff"],
-                             chunk_len=chunk_len, n_buckets=n_buckets, seed=seed)
-
-
-def _train(case, row: dict, task, table: dict, where: Path, chunk_len: int) -> None:
-    import torch
-
+def _train(case, row: dict, task, run, where: Path) -> None:
     where.mkdir(parents=True, exist_ok=True)
-    config = _model_config(task, table, chunk_len, case.n_buckets, case.seed)
-    torch.manual_seed(case.seed)  # the initial weights; train() seeds the rest
-    model = task.build_model(config, case.train_n_hashes, case.backend if case.train_n_hashes else None)
-    model.to(case.device)
-    cfg = task.train_config_of(table, case.seed)
     last = [0.0]
 
-    def on_step(step: int, loss: float, accuracy: float) -> None:
-        # A line at every checkpoint, every 30 s and at the end: enough to watch a run converge without
-        # flooding a CI log.
-        if step == cfg.steps or step % cfg.checkpoint_every == 0 or time.perf_counter() - last[0] > 30:
-            last[0] = time.perf_counter()
-            progress(f"{case.task} trained with {_attention(case.train_n_hashes)}: step {step}/{cfg.steps}, "
-                     f"loss {loss:.3f}, accuracy {accuracy:.1%}")
+    def line(step: int, loss: float, accuracy: float | None) -> str:
+        return (f"{case.task} trained with {_attention(case.train_n_hashes)}: step {step}, loss {loss:.3f}"
+                + ("" if accuracy is None else f", accuracy {accuracy:.1%}"))
 
-    result = task.train(model, task.task_of(table), cfg, checkpoint_path=str(where / CHECKPOINT), on_step=on_step)
+    def on_step(step: int, loss: float, accuracy: float | None) -> None:
+        # A line every 30 s and at the end: enough to watch a run converge without flooding a CI log.
+        if time.perf_counter() - last[0] > 30:
+            last[0] = time.perf_counter()
+            progress(line(step, loss, accuracy))
+
+    result = task.train(case.task_config, run, str(where / CHECKPOINT), on_step=on_step)
+    if result.curve:
+        progress(line(*result.curve[-1]) + " (done)")
     curve = [list(point) for point in result.curve]
     (where / CURVE).write_text(json.dumps({"case_id": case.case_id, "train_n_hashes": case.train_n_hashes,
                                            "curve": curve}))
@@ -89,20 +83,31 @@ def _train(case, row: dict, task, table: dict, where: Path, chunk_len: int) -> N
     row["checkpoint"] = str(where / CHECKPOINT)
 
 
-def _evaluate(case, row: dict, task, table: dict, where: Path, chunk_len: int) -> None:
-    import torch
+def _evaluate(case, row: dict, task, run, where: Path) -> None:
+    from ..measure.metrics import METRICS
 
     checkpoint = where / CHECKPOINT
     if not checkpoint.exists():
         row["status"] = "error"
         row["reason"] = f"no checkpoint of its training case {case.depends_on} at {checkpoint}"
         return
-    state = torch.load(checkpoint, map_location=case.device, weights_only=False)
-    config = _model_config(task, table, chunk_len, case.n_buckets, case.seed)
     start = time.perf_counter()
-    accuracy = task.evaluate(state["model"], config, task.task_of(table), case.eval_n_hashes,
-                             batches=table["eval_batches"], batch=table["eval_batch"], seed=case.seed,
-                             lsh_backend=case.backend if case.eval_n_hashes else None)
-    row.update(task_accuracy=accuracy, eval_s=time.perf_counter() - start, train_steps=state["step"])
+    evaluation = task.evaluate(case.task_config, run, str(checkpoint))
+    eval_s = time.perf_counter() - start
+    undeclared = [name for name in evaluation.metrics if name not in task.metrics or name not in METRICS]
+    if undeclared:
+        row["status"] = "error"
+        row["reason"] = (f"task {case.task!r} returned metric {undeclared[0]!r}, which is not among its metrics "
+                         f"{task.metrics} or not in the metric table (register_metric)")
+        return
+    row.update(evaluation.metrics, eval_s=eval_s, train_steps=evaluation.train_steps)
+    shown = ", ".join(f"{METRICS[name].title or name} {_shown(METRICS[name], value)}"
+                      for name, value in evaluation.metrics.items())
     progress(f"{case.task} trained with {_attention(case.train_n_hashes)}, evaluated with "
-             f"{_attention(case.eval_n_hashes)}: {accuracy:.2%}")
+             f"{_attention(case.eval_n_hashes)}: {shown}")
+
+
+def _shown(metric, value) -> str:
+    text = metric.format(value)
+    unit = metric.shown_unit if metric.shown_unit is not None else metric.unit
+    return f"{text}{unit if unit == '%' else ''}" if text is not None else "—"

@@ -2,8 +2,8 @@
 
 workload (a case parameter) x mode:
   attention  attend(qk, v, cfg): forward under torch.no_grad(); forward_backward = attend() then
-             out.backward(grad_out) with a fixed random grad_out. inputs: randn, or clustered
-             (harness.tasks.clustered: peaked attention, as in trained layers). replay_buckets: the
+             out.backward(grad_out) with a fixed random grad_out. inputs: by name from
+             harness.inputs (randn; clustered: peaked attention, as in trained layers). replay_buckets: the
              buckets are hashed once here and passed to every call (attention alone, hashing excluded).
   layer      impls.layer.build_layer (projections, attention, output projection) on x of shape
              (batch, seq, heads * d_head): forward, or forward_backward with a random grad_out.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..inputs import get_inputs
 from ..suite import Case
 
 
@@ -54,15 +55,9 @@ class AttentionWorkload(Workload):
         self.backend = impls.get_backend(self.backend_name)
         grad = case.mode == "forward_backward"
         shape = (case.batch, case.heads, case.seq_len, case.d_head)
-        if case.inputs == "clustered":
-            from ..tasks.clustered import clustered_inputs
-
-            # Drawn on the CPU (one seed, the same inputs on every device), then moved.
-            qk, v = clustered_inputs(*shape, torch.Generator().manual_seed(case.seed), dtype=self.dtype)
-            self.qk = qk.to(self.device).requires_grad_(grad)
-            self.v = v.to(self.device).requires_grad_(grad)
-        else:
-            self.qk, self.v = self.randn(*shape, grad=grad), self.randn(*shape, grad=grad)
+        make = get_inputs(case.inputs or "randn")
+        qk, v = make(shape, seed=case.seed, dtype=self.dtype, device=self.device, generator=self.generator)
+        self.qk, self.v = qk.requires_grad_(grad), v.requires_grad_(grad)
         self.grad_out = self.randn(*shape) if grad else None
         self.buckets = None
         if case.replay_buckets:

@@ -137,14 +137,17 @@ def _task_cases(params: dict, settings: dict, table: dict, known: list[str], whe
     however many evaluations name it) and the evaluation, which depends on it."""
     import impls
 
-    from ..tasks import TASKS
+    from ..tasks import get_task, list_tasks
 
     p = dict(params)
     name = p["task"]
-    expect(name in TASKS, where, "task", name, " | ".join(f'"{t}"' for t in TASKS))
-    task = TASKS[name]
+    tasks = list_tasks()
+    if name not in tasks:
+        raise UserError(f"{where}: unknown task {name!r}{did_you_mean(name, tasks)}; known: {', '.join(tasks)}")
+    task = get_task(name)
     try:
         config = task.resolve_table(table)
+        shape = task.shape(config)
     except ValueError as exc:
         raise UserError(f"{where}: [task]: {exc}") from None
     expect(p["backend"] in known and impls.backend_info(p["backend"]).kind == "lsh", where, "backend",
@@ -156,14 +159,15 @@ def _task_cases(params: dict, settings: dict, table: dict, known: list[str], whe
     expect(is_int(p["chunk_len"]) and p["chunk_len"] >= 1, where, "chunk_len", p["chunk_len"],
             "a positive integer for a task")
     expect(is_int(p["seed"]) and 0 <= p["seed"] < 2 ** 31, where, "seed", p["seed"], "an integer in [0, 2**31)")
-    # The task trains and evaluates in float32 (its module's choice): another dtype would be a row that
-    # says what did not happen.
-    expect(p["dtype"] == "float32", where, "dtype", p["dtype"], "\"float32\" for a task")
+    # A task trains and evaluates in the dtypes it declares: another dtype would be a row that says what
+    # did not happen.
+    expect(p["dtype"] in task.dtypes, where, "dtype", p["dtype"],
+           " | ".join(f'"{d}"' for d in task.dtypes) + " for a task")
     expect(isinstance(p["device"], str) and (p["device"] == "cpu" or p["device"].startswith("cuda")),
             where, "device", p["device"], "'cpu', 'cuda' or 'cuda:N'")
     expect(isinstance(p["timeout_s"], (int, float)) and not isinstance(p["timeout_s"], bool)
             and p["timeout_s"] > 0, where, "timeout_s", p["timeout_s"], "a positive number of seconds")
-    seq_len = task.task_of(config).seq_len
+    seq_len = shape.seq_len
     if seq_len % p["chunk_len"]:
         raise UserError(f"{where}: chunk_len={p['chunk_len']} does not tile the task's seq_len={seq_len}")
     n_buckets = resolve_buckets({**p, "seq_len": seq_len}, where)[0] if p["n_buckets"] == "auto" else p["n_buckets"]
@@ -175,10 +179,11 @@ def _task_cases(params: dict, settings: dict, table: dict, known: list[str], whe
         fields = {
             **{q.name: None for q in parameters(lambda q: q.role == "lsh-only")},
             "suite": settings["name"], "backend": backend, "backend_kind": impls.backend_info(backend).kind,
-            "workload": "task", "mode": mode, "seq_len": seq_len, "batch": config["batch"],
-            "heads": config["heads"], "d_head": config["d_model"] // config["heads"],
+            "workload": "task", "mode": mode, "seq_len": seq_len, "batch": shape.batch,
+            "heads": shape.heads, "d_head": shape.d_head,
             "n_buckets": n_buckets if n_hashes else None, "n_hashes": n_hashes or None,
-            "chunk_len": p["chunk_len"] if n_hashes else None, "causal": True, "dedup": False if n_hashes else None,
+            "chunk_len": p["chunk_len"] if n_hashes else None, "causal": task.causal,
+            "dedup": False if n_hashes else None,
             "dtype": p["dtype"], "device": p["device"], "seed": p["seed"], "repeats": 1,
             "warmup": 0, "timeout_s": float(p["timeout_s"]), "mem_limit_bytes": mem_limit_bytes(p["mem_limit"], where),
             "fidelity": False, "count_flops": False, "interpret": settings["interpret"], "threads": settings["threads"],

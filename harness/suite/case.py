@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from ..tasks.registry import attention_label as attention_label  # how a task's attention is named
 from .parameters import parameters, plugin_parameters, row_parameters
 
 
@@ -91,11 +92,6 @@ class Case:
         if params.get("model") and "model.max_seq_len" in self.from_seq_len:
             params["model"] = {k: v for k, v in params["model"].items() if k != "max_seq_len"}
         return json.dumps(params, sort_keys=True, default=list)
-
-
-def attention_label(n_hashes) -> str:
-    """How a task's attention setting is named: 0 (or None) hash rounds is full attention."""
-    return "full attention" if not n_hashes else f"LSH-{int(n_hashes)}"
 
 
 # Case fields that are not parameters but are hashed only when set (added after ids were published).

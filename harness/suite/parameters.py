@@ -28,14 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..inputs import INPUTS
+
 ROLES = ("identity", "grouping", "series", "lsh-only", "task", "run")
 TYPES = ("int", "number", "bool", "text", "size", "table")
 COLUMNS = (None, "parameter", "context")
 
-# Values the worker knows how to run. The attention inputs will come from their registry (issue 20).
+# Values the worker knows how to run. The attention inputs come from their registry (plugins add to it).
 WORKLOADS = ("attention", "layer", "model")
 MODES = ("forward", "forward_backward", "train_step")
-INPUTS = ("randn", "clustered")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 

@@ -1,7 +1,30 @@
-"""Tasks a model is trained on and evaluated with, by name (a suite's `task` parameter and [task] table).
+"""Tasks a model is trained on and evaluated with, by name (a suite's `task` parameter and [task] table):
+the protocol and registry (harness.tasks.registry), the shared trainer (harness.tasks.training) and the
+built-in tasks, each a module of its own registered here. Importing this package imports no torch: a
+built-in task's module loads on first use."""
+from .registry import (
+    Chart,
+    Evaluation,
+    Section,
+    Table,
+    Task,
+    TaskRun,
+    TaskShape,
+    Text,
+    attention_label,
+    get_task,
+    list_tasks,
+    register_task,
+)
 
-A task module offers resolve_table(table) (its [task] keys, checked, with defaults) and task_of(table)
-(.seq_len), and what harness.run.task_case runs: training and evaluation."""
-from . import duplication
+__all__ = ["Chart", "Evaluation", "Section", "Table", "Task", "TaskRun", "TaskShape", "Text", "attention_label",
+           "get_task", "list_tasks", "register_task"]
 
-TASKS = {"duplication": duplication}
+
+def _duplication() -> Task:
+    from .duplication import TASK
+
+    return TASK
+
+
+register_task("duplication", _duplication)

@@ -10,18 +10,18 @@ seeded, not parameters, so only the backend and n_hashes change).
 
 Read top to bottom:
   DuplicationTask -> make_batch -> target_mask -> loss_and_accuracy
-  -> model_config / build_model (the 1-layer model) -> TrainConfig / train (seeded, checkpointed,
-  resumable) -> evaluate (one trained state under one attention) -> Suite (the sizes of the table).
+  -> model_config / build_model (the 1-layer model) -> train (harness.tasks.training: seeded,
+  checkpointed, resumable) -> evaluate (one trained state under one attention) -> TABLE_DEFAULTS (a
+  suite's [task] table) -> Duplication (the task protocol; registered in harness.tasks).
+The paper's Table 2 (PAPER_TABLE2) is here; the report's section, Table 2 measured beside it, is in
+harness.tasks.duplication_report.
 
-Depends on torch and impls only.
+Depends on torch, impls and harness.tasks' registry and trainer only.
 """
 from __future__ import annotations
 
-import math
-import os
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +29,21 @@ import torch.nn.functional as F
 from impls.config import require_int as _require_int
 from impls.model import ModelConfig, ReformerLM
 
-# Training batches come from a generator seeded with seed, evaluation batches from seed + EVAL_STREAM,
-# and both seeds are below EVAL_STREAM: the CPU generator keeps only 32 bits of a seed (2**32 seeds
-# like 0), so splitting the 32-bit range in two is what keeps the streams apart.
-EVAL_STREAM = 1 << 31
+from .registry import Evaluation, Section, Task, TaskRun, TaskShape
+from .training import EVAL_STREAM, TrainConfig, TrainResult, load_checkpoint
+from .training import train as _train
+
+__all__ = ["EVAL_STREAM", "PAPER_TABLE2", "TASK", "DuplicationTask", "TrainConfig", "TrainResult", "build_model",
+           "eval_batches", "evaluate", "loss_and_accuracy", "make_batch", "model_config", "target_mask", "train"]
+
+# Kitaev et al. (2020), Table 2: accuracy (%) on the duplication task of a 1-layer model, by the
+# attention it was trained with (rows) and evaluated with (columns). 0 = full attention.
+PAPER_TABLE2 = {
+    0: {0: 100.0, 8: 94.8, 4: 92.5, 2: 76.9, 1: 52.5},
+    4: {0: 0.8, 8: 100.0, 4: 99.9, 2: 99.4, 1: 91.9},
+    2: {0: 0.8, 8: 100.0, 4: 99.9, 2: 97.1, 1: 86.8},
+    1: {0: 0.8, 8: 99.9, 4: 99.6, 2: 94.8, 1: 77.9},
+}
 
 
 # --- the data ----------------------------------------------------------------------------------------
@@ -145,151 +156,15 @@ def build_model(config: ModelConfig, n_hashes: int, lsh_backend: str | None = No
     return ReformerLM(replace(config, n_hashes=n_hashes), backend=lsh_backend, reversible=False)
 
 
-# --- training ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How a model is trained on the task.
-
-    steps: optimizer steps, one fresh batch of `batch` sequences each (the data never repeat).
-    lr: Adam's learning rate after a linear warmup over warmup_steps; constant afterwards, so a run
-        can be extended by raising `steps` and resuming. Adam without weight decay: decay would pull
-        the query norms down, and the query norm is the attention's temperature (keys are unit
-        vectors), which this task needs to be free to grow.
-    grad_clip: clip the global gradient norm to this (None: no clipping).
-    seed: seeds the data generator and the global torch RNG (nothing else draws from it here).
-    log_every: record (step, loss, accuracy) of the training batch every this many steps (and at the
-        last step); each batch is new data, so these are held-out figures for the weights before the step.
-    checkpoint_every: write the checkpoint every this many steps (and at the last step).
-    """
-
-    steps: int = 400
-    batch: int = 16
-    lr: float = 1e-3
-    warmup_steps: int = 20
-    betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 50
-
-    def __post_init__(self) -> None:
-        for name, minimum in (("steps", 1), ("batch", 1), ("warmup_steps", 0), ("log_every", 1),
-                              ("checkpoint_every", 1)):
-            _require_int(name, getattr(self, name), minimum)
-        _require_int("seed", self.seed, 0, below=EVAL_STREAM)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValueError(f"lr must be a positive number, got lr={self.lr!r}")
-        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
-            raise ValueError(f"grad_clip must be a positive number or None, got grad_clip={self.grad_clip!r}")
-        object.__setattr__(self, "betas", tuple(self.betas))
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate of step `step` (0-based)."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        return self.lr
-
-
-# What must match for a checkpoint to continue this run: everything but how long and how often to save.
-_RESUMABLE_CHANGES = ("steps", "checkpoint_every")
-
-
-@dataclass
-class TrainResult:
-    """curve: (step, loss, accuracy) of the logged steps, from step 1 (a resumed run includes the
-    checkpoint's). steps: the last step done. tokens_per_s, wall_s: of the steps this call ran
-    (None when it ran none). resumed_from: the checkpoint's step, or None for a fresh run."""
-
-    curve: list[tuple[int, float, float]] = field(default_factory=list)
-    steps: int = 0
-    tokens_per_s: float | None = None
-    wall_s: float | None = None
-    resumed_from: int | None = None
-
-
-def _fingerprint(model: torch.nn.Module, task: DuplicationTask, cfg: TrainConfig) -> dict:
-    train = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
-    backend = getattr(getattr(model, "backend", None), "name", None)
-    return {"task": asdict(task), "train": train, "model": repr(getattr(model, "cfg", None)), "backend": backend}
-
-
-def _save_atomic(state: dict, path: str) -> None:
-    # Written beside the target and renamed over it: a run killed mid-write leaves the previous
-    # checkpoint intact, never a truncated one.
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
+# --- training (harness.tasks.training: seeded, checkpointed, resumable) -------------------------------
 
 def train(model: torch.nn.Module, task: DuplicationTask, cfg: TrainConfig, checkpoint_path: str | None = None,
           on_step: Callable[[int, float, float], None] | None = None) -> TrainResult:
-    """Train `model` in place on fresh batches of `task`; see TrainConfig.
-
-    Deterministic on the CPU for a given thread count (kernels may sum in a thread-dependent order).
-    With checkpoint_path, writes {model, optimizer, generator and torch RNG states, step, curve}
-    atomically every checkpoint_every steps and at the end; if the file exists the run resumes from
-    it, and then reaches the same weights and curve as a run that was never interrupted. A checkpoint
-    of another task, configuration or model is refused. on_step(step, loss, accuracy) after every step.
-    """
-    generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
-    fingerprint = _fingerprint(model, task, cfg)
-    result = TrainResult()
-    start = 0
-    if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if state["fingerprint"] != fingerprint:
-            raise ValueError(f"checkpoint_path={checkpoint_path!r} holds another run: "
-                             f"{state['fingerprint']} != {fingerprint}")
-        if state["step"] > cfg.steps:
-            raise ValueError(f"checkpoint_path={checkpoint_path!r} is at step {state['step']}, "
-                             f"past steps={cfg.steps}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start = result.resumed_from = state["step"]
-        result.curve = [tuple(point) for point in state["curve"]]
-    else:
-        torch.manual_seed(cfg.seed)
-
-    def checkpoint(step: int) -> None:
-        _save_atomic({"fingerprint": fingerprint, "step": step, "curve": list(result.curve),
-                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}, checkpoint_path)
-
-    model.train()
-    device = next(model.parameters()).device  # batches are drawn on the CPU: the same data on any device
-    t0 = time.perf_counter()
-    for step in range(start, cfg.steps):
-        tokens = make_batch(task, cfg.batch, generator).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr_at(step)
-        loss, accuracy = loss_and_accuracy(model, tokens, task)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            result.curve.append((done, loss.item(), accuracy))
-        if checkpoint_path is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            checkpoint(done)
-        if on_step is not None:
-            on_step(done, loss.item(), accuracy)
-    ran = cfg.steps - start
-    result.steps = cfg.steps
-    if ran:
-        result.wall_s = time.perf_counter() - t0
-        result.tokens_per_s = ran * cfg.batch * task.seq_len / result.wall_s
-    return result
+    """Train `model` in place on fresh batches of `task` (harness.tasks.training.train, which says how
+    it checkpoints and resumes); a checkpoint of another task is refused."""
+    return _train(model, cfg, lambda generator: make_batch(task, cfg.batch, generator),
+                  lambda m, tokens: loss_and_accuracy(m, tokens, task), asdict(task),
+                  checkpoint_path=checkpoint_path, on_step=on_step)
 
 
 # --- evaluation --------------------------------------------------------------------------------------
@@ -336,22 +211,6 @@ TABLE_DEFAULTS = {"word_len": 255, "vocab": 128, "d_model": 256, "heads": 4, "d_
                   "eval_batches": 8, "eval_batch": 16}
 
 
-def resolve_table(table: dict) -> dict:
-    """The [task] table with its defaults, checked (a ValueError names the key and the value)."""
-    unknown = [key for key in table if key not in TABLE_DEFAULTS]
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} in [task] (keys: {', '.join(TABLE_DEFAULTS)})")
-    resolved = {**TABLE_DEFAULTS, **table}
-    for key in ("d_model", "heads", "d_ff", "eval_batches", "eval_batch"):
-        _require_int(key, resolved[key], 1)
-    if resolved["d_model"] % resolved["heads"]:
-        raise ValueError(f"d_model must be a multiple of heads, got d_model={resolved['d_model']}, "
-                         f"heads={resolved['heads']}")
-    task_of(resolved)
-    train_config_of(resolved, seed=0)
-    return resolved
-
-
 def task_of(table: dict) -> DuplicationTask:
     return DuplicationTask(word_len=table["word_len"], vocab=table["vocab"])
 
@@ -360,3 +219,56 @@ def train_config_of(table: dict, seed: int) -> TrainConfig:
     return TrainConfig(steps=table["steps"], batch=table["batch"], lr=table["lr"], warmup_steps=table["warmup_steps"],
                        grad_clip=table["grad_clip"], seed=seed, log_every=table["log_every"],
                        checkpoint_every=table["checkpoint_every"])
+
+
+def model_config_of(table: dict, run: TaskRun) -> ModelConfig:
+    return model_config(task_of(table), d_model=table["d_model"], heads=table["heads"], d_ff=table["d_ff"],
+                        chunk_len=run.chunk_len, n_buckets=run.n_buckets, seed=run.seed)
+
+
+# --- the task, as the harness sees it (harness.tasks.registry) -----------------------------------------
+
+class Duplication(Task):
+    """The duplication task through the task protocol: a [task] table sizes it, a training case trains
+    the 1-layer model with the case's attention, an evaluation case scores the trained weights under its
+    own (row metric task_accuracy), and the report shows Table 2 beside the paper's."""
+
+    table_defaults = TABLE_DEFAULTS
+    metrics = ("task_accuracy",)
+    references = {"paper": PAPER_TABLE2}  # Kitaev et al. 2020, Table 2
+
+    def check_table(self, config: dict) -> None:
+        for key in ("d_model", "heads", "d_ff", "eval_batches", "eval_batch"):
+            _require_int(key, config[key], 1)
+        if config["d_model"] % config["heads"]:
+            raise ValueError(f"d_model must be a multiple of heads, got d_model={config['d_model']}, "
+                             f"heads={config['heads']}")
+        task_of(config)
+        train_config_of(config, seed=0)
+
+    def shape(self, config: dict) -> TaskShape:
+        return TaskShape(seq_len=task_of(config).seq_len, batch=config["batch"], heads=config["heads"],
+                         d_head=config["d_model"] // config["heads"])
+
+    def train(self, config: dict, run: TaskRun, checkpoint_path: str,
+              on_step: Callable[[int, float, float], None] | None = None) -> TrainResult:
+        torch.manual_seed(run.seed)  # the initial weights; train() seeds the rest
+        model = build_model(model_config_of(config, run), run.n_hashes, run.lsh_backend)
+        model.to(run.device)
+        return train(model, task_of(config), train_config_of(config, run.seed), checkpoint_path=checkpoint_path,
+                     on_step=on_step)
+
+    def evaluate(self, config: dict, run: TaskRun, checkpoint_path: str) -> Evaluation:
+        state, steps = load_checkpoint(checkpoint_path, run.device)
+        accuracy = evaluate(state, model_config_of(config, run), task_of(config), run.n_hashes,
+                            batches=config["eval_batches"], batch=config["eval_batch"], seed=run.seed,
+                            lsh_backend=run.lsh_backend)
+        return Evaluation({"task_accuracy": accuracy}, train_steps=steps)
+
+    def report_sections(self, frame) -> list[Section]:
+        from .duplication_report import report_sections
+
+        return report_sections(frame, self.references["paper"])
+
+
+TASK = Duplication()

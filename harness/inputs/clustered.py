@@ -16,7 +16,7 @@ Why these parameters (their defaults):
   (random directions). A query's own centre (seq_len / K keys) then outweighs the other
   (K - 1) seq_len / K keys by a factor of about exp(norm / (1 + spread^2) - norm^2 / (2 d)) / (K - 1),
   which the defaults make large: nearly all of the dense mass lies on the query's own centre. norm
-  is of the order of the query norms that layers trained on the duplication task reach (a trained
+  is of the order of the query norms that layers trained on a copy task reach (a trained
   layer's scores are that sharp); much smaller and attention spreads over all centres (the randn
   regime).
 - spread: 1 / (1 + spread^2) is about the cosine such trained layers show between a query and the

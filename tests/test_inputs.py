@@ -1,12 +1,14 @@
-"""harness.tasks.clustered: deterministic, shaped as asked, and peaked where randn is not."""
+"""harness.inputs: the registry of attention inputs, and clustered inputs (deterministic, shaped as asked,
+and peaked where randn is not)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from harness.inputs import INPUTS, get_inputs, register_inputs
+from harness.inputs.clustered import clustered_inputs
 from harness.measure.fidelity import attention_mass_recall, relative_error
-from harness.tasks.clustered import clustered_inputs
 from impls import LSHConfig, get_backend
 
 # The suite's 64 keys per centre at CI size: 1,024 tokens around 16 centres.
@@ -97,3 +99,38 @@ def test_bad_arguments_are_one_line_value_errors(kwargs, key):
     with pytest.raises(ValueError, match=key) as err:
         clustered_inputs(**args)
     assert "\n" not in str(err.value)
+
+
+def test_the_registry_holds_the_built_in_inputs_and_draws_them_as_the_workload_did():
+    assert list(INPUTS)[:2] == ["randn", "clustered"]
+    shape = (1, 2, 16, 8)
+    generator = torch.Generator().manual_seed(3)
+    qk, v = get_inputs("randn")(shape, seed=3, dtype=torch.float32, device="cpu", generator=generator)
+    again = torch.Generator().manual_seed(3)
+    assert torch.equal(qk, torch.randn(shape, generator=again)) and torch.equal(v, torch.randn(shape, generator=again))
+    qk, _ = get_inputs("clustered")(shape, seed=3, dtype=torch.float64, device="cpu", generator=generator)
+    assert torch.equal(qk, clustered_inputs(*shape, torch.Generator().manual_seed(3), dtype=torch.float64)[0])
+    with pytest.raises(ValueError, match="unknown inputs 'nope'"):
+        get_inputs("nope")
+    with pytest.raises(ValueError, match="identifier"):
+        register_inputs("no name", lambda *a, **k: None)
+
+
+def test_registered_inputs_reach_the_attention_workload_and_the_suite_check(tmp_path):
+    from harness.run.workload import AttentionWorkload
+    from harness.suite import load_suite
+
+    def ones(shape, *, seed, dtype, device, generator):
+        return torch.ones(shape, dtype=dtype, device=device), torch.full(shape, 2.0, dtype=dtype, device=device)
+
+    path = tmp_path / "s.toml"
+    path.write_text('[defaults]\nbackend = "dense"\nseq_len = 16\ninputs = "ones_for_test"\n')
+    with pytest.raises(Exception, match="inputs must be"):
+        load_suite(path)
+    register_inputs("ones_for_test", ones)
+    try:
+        (case,) = load_suite(path).cases
+        workload = AttentionWorkload(case)
+        assert torch.equal(workload.qk, torch.ones_like(workload.qk)) and float(workload.v[0, 0, 0, 0]) == 2.0
+    finally:
+        del INPUTS["ones_for_test"]
