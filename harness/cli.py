@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from .results.store import latest_run_dir, new_run_dir, read_results
-    from .run.runner import SweepInterrupted, prepare_run_dir, run_suite
+    from .run.runner import SweepInterrupted, harness_overhead, prepare_run_dir, run_suite
     from .suite import load_suite
     from .views.progress import Progress
     from .views.table import results_table, status_summary
@@ -146,6 +146,10 @@ def cmd_run(args) -> int:
     rows = read_results(run_dir).rows
     print(results_table(rows))
     print(status_summary(rows))
+    overhead = harness_overhead(rows)
+    if overhead is not None:
+        print(f"harness overhead: {overhead['sum_s']:.1f} s of {overhead['wall_sum_s']:.1f} s wall over "
+              f"{overhead['cases']} cases (median {overhead['median_s']:.2f} s per case)")
     if result.skipped:
         print(f"({result.skipped} cases skipped: already in {run_dir})")
     if args.summary:

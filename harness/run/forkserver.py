@@ -174,8 +174,8 @@ def serve(runner_pid: int) -> int:
         out.write((json.dumps(message) + "\n").encode())
         out.flush()
 
-    answer({"ready": os.getpid(), "threads": len(os.listdir("/proc/self/task"))
-            if os.path.isdir("/proc/self/task") else None})
+    answer({"ready": os.getpid(), "cuda_initialized": torch.cuda.is_initialized(),
+            "threads": len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None})
     server_pid = os.getpid()
     for line in sys.stdin.buffer:
         request = json.loads(line)
@@ -223,14 +223,16 @@ def _child(request: dict, server_pid: int) -> None:
 
 
 def _reseed_from_os() -> None:
-    """Python's and numpy's global RNGs as a fresh interpreter has them: seeded from the OS, not the
-    server's state shared by every child. (torch's default generator is untouched in the server, so
-    each child has torch's fixed default seed, as a fresh interpreter does; cases seed their own.)"""
+    """The global RNGs (Python's, numpy's, torch's) as a fresh interpreter has them: seeded from the OS,
+    not the server's state that every child would otherwise share. A case's own draws (inputs, weights,
+    hash rotations) come from its seed, as under spawn."""
     import random
 
     random.seed()
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
+    if "torch" in sys.modules:
+        sys.modules["torch"].seed()
 
 
 if __name__ == "__main__":

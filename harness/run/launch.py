@@ -73,9 +73,7 @@ def run_case_in_worker(case: Case, run_dir: Path | None = None, on_progress=None
                     )
             except (OSError, ServerDied, subprocess.TimeoutExpired) as exc:
                 # no executable, no memory or process slots left, a server that died starting: a row, not the end
-                row = _start_failure_row(case, exc)
-                row["wall_s"] = time.monotonic() - started
-                return row
+                return _with_wall_time(_start_failure_row(case, exc), time.monotonic() - started)
             server_death = None
             try:
                 returncode = _wait(proc, case.timeout_s, log_file, on_progress)
@@ -89,7 +87,13 @@ def run_case_in_worker(case: Case, run_dir: Path | None = None, on_progress=None
                 _kill_group(proc)
                 raise
         row = _worker_row(case, result_file, log_file, returncode, server_death)
-    row["wall_s"] = time.monotonic() - started
+    return _with_wall_time(row, time.monotonic() - started)
+
+
+def _with_wall_time(row: dict, wall_s: float) -> dict:
+    """The row with wall_s and overhead_s (wall_s less the worker's work_s) set."""
+    row["wall_s"] = wall_s
+    row["overhead_s"] = wall_s - (row.get("work_s") or 0.0)
     return row
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -203,7 +204,29 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
             executor.close()
             if progress is not None:
                 progress.close()
+    _write_overhead(run_dir, earlier_rows + result.rows)
     return result
+
+
+def harness_overhead(rows: list[dict]) -> dict | None:
+    """What the run cost beyond its work: the sum and per-case median of the rows' overhead_s (wall_s less
+    the measured work, harness.measure.metrics), beside the sum of wall_s; None when no row has one."""
+    measured = [row for row in rows if isinstance(row.get("overhead_s"), (int, float))]
+    if not measured:
+        return None
+    overheads = sorted(row["overhead_s"] for row in measured)
+    return {"cases": len(measured), "sum_s": round(sum(overheads), 3),
+            "median_s": round(statistics.median(overheads), 3),
+            "wall_sum_s": round(sum(row.get("wall_s") or 0.0 for row in measured), 3)}
+
+
+def _write_overhead(run_dir: Path, rows: list[dict]) -> None:
+    overhead = harness_overhead(rows)
+    if overhead is None:
+        return
+    info = read_run_json(run_dir)
+    info["harness_overhead"] = overhead
+    write_run_json(run_dir, info)
 
 
 def _after_dependencies(batch: list[Case]) -> list[list[Case]]:
