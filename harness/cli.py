@@ -1,7 +1,8 @@
 """`reformer-bench`: run a suite, list backends, show results; `report` and `gate` come from their modules.
 
     reformer-bench run SUITE [--out DIR] [--resume] [--backend NAME ...] [--max-seq-len N] [--no-report]
-                             [--dry-run] [--summary] [--plotly-js inline|cdn] [--ray ADDRESS [--ray-cpus-per-case N]]
+                             [--dry-run] [--summary] [--plotly-js inline|cdn] [--launch fork|spawn]
+                             [--ray ADDRESS [--ray-cpus-per-case N]]
     reformer-bench list [SUITE]
     reformer-bench show RESULTS [--summary]
     reformer-bench report RESULTS... -o report.html [--baseline RESULTS...] [--plotly-js inline|cdn]
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--summary", action="store_true", help="also print the summary (see show --summary) at the end")
     run.add_argument("--plotly-js", choices=("inline", "cdn"), default="inline",
                      help="the report's plotly.js: inline (default: opens offline) or from plotly's CDN")
+    run.add_argument("--launch", choices=("fork", "spawn"), default=None,
+                     help="how each case's worker process starts: fork (from a server that imported torch and the "
+                          "harness once; the default on Linux) or spawn (a new interpreter per case)")
     run.add_argument("--ray", default=None, metavar="ADDRESS",
                      help="run each case as a task on a Ray cluster: auto (the cluster this machine is part of), "
                           "HOST:PORT (its head node), or local (a Ray instance started for this run); needs the "
@@ -90,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from .results.store import latest_run_dir, new_run_dir, read_results
-    from .run.runner import SweepInterrupted, prepare_run_dir, run_suite
+    from .run.runner import SweepInterrupted, harness_overhead, prepare_run_dir, run_suite
     from .suite import load_suite
     from .views.progress import Progress
     from .views.table import results_table, status_summary
@@ -106,6 +110,8 @@ def cmd_run(args) -> int:
         print(f"{len(suite.cases)} cases in suite {suite.name} ({args.suite})")
         return 0
     executor = None
+    if args.launch == "fork" and args.ray is not None:
+        raise UserError("--launch fork: a Ray task spawns its worker (--ray runs every case with --launch spawn)")
     if args.ray is not None:
         from .run.ray import RayExecutor
 
@@ -125,6 +131,10 @@ def cmd_run(args) -> int:
         executor.connect()
     print(f"{PROG}: suite {suite.name}: {len(suite.cases)} cases -> {run_dir}"
           f"{f' on {executor.name}' if executor is not None else ''}", file=sys.stderr)
+    if executor is None:
+        from .run.runner import LocalExecutor
+
+        executor = LocalExecutor(args.launch)
     try:
         result = run_suite(suite, run_dir, resume=args.resume, progress=Progress(), executor=executor)
     except SweepInterrupted as exc:
@@ -136,6 +146,10 @@ def cmd_run(args) -> int:
     rows = read_results(run_dir).rows
     print(results_table(rows))
     print(status_summary(rows))
+    overhead = harness_overhead(rows)
+    if overhead is not None:
+        print(f"harness overhead: {overhead['sum_s']:.1f} s of {overhead['wall_sum_s']:.1f} s wall over "
+              f"{overhead['cases']} cases (median {overhead['median_s']:.2f} s per case)")
     if result.skipped:
         print(f"({result.skipped} cases skipped: already in {run_dir})")
     if args.summary:

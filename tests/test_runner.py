@@ -197,7 +197,8 @@ def test_results_survive_a_killed_sweep_and_resume_completes_it(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
-def test_killed_runner_takes_its_worker_with_it(tmp_path):
+@pytest.mark.parametrize("launch", ["spawn", "fork"])
+def test_killed_runner_takes_its_worker_with_it(tmp_path, launch):
     # A worker that would hang for an hour must not outlive a runner killed with SIGKILL.
     suite = tmp_path / "hang.toml"
     suite.write_text('[suite]\nmeasure_peak = false\nplugins = ["fake_backends"]\n[defaults]\nbackend = "fake_hangs"\n'
@@ -205,19 +206,26 @@ def test_killed_runner_takes_its_worker_with_it(tmp_path):
     (tmp_path / "fake_backends.py").write_text((SUITES / "fake_backends.py").read_text())
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(out),
-                             "--no-report"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--no-report", "--launch", launch], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     worker_pid = None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and worker_pid is None:
         worker_pid = _child_pid(proc.pid)
         time.sleep(0.1)
     assert worker_pid is not None
+    pids = [worker_pid]
+    if launch == "fork":  # the runner's child is the fork server; the case's worker is its child
+        while time.monotonic() < deadline and len(pids) == 1:
+            pids += [pid for pid in [_child_pid(worker_pid)] if pid is not None]
+            time.sleep(0.1)
+        assert len(pids) == 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and alive(worker_pid):
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.1)
-    assert not alive(worker_pid)
+    assert not any(alive(pid) for pid in pids)
 
 
 def _child_pid(pid: int) -> int | None:

@@ -177,7 +177,7 @@ def test_worker_that_cannot_start_is_a_crashed_row_and_the_sweep_goes_on(tmp_pat
     calls = []
 
     def popen(argv, *args, **kwargs):
-        if "harness.run.worker" in argv:
+        if "harness.run.worker" in argv or "harness.run.forkserver" in argv:  # either launcher's start
             calls.append(argv)
             if len(calls) == 1:
                 raise OSError(24, "Too many open files")

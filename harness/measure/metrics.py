@@ -203,6 +203,11 @@ _BUILT_IN = (
            title="worker setup", shown_unit="s"),
     Metric("wall_s", "s", "the whole case as the runner saw it: start-up, every pass, exit", title="wall",
            shown_unit="s"),
+    Metric("work_s", "s", "the measured work inside the worker: the timing pass (first, warm-up and timed calls), "
+           "or a task case's training / evaluation", title="work", shown_unit="s"),
+    Metric("overhead_s", "s", "wall_s - work_s: the harness's time around the measured work (process start, setup, "
+           "the untimed passes, exit); the whole wall_s of a case that did no work", title="harness overhead",
+           shown_unit="s"),
     Metric("task_accuracy", "1", "task cases: the share of scored targets the trained model predicts (argmax) on "
            "held-out sequences, evaluated with the case's attention", title="task accuracy", shown_unit="%",
            fmt=".2f", terminal=True),

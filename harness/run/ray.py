@@ -96,7 +96,9 @@ def _case_task(case: Case, run_dir: str | None = None):
     if case.plugins:  # their backends' metadata (launch reads it); the driver imported them when it loaded the suite
         import_plugins(case.plugins, case.plugin_dir)
     # A task case keeps its checkpoints in the run directory: on a cluster it must be a shared one.
-    row = launch.run_case_in_worker(case, run_dir)
+    # Spawned, not forked: a fork server would live on in the Ray worker process between tasks, with
+    # no point at which the run could end it.
+    row = launch.run_case_in_worker(case, run_dir, launch="spawn")
     row["node"] = node
     yield "row", row
 
@@ -105,6 +107,7 @@ class RayExecutor:
     """The runner's executor (see harness.run.runner.LocalExecutor) on a Ray cluster."""
 
     run_dir = None  # set by the runner; handed to every task (a task case's checkpoints)
+    launch_method = "spawn"  # see _case_task
     on_progress = None  # a worker's progress lines stay on its node
     def __init__(self, address: str, cpus_per_case: int | None = None) -> None:
         self.address = parse_address(address)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -53,7 +54,8 @@ class SweepResult:
 
 
 class LocalExecutor:
-    """One worker at a time on this machine.
+    """One worker at a time on this machine, started by `launch_method` (harness.run.launch: "fork" or
+    "spawn"; None: launch.DEFAULT_LAUNCH).
 
     The runner sets run_dir (where cases may keep files: a task's checkpoints) and on_progress (a
     worker's progress lines) on an executor before it runs any case."""
@@ -62,15 +64,18 @@ class LocalExecutor:
     run_dir: Path | None = None
     on_progress: Callable[[str], None] | None = None
 
+    def __init__(self, launch_method: str | None = None) -> None:
+        self.launch_method = launch_method or launch.DEFAULT_LAUNCH
+
     def run(self, cases: Iterable[Case], started: Callable[[Case], None]) -> Iterator[tuple[Case, dict]]:
         for case in cases:
             started(case)
-            row = launch.run_case_in_worker(case, self.run_dir, self.on_progress)
+            row = launch.run_case_in_worker(case, self.run_dir, self.on_progress, self.launch_method)
             row["node"] = node_name(case.device)
             yield case, row
 
     def close(self) -> None:
-        pass
+        launch.close_servers()
 
 
 def node_name(device: str) -> str:
@@ -151,7 +156,7 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
     executor = executor or LocalExecutor()
     executor.run_dir = run_dir
     executor.on_progress = getattr(progress, "update", None)
-    _write_run_info(suite, run_dir, resume, environment, executor.name)
+    _write_run_info(suite, run_dir, resume, environment, executor.name, getattr(executor, "launch_method", None))
     done = {row["case_id"] for row in earlier_rows}
     cases = [c for c in suite.cases if c.case_id not in done]
     skip_larger = bool(suite.settings.get("skip_larger_after_failure"))
@@ -199,7 +204,29 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
             executor.close()
             if progress is not None:
                 progress.close()
+    _write_overhead(run_dir, earlier_rows + result.rows)
     return result
+
+
+def harness_overhead(rows: list[dict]) -> dict | None:
+    """What the run cost beyond its work: the sum and per-case median of the rows' overhead_s (wall_s less
+    the measured work, harness.measure.metrics), beside the sum of wall_s; None when no row has one."""
+    measured = [row for row in rows if isinstance(row.get("overhead_s"), (int, float))]
+    if not measured:
+        return None
+    overheads = sorted(row["overhead_s"] for row in measured)
+    return {"cases": len(measured), "sum_s": round(sum(overheads), 3),
+            "median_s": round(statistics.median(overheads), 3),
+            "wall_sum_s": round(sum(row.get("wall_s") or 0.0 for row in measured), 3)}
+
+
+def _write_overhead(run_dir: Path, rows: list[dict]) -> None:
+    overhead = harness_overhead(rows)
+    if overhead is None:
+        return
+    info = read_run_json(run_dir)
+    info["harness_overhead"] = overhead
+    write_run_json(run_dir, info)
 
 
 def _after_dependencies(batch: list[Case]) -> list[list[Case]]:
@@ -267,14 +294,16 @@ def _skip_row(case: Case, failed_series: dict[str, tuple[int, str]]) -> dict | N
     return row
 
 
-def _write_run_info(suite: Suite, run_dir: Path, resume: bool, environment: dict | None, executor: str) -> None:
+def _write_run_info(suite: Suite, run_dir: Path, resume: bool, environment: dict | None, executor: str,
+                    launch_method: str | None = None) -> None:
     from ..env import environment as current_environment
 
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     env = environment if environment is not None else current_environment(suite.settings.get("threads"))
     if resume and (run_dir / RUN_FILE).exists():
         info = read_run_json(run_dir)
-        info.setdefault("resumed", []).append({"time": now, "executor": executor, "environment": env})
+        info.setdefault("resumed", []).append({"time": now, "executor": executor, "launch": launch_method,
+                                               "environment": env})
     else:
         info = {
             "suite": suite.name,
@@ -284,6 +313,7 @@ def _write_run_info(suite: Suite, run_dir: Path, resume: bool, environment: dict
             "cases": len(suite.cases),
             "started": now,
             "executor": executor,
+            "launch": launch_method,  # how each case's worker process was started (harness.run.launch)
             "environment": env,
         }
     if suite.settings.get("measure_peak") and not info.get("matmul_peak"):
