@@ -98,6 +98,8 @@ def test_load_caches_the_extraction_and_checksums_the_bytes_it_returns(tmp_path)
     assert first.cache_path.name == f"file-{source_key(corpus, [source])}.bin" and first.cache_path.exists()
     again = load(corpus, tmp_path / "cache")  # from the cache, not extracted again
     assert again.sha256 == first.sha256 and again.cache_path == first.cache_path
+    assert corpora.provenance(again) == {"corpus": "file", "corpus_sha256": first.sha256, "corpus_tokens": 80,
+                                         "corpus_package": "none", "corpus_licence": "none"}
     source.write_bytes(b"something else, longer")  # a changed source is extracted afresh
     changed = load(corpus, tmp_path / "cache")
     assert changed.cache_path != first.cache_path

@@ -10,7 +10,7 @@ Depends on the standard library and torch only (no harness.run, report or views)
 from __future__ import annotations
 
 from . import fashion_mnist, kjv, music
-from .source import Corpus, CorpusData, CorpusUnavailable, available, cache_dir
+from .source import Corpus, CorpusData, CorpusUnavailable, available, cache_dir, provenance
 from .source import load as load_corpus
 
 CORPORA: dict[str, Corpus] = {}
@@ -40,4 +40,4 @@ for _module in (kjv, fashion_mnist, music):
     register(_module.CORPUS)
 
 __all__ = ["CORPORA", "Corpus", "CorpusData", "CorpusUnavailable", "available", "cache_dir", "get", "load",
-           "register"]
+           "provenance", "register"]

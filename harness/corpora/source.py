@@ -79,6 +79,13 @@ class CorpusData:
     cache_path: Path
 
 
+def provenance(data: CorpusData) -> dict:
+    """What a row says of the corpus it was computed on: name, checksum, size, package and licence."""
+    corpus = data.corpus
+    return {"corpus": corpus.name, "corpus_sha256": data.sha256, "corpus_tokens": int(data.tokens.numel()),
+            "corpus_package": corpus.package, "corpus_licence": corpus.licence}
+
+
 def cache_dir() -> Path:
     """$REFORMER_BENCH_CACHE/corpora, else $XDG_CACHE_HOME (or ~/.cache)/reformer-bench/corpora."""
     root = os.environ.get(CACHE_ENV)
