@@ -20,23 +20,34 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .metrics import Measurement, register_measurement
+
+if TYPE_CHECKING:
+    from impls.registry import AttentionBackend, BackendInfo
+
+    from ..suite import Case
+    from .workload import Workload
 
 
 @dataclass
 class Context:
-    """What a measurement sees: the case (None for a pytest-benchmark call), the backend's registration
-    and instance, the workload (call(), input_bytes, reset(), gradients()), the row so far, and the
-    output of the memory pass."""
+    """What a measurement sees.
 
-    case: Any
-    workload: Any
+    case: the case (None for a pytest-benchmark call, which has no case).
+    workload: what is called (harness.measure.workload.Workload).
+    device: where it runs ("cpu", "cuda", "cuda:N").
+    info, backend: the backend's registration and instance (None for a pytest-benchmark call).
+    row: the row so far (the measurements' figures, status and reason).
+    output: the output of the memory pass's call, for the checks after it."""
+
+    case: Case | None
+    workload: Workload
     device: str
-    info: Any = None
-    backend: Any = None
-    row: dict = field(default_factory=dict)
+    info: BackendInfo | None = None
+    backend: AttentionBackend | None = None
+    row: dict[str, Any] = field(default_factory=dict)
     output: Any = None
 
     def fail(self, status: str, reason: str) -> None:
@@ -44,11 +55,11 @@ class Context:
         if self.row.get("status") in (None, "ok"):
             self.row["status"], self.row["reason"] = status, reason
 
-    def counting_workload(self):
+    def counting_workload(self) -> Workload:
         """The workload FlopCounterMode runs: the same case on the backend's flops_via, else itself."""
-        if self.info is None or self.info.flops_via is None:
+        if self.case is None or self.info is None or self.info.flops_via is None:
             return self.workload
-        from ..run.workload import build_workload
+        from .workload import build_workload
 
         return build_workload(self.case, self.info.flops_via)
 

@@ -6,7 +6,7 @@ and exits; a worker that dies before writing is classified by the launcher. It p
 lines to stderr so that the launcher can say where a killed or hanging worker was.
 
 Setup (untimed): import the suite's plugins and the backend, check available() and the device,
-build the seeded workload (harness.run.workload), warm torch's thread pool, then apply the case's
+build the seeded workload (harness.measure.workload), warm torch's thread pool, then apply the case's
 memory limit (mem_limit). Then every measurement of the metric table in order
 (harness.measure.stages: timing, rss, memory, compile_stats, finite, flops, fidelity; then plugins').
 A task case (harness.run.task_case) trains or evaluates instead.
@@ -76,7 +76,7 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     from ..env import package_version
     from ..measure.metrics import measurements
     from ..measure.stages import Context, measure_rss
-    from .workload import build_workload
+    from ..measure.workload import build_workload
 
     if case.threads:
         torch.set_num_threads(case.threads)

@@ -15,12 +15,32 @@ freed, optimizer state): mem_peak_bytes = input_bytes + the peak increment aroun
 """
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 
 from ..suite import Case
 
 
-class Workload:
+class Workload(Protocol):
+    """What the measurements (harness.measure.stages) call: a zero-argument call, the bytes that live
+    before it, a reset that frees gradients, and the gradients of the last call."""
+
+    input_bytes: int | None
+
+    def __call__(self) -> Any:
+        ...
+
+    def reset(self) -> None:
+        ...
+
+    def gradients(self) -> list:
+        ...
+
+
+class CaseWorkload:
+    """A case's workload: its device, dtype, LSH configuration and seeded generator."""
+
     def __init__(self, case: Case, backend_name: str | None = None) -> None:
         from impls import LSHConfig
 
@@ -46,7 +66,7 @@ class Workload:
         return []
 
 
-class AttentionWorkload(Workload):
+class AttentionWorkload(CaseWorkload):
     def __init__(self, case: Case, backend_name: str | None = None) -> None:
         import impls
 
@@ -94,7 +114,7 @@ class AttentionWorkload(Workload):
         return [self.qk.grad, self.v.grad] if self.case.mode == "forward_backward" else []
 
 
-class LayerWorkload(Workload):
+class LayerWorkload(CaseWorkload):
     def __init__(self, case: Case, backend_name: str | None = None) -> None:
         from impls.layer import build_layer
 
@@ -128,7 +148,7 @@ class LayerWorkload(Workload):
         return [self.x.grad] + [p.grad for p in self.layer.parameters()]
 
 
-class ModelWorkload(Workload):
+class ModelWorkload(CaseWorkload):
     def __init__(self, case: Case, backend_name: str | None = None) -> None:
         from impls.model import ModelConfig, build_model
 
@@ -174,9 +194,10 @@ class ModelWorkload(Workload):
         return [p.grad for p in self.model.parameters()] if self.case.mode != "forward" else []
 
 
-WORKLOADS = {"attention": AttentionWorkload, "layer": LayerWorkload, "model": ModelWorkload}
+WORKLOADS: dict[str, type[CaseWorkload]] = {"attention": AttentionWorkload, "layer": LayerWorkload,
+                                             "model": ModelWorkload}
 
 
-def build_workload(case: Case, backend_name: str | None = None) -> Workload:
+def build_workload(case: Case, backend_name: str | None = None) -> CaseWorkload:
     """The case's workload, on its own backend or (for FLOP counting) on backend_name."""
     return WORKLOADS[case.workload](case, backend_name)
