@@ -27,6 +27,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from ..env import describe_node
 from ..errors import UserError
 from ..results.store import new_row
 from ..suite import Case
@@ -88,16 +89,16 @@ def unplaceable(resources: dict, nodes: list[dict]) -> str | None:
 
 def _case_task(case: Case, run_dir: str | None = None):
     """Runs on a Ray node: says where it runs, then runs the case in a fresh worker process there."""
+    from ..env import node_facts
     from ..suite import import_plugins
-    from .runner import node_name
 
-    node = node_name(case.device)
+    node = node_facts(case.device)
     yield "started", node
     if case.plugins:  # their backends' metadata (launch reads it); the driver imported them when it loaded the suite
         import_plugins(case.plugins, case.plugin_dir)
     # A task case keeps its checkpoints in the run directory: on a cluster it must be a shared one.
     row = launch.run_case_in_worker(case, run_dir)
-    row["node"] = node
+    row.update(node)
     yield "row", row
 
 
@@ -193,7 +194,7 @@ class RayExecutor:
                 continue
             run_dir = str(self.run_dir.resolve()) if self.run_dir else None
             pending[task.options(name=case.case_id, **resources).remote(case, run_dir)] = case
-        where: dict = {}  # generator -> (node, monotonic time its case started)
+        where: dict = {}  # generator -> (node facts, monotonic time its case started)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for gen in ready:
@@ -255,14 +256,14 @@ def _unavailable_row(case: Case, reason: str) -> dict:
     return row
 
 
-def _failure_row(case: Case, exc: BaseException, node: str | None, since: float | None) -> dict:
+def _failure_row(case: Case, exc: BaseException, node: dict | None, since: float | None) -> dict:
     """The row of a task that failed in Ray rather than in its worker: `crashed`, saying how."""
     errors = import_ray().exceptions
 
     def kind(*names: str) -> tuple[type, ...]:  # some of these are younger than the oldest Ray allowed
         return tuple(getattr(errors, name) for name in names if hasattr(errors, name))
 
-    on = f" on {node}" if node else ""
+    on = f" on {describe_node(node)}" if node else ""
     if isinstance(exc, kind("NodeDiedError")):
         what = f"the Ray node running the case{on} was lost"
     elif isinstance(exc, kind("OutOfMemoryError")):
@@ -281,7 +282,8 @@ def _failure_row(case: Case, exc: BaseException, node: str | None, since: float 
     row["status"] = "crashed"
     row["reason"] = f"{what}: {detail}"[:REASON_CHARS]
     row["stage"] = None if node else "not started"  # where the worker was is in the node's logs only
-    row["node"] = node
+    if node:
+        row.update(node)
     if since is not None:
         row["wall_s"] = time.monotonic() - since
     return row
