@@ -3,10 +3,10 @@
   timing       first call (first_call_s; compile_time_s = first call - warm median for backends that
                compile), `warmup` more calls, `repeats` timed calls (harness.measure.timing)
   memory       one call under harness.measure.memory's trackers at once: the tensor tracker and the
-               allocator's events on the CPU (a backend with compile_stats, torch.compile, is measured
+               allocator's events on the CPU (a backend that runs under dynamo, torch.compile, is measured
                by the allocator alone: dynamo does not run under the tracker's TorchDispatchMode), the
                CUDA allocator and NVML on GPU; memory-profiler samples the RSS over the same call
-  compile_stats  backend.compile_stats(), if offered, covering the timed and memory calls:
+  compile_stats  backend.compile_stats(), if it declares that capability, covering the timed and memory calls:
                compilations; a fallback to eager is status error
   finite       the output (and gradients) of the memory call: NaN / inf is status nonfinite
   flops        the analytic count, and one call under FlopCounterMode on the eager path (flops_via)
@@ -97,7 +97,7 @@ def measure_memory(ctx: Context) -> dict:
 
     def call():
         if ctx.device == "cpu":
-            dynamo = callable(getattr(ctx.backend, "compile_stats", None))
+            dynamo = ctx.info is not None and ctx.info.offers("dynamo")
             tensor_tracker = contextlib.nullcontext() if dynamo else track_peak_memory("cpu")
             with track_allocator_peak() as allocator, tensor_tracker as tensors:
                 ctx.output = ctx.workload()
@@ -164,10 +164,9 @@ def _downsample(trace: list, points: int) -> list:
 
 
 def measure_compile(ctx: Context) -> dict:
-    compile_stats = getattr(ctx.backend, "compile_stats", None)
-    if not callable(compile_stats):
+    if ctx.info is None or not ctx.info.offers("compile_stats"):
         return {}
-    stats = compile_stats()  # read after the memory pass, so a fallback in any call counts
+    stats = ctx.backend.compile_stats()  # read after the memory pass, so a fallback in any call counts
     if stats.get("fell_back"):
         ctx.fail("error", f"compiled backend fell back to eager: {stats.get('reason', '')}".strip())
     return {"compilations": stats.get("compilations")}
@@ -213,8 +212,7 @@ def measure_fidelity(ctx: Context) -> dict:
     with torch.no_grad():
         out = ctx.output if ctx.case.mode == "forward" else workload.attend(qk, v)
     # A peer with another score temperature approximates dense attention at that temperature.
-    score_scale = getattr(ctx.backend, "score_scale", None)
-    reference_qk = qk * score_scale(ctx.case.d_head) if callable(score_scale) else qk
+    reference_qk = qk * ctx.backend.score_scale(ctx.case.d_head) if ctx.info.offers("score_scale") else qk
     with torch.no_grad():
         reference = impls.get_backend(impls.reference_backend()).attend(reference_qk, v, workload.cfg)
     figures = {"rel_error": relative_error(out, reference)}

@@ -93,10 +93,9 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     if info.package:
         row["peer"] = f"{info.package} {package_version(info.package)}"
     workload = None if case.workload == "task" else build_workload(case)
-    effective_n_buckets = getattr(backend, "effective_n_buckets", None)
-    if callable(effective_n_buckets) and case.n_buckets is not None:
+    if info.offers("effective_n_buckets") and case.n_buckets is not None:
         # A peer that hashes into another bucket count than asked: its row (and FLOPs) say which.
-        row["n_buckets"] = effective_n_buckets(workload.cfg, case.seq_len)
+        row["n_buckets"] = backend.effective_n_buckets(workload.cfg, case.seq_len)
     _warm_thread_pool(torch)
     if case.mem_limit_bytes is not None:
         if case.device.startswith("cuda"):

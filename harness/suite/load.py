@@ -229,9 +229,10 @@ def _make_case(params: dict, settings: dict, model: dict, known: list[str], wher
     if p["n_buckets"] == "auto" and p["chunk_len"] == "auto":
         raise UserError(f"{where}: n_buckets and chunk_len cannot both be \"auto\" "
                         f"(seq_len={p['seq_len']})")
-    if p["replay_buckets"] and (kind != "lsh" or p["workload"] != "attention"):
-        raise UserError(f"{where}: replay_buckets = true needs an LSH backend and workload = \"attention\", "
-                        f"got backend={name!r} ({kind}), workload={p['workload']!r}")
+    if p["replay_buckets"] and (not info.offers("replay_buckets") or p["workload"] != "attention"):
+        raise UserError(f"{where}: replay_buckets = true needs an LSH backend that replays buckets (capability "
+                        f"replay_buckets) and workload = \"attention\", got backend={name!r} ({kind}), "
+                        f"workload={p['workload']!r}")
     if settings["fixed_tokens"] is not None:
         if settings["fixed_tokens"] % p["seq_len"]:
             raise UserError(f"{where}: [suite] fixed_tokens={settings['fixed_tokens']} is not a multiple "
