@@ -123,7 +123,7 @@ def nvml_gpu_name(device: str) -> str | None:
             name = pynvml.nvmlDeviceGetName(handle)
         finally:
             pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 -- no library, no driver, no such GPU: the host name alone
+    except Exception:  # no library, no driver, no such GPU: the host name alone
         return None
     return name.decode() if isinstance(name, bytes) else str(name)
 
@@ -162,7 +162,7 @@ def nvidia_driver() -> str | None:
         finally:
             pynvml.nvmlShutdown()
         return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception:  # noqa: BLE001 -- no library, no driver or an NVML error: the field is unknown
+    except Exception:  # no library, no driver or an NVML error: the field is unknown
         return None
 
 

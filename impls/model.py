@@ -73,7 +73,7 @@ class ModelConfig:
                              f"heads={self.heads}")
         for flag in ("causal", "dedup"):
             if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be a bool, got {flag}={getattr(self, flag)!r}")  # noqa: TRY004
+                raise ValueError(f"{flag} must be a bool, got {flag}={getattr(self, flag)!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be a number in [0, 1), got dropout={self.dropout!r}")
@@ -109,9 +109,9 @@ class ModelConfig:
 
 
 def _require_int(name: str, value: object) -> None:
-    # The project reports every bad input as a ValueError naming the parameter (hence the noqa's).
+    # The project reports every bad input as a ValueError naming the parameter (not TypeError).
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {name}={value!r}")  # noqa: TRY004
+        raise ValueError(f"{name} must be an integer, got {name}={value!r}")
 
 
 def _require_positive_int(name: str, value: object) -> None:
@@ -448,9 +448,9 @@ class ReformerLM(_LanguageModel):
                  ff_chunks: int | None = None) -> None:
         super().__init__()
         if not isinstance(cfg, ModelConfig):
-            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")  # noqa: TRY004
+            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
         if not isinstance(reversible, bool):
-            raise ValueError(f"reversible must be a bool, got reversible={reversible!r}")  # noqa: TRY004
+            raise ValueError(f"reversible must be a bool, got reversible={reversible!r}")
         self.cfg = cfg
         self.backend, self.hashes = _available_backend(backend, ("lsh", "dense"))
         self.reversible = reversible
@@ -488,7 +488,7 @@ class TransformerLM(_LanguageModel):
     def __init__(self, cfg: ModelConfig, backend: str = "sdpa", ff_chunks: int | None = None) -> None:
         super().__init__()
         if not isinstance(cfg, ModelConfig):
-            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")  # noqa: TRY004
+            raise ValueError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         self.backend, _ = _available_backend(backend, ("dense",))
         self.ff_chunks = _resolve_ff_chunks(cfg, ff_chunks)

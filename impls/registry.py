@@ -33,7 +33,7 @@ CAPABILITY_METHODS: Mapping[str, tuple[str, ...]] = MappingProxyType({
 
 @runtime_checkable
 class AttentionBackend(Protocol):
-    """What every backend offers. attend() computes the contract of DESIGN.md."""
+    """What every backend offers. attend() computes the contract of docs/DESIGN.md."""
 
     def available(self) -> tuple[bool, str]:
         ...
@@ -165,9 +165,9 @@ def backend_availability(name: str) -> tuple[bool, str]:
     """(ok, reason) of a backend here, failures to import or build it included; never raises."""
     try:
         backend = get_backend(name)
-    except Exception as exc:  # noqa: BLE001 -- reported, not raised: `list` shows every backend
+    except Exception as exc:  # reported, not raised: `list` shows every backend
         return False, f"import failed: {type(exc).__name__}: {exc}"
     try:
         return backend.available()
-    except Exception as exc:  # noqa: BLE001 -- as above
+    except Exception as exc:  # as above
         return False, f"available() raised {type(exc).__name__}: {exc}"

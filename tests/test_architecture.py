@@ -1,4 +1,4 @@
-"""The architecture of DESIGN.md, read from the source with ast: harness/ has no import cycle, impls never
+"""The architecture of docs/DESIGN.md, read from the source with ast: harness/ has no import cycle, impls never
 imports harness, and no harness module names a backend (it learns about backends from their registration)."""
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_no_harness_module_names_a_backend():
                 assert node.value not in names, f"{path.relative_to(REPO)}:{node.lineno} names backend {node.value!r}"
 
 
-# The layers of harness/, bottom to top (DESIGN.md "Layers"): a module imports only from its own layer
+# The layers of harness/, bottom to top (docs/DESIGN.md, "Layers"): a module imports only from its own layer
 # or below, at module level or inside a function. Keyed by the top-level module or package under
 # harness/; a new one must be placed here (test_every_harness_module_has_a_layer).
 LAYERS: dict[str, int] = {

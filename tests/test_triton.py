@@ -127,7 +127,7 @@ def _case_errors(case: dict) -> dict:
 
 
 def _exact_regime_error() -> float:
-    """Two chunks cover the sequence, so LSH attention must equal dense attention (DESIGN.md)."""
+    """Two chunks cover the sequence, so LSH attention must equal dense attention (docs/DESIGN.md)."""
     gen = torch.Generator().manual_seed(5)
     qk, v = torch.randn(1, 2, 64, 16, generator=gen), torch.randn(1, 2, 64, 16, generator=gen)
     cfg = LSHConfig(n_buckets=8, n_hashes=3, chunk_len=32, causal=True, seed=3)

@@ -285,7 +285,7 @@ def parse_size(text: str | int) -> int:
             raise ValueError(f"size must be >= 0 bytes, got size={text!r}")
         return text
     if not isinstance(text, str):
-        raise ValueError(  # noqa: TRY004 -- the project reports every bad input as ValueError
+        raise ValueError(  # the project reports every bad input as ValueError
             f"size must be a string like '64 MiB' or an int, got size={text!r}")
     match = _SIZE_PATTERN.match(text)
     unit = match.group(2).lower() if match else None

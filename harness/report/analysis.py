@@ -30,9 +30,6 @@ NOISY_FLOP_RATIO = 1.2
 #: Rows compared for the FLOP rule share these keys, and n_hashes or (n_buckets, chunk_len).
 FLOP_RULE_KEYS = ("suite", "backend", "workload", "mode", "device", "dtype", "causal", "heads", "d_head", "batch",
                   "seq_len")
-#: Figures compared between two runs (larger is worse), by the one rule of harness.results.compare
-#: with each metric's tolerance from the table; time also has to move by more than the two IQRs together.
-COMPARED_METRICS = ("time_median_s", "mem_peak_bytes", "rel_error")
 #: What the comparison shows of each case. Cases are matched by case_id: the runner's ids are stable
 #: (derived from the case's parameters), so the same case in two runs of a suite has the same id.
 MATCH_KEYS = ("suite", "backend", "mode", "seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes",

@@ -56,7 +56,7 @@ class ResultsWriter:
                 needs_newline = f.read(1) != b"\n"
         else:
             needs_newline = False
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 -- closed by close()
+        self._file = open(self.path, "a", encoding="utf-8")  # closed by close()
         if needs_newline:
             self._file.write("\n")
             self._file.flush()
@@ -221,5 +221,5 @@ def import_run_plugins(run: dict) -> None:
 
     try:
         import_plugins(tuple(plugins), str(Path(suite_file).resolve().parent))
-    except Exception:  # noqa: BLE001 -- showing results must not depend on a plugin still importing
+    except Exception:  # showing results must not depend on a plugin still importing
         pass

@@ -139,7 +139,7 @@ class RayExecutor:
                 ray.init(address="local", include_dashboard=False, **common)
             else:
                 ray.init(address=self.address, **common)
-        except Exception as exc:  # noqa: BLE001 -- no cluster, a refused token, ...: the address is the input
+        except Exception as exc:  # no cluster, a refused token, ...: the address is the input
             hint = "" if self.address in ("local", "auto") else (
                 " (a cluster with token authentication, Ray's default, also needs RAY_AUTH_MODE=token and its "
                 "token here: ray get-auth-token)")
@@ -162,7 +162,7 @@ class RayExecutor:
             try:  # Ray's own lookup (RAY_ADDRESS, then this machine's latest cluster); private, so guarded
                 from ray._private.services import canonicalize_bootstrap_address
                 address = canonicalize_bootstrap_address("auto")
-            except Exception:  # noqa: BLE001 -- no cluster found, or the lookup moved: ray.init says
+            except Exception:  # no cluster found, or the lookup moved: ray.init says
                 return
             if not address:
                 return

@@ -125,7 +125,7 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
             continue
         try:
             row.update(measurement.measure(ctx) or {})
-        except Exception as exc:  # noqa: BLE001 -- recorded in the row, the measured figures stand
+        except Exception as exc:  # recorded in the row, the measured figures stand
             # A cross-check that fails (an OOM of the dense reference, typically) leaves the timing and
             # memory figures standing; the reason says what is missing and why.
             note = f"{measurement.name} not measured: {classify_exception(exc)[1]}"
