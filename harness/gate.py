@@ -274,10 +274,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def tolerances_of(args: argparse.Namespace) -> dict[str, float]:
     """gated metric -> tolerance: the always-gated ones (--tolerance, else their own), then the
     on-request ones whose flag was given."""
-    chosen = {}
+    chosen: dict[str, float] = {}
     for metric in gated_metrics():
         if metric.gate == "always":
-            chosen[metric.name] = args.tolerance if args.tolerance is not None else metric.tolerance
+            # A gated metric that declares no tolerance is compared exactly.
+            chosen[metric.name] = args.tolerance if args.tolerance is not None else (metric.tolerance or 0.0)
         elif getattr(args, f"tolerance_{metric.name}", None) is not None:
             chosen[metric.name] = getattr(args, f"tolerance_{metric.name}")
     return chosen

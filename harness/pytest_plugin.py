@@ -54,7 +54,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     want_benchmarks = _benchmarks_selected(config)
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         is_benchmark = BENCHMARK_FIXTURE in getattr(item, "fixturenames", ())
         (keep if is_benchmark == want_benchmarks else drop).append(item)

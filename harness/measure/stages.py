@@ -55,6 +55,19 @@ class Context:
         if self.row.get("status") in (None, "ok"):
             self.row["status"], self.row["reason"] = status, reason
 
+    def the_case(self) -> Case:
+        """The case, for a measurement that needs one (a pytest-benchmark call has none)."""
+        if self.case is None:
+            raise RuntimeError("this measurement needs a case; a pytest-benchmark call has none")
+        return self.case
+
+    def the_backend(self) -> tuple[BackendInfo, Any]:
+        """The backend's registration and instance, the instance typed Any: it offers the methods of its
+        declared capabilities (impls.registry checks them when it builds the backend)."""
+        if self.info is None or self.backend is None:
+            raise RuntimeError("this measurement needs a backend; a pytest-benchmark call has none")
+        return self.info, self.backend
+
     def counting_workload(self) -> Workload:
         """The workload FlopCounterMode runs: the same case on the backend's flops_via, else itself."""
         if self.case is None or self.info is None or self.info.flops_via is None:
@@ -67,7 +80,7 @@ class Context:
 def measure_timing(ctx: Context) -> dict:
     from .timing import time_call
 
-    case = ctx.case
+    case = ctx.the_case()
     timing = time_call(ctx.workload, warmup=case.warmup, repeats=case.repeats, device=case.device)
     compiles = ctx.info is not None and ctx.info.compiles
     tokens = case.batch * case.seq_len
@@ -166,7 +179,7 @@ def _downsample(trace: list, points: int) -> list:
 def measure_compile(ctx: Context) -> dict:
     if ctx.info is None or not ctx.info.offers("compile_stats"):
         return {}
-    stats = ctx.backend.compile_stats()  # read after the memory pass, so a fallback in any call counts
+    stats = ctx.the_backend()[1].compile_stats()  # read after the memory pass, so a fallback in any call counts
     if stats.get("fell_back"):
         ctx.fail("error", f"compiled backend fell back to eager: {stats.get('reason', '')}".strip())
     return {"compilations": stats.get("compilations")}
@@ -199,29 +212,35 @@ def measure_flops(ctx: Context) -> dict:
 
 
 def measure_fidelity(ctx: Context) -> dict:
-    if not ctx.case.fidelity:
+    case = ctx.the_case()
+    if not case.fidelity:
         return {}
     import torch
 
     import impls
 
     from .fidelity import attention_mass_recall, relative_error
+    from .workload import AttentionWorkload
 
     workload = ctx.workload
+    if not isinstance(workload, AttentionWorkload):
+        raise RuntimeError(f"fidelity needs an attention workload, got workload={case.workload!r}")
+    info, backend = ctx.the_backend()
     qk, v = workload.qk.detach(), workload.v.detach()
     with torch.no_grad():
-        out = ctx.output if ctx.case.mode == "forward" else workload.attend(qk, v)
+        out = ctx.output if case.mode == "forward" else workload.attend(qk, v)
     # A peer with another score temperature approximates dense attention at that temperature.
-    reference_qk = qk * ctx.backend.score_scale(ctx.case.d_head) if ctx.info.offers("score_scale") else qk
+    reference_qk = qk * backend.score_scale(case.d_head) if info.offers("score_scale") else qk
     with torch.no_grad():
         reference = impls.get_backend(impls.reference_backend()).attend(reference_qk, v, workload.cfg)
     figures = {"rel_error": relative_error(out, reference)}
-    if ctx.info.kind == "lsh":  # peers hash with their own rotations: our windows are not theirs
+    if info.kind == "lsh":  # peers hash with their own rotations: our windows are not theirs
         figures["attn_mass_recall"] = attention_mass_recall(qk, workload.cfg)
     return figures
 
 
-def measure_rss(ctx: Context) -> dict:
+def measure_rss(ctx: Context | None = None) -> dict:
+    """The worker's peak RSS so far (needs no workload: task cases take it too)."""
     from .memory import process_peak_rss_bytes
 
     return {"rss_peak_bytes": process_peak_rss_bytes()}

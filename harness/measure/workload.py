@@ -26,7 +26,9 @@ class Workload(Protocol):
     """What the measurements (harness.measure.stages) call: a zero-argument call, the bytes that live
     before it, a reset that frees gradients, and the gradients of the last call."""
 
-    input_bytes: int | None
+    @property
+    def input_bytes(self) -> int | None:
+        ...
 
     def __call__(self) -> Any:
         ...
@@ -126,7 +128,7 @@ class LayerWorkload(CaseWorkload):
         width = case.heads * case.d_head
         self.x = self.randn(case.batch, case.seq_len, width, grad=grad)
         self.grad_out = self.randn(case.batch, case.seq_len, width) if grad else None
-        tensors = [self.x, *self.layer.parameters()] + ([self.grad_out] if grad else [])
+        tensors = [self.x, *self.layer.parameters()] + ([self.grad_out] if self.grad_out is not None else [])
         self.input_bytes = sum(t.numel() * t.element_size() for t in tensors)
 
     def __call__(self):
@@ -153,7 +155,8 @@ class ModelWorkload(CaseWorkload):
         from impls.model import ModelConfig, build_model
 
         super().__init__(case, backend_name)
-        fields = {k: v for k, v in case.model.items() if k != "reversible"}
+        model_table = case.model or {}
+        fields = {k: v for k, v in model_table.items() if k != "reversible"}
         fields.setdefault("max_seq_len", case.seq_len)
         fields["causal"] = case.causal
         if isinstance(fields.get("axial_shape"), list):
@@ -163,7 +166,7 @@ class ModelWorkload(CaseWorkload):
                           dedup=bool(case.dedup))
         self.config = ModelConfig(**fields)
         torch.manual_seed(case.seed)  # the model's weights
-        self.model = build_model(self.backend_name, self.config, case.model.get("reversible"))
+        self.model = build_model(self.backend_name, self.config, model_table.get("reversible"))
         self.model.to(device=self.device, dtype=self.dtype)
         self.optimizer = (torch.optim.AdamW(self.model.parameters(), lr=1e-4) if case.mode == "train_step"
                           else None)

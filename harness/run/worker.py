@@ -13,6 +13,8 @@ A task case (harness.run.task_case) trains or evaluates instead.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import os
 import resource
@@ -93,9 +95,10 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     if info.package:
         row["peer"] = f"{info.package} {package_version(info.package)}"
     workload = None if case.workload == "task" else build_workload(case)
-    if info.offers("effective_n_buckets") and case.n_buckets is not None:
+    if info.offers("effective_n_buckets") and workload is not None and case.n_buckets is not None:
         # A peer that hashes into another bucket count than asked: its row (and FLOPs) say which.
-        row["n_buckets"] = backend.effective_n_buckets(workload.cfg, case.seq_len)
+        offers: Any = backend  # a declared capability's method (checked when the backend was built)
+        row["n_buckets"] = offers.effective_n_buckets(workload.cfg, case.seq_len)
     _warm_thread_pool(torch)
     if case.mem_limit_bytes is not None:
         if case.device.startswith("cuda"):
@@ -105,16 +108,16 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     if spawned_at is not None:
         row["worker_setup_s"] = time.time() - spawned_at
 
-    ctx = Context(case=case, workload=workload, device=case.device, info=info, backend=backend, row=row)
-    if case.workload == "task":  # trained and evaluated, not timed call by call (harness.run.task_case)
+    if workload is None:  # a task case: trained and evaluated, not timed call by call (harness.run.task_case)
         from .task_case import measure as measure_task
 
         row["stage"] = case.mode
         stage(case.mode)
         measure_task(case, row)
-        row.update(measure_rss(ctx))
+        row.update(measure_rss())
         row["stage"] = "done"
         return
+    ctx = Context(case=case, workload=workload, device=case.device, info=info, backend=backend, row=row)
     for measurement in measurements():
         if measurement.auxiliary and row["status"] != "ok":
             continue  # cross-checks of a failed case would measure nothing worth keeping
