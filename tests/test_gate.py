@@ -225,6 +225,7 @@ def test_cpu_baseline_covers_exactly_the_gate_suite():
     assert set(baseline["cases"]) == suite_ids
 
 
+@pytest.mark.slow
 def test_gate_suite_memory_is_deterministic():
     # The runner's own measurement (harness.run.worker.run_case), twice in this process: the exact CPU
     # figure must not depend on allocator state, earlier tests or timing.

@@ -501,6 +501,7 @@ def _kernel_variant(row: dict) -> tuple:
     return row["variant"]["dtype"], row["variant"]["causal"], row["variant"]["dedup"]
 
 
+@pytest.mark.slow
 def test_every_variant_compiles_for_sm90(compiled):
     assert sorted(json.dumps(row["variant"], sort_keys=True) for row in compiled) == sorted(
         json.dumps(variant, sort_keys=True) for variant in VARIANTS + [MODEL_LAYOUT])

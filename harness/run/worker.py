@@ -13,8 +13,6 @@ A task case (harness.run.task_case) trains or evaluates instead.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import json
 import os
 import resource
@@ -22,6 +20,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from ..suite import Case
 
