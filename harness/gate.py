@@ -28,10 +28,10 @@ import argparse
 import datetime as dt
 import json
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .env import cuda_gpu_name, recorded_commit, recorded_gpu_name, row_gpu_name
 from .errors import UserError
 from .measure.metrics import METRICS, Metric, metrics
 from .results.compare import change, verdict
@@ -46,11 +46,6 @@ def gated_metrics() -> list[Metric]:
 def flag_of(metric: Metric) -> str:
     """The option that asks for an on-request metric: --<first word of its name>-tolerance."""
     return f"--{metric.name.split('_')[0]}-tolerance"
-
-
-def _label(metric_name: str) -> str:
-    """A gated metric as the gate's table names it: its row key."""
-    return metric_name
 
 
 # --- device classes ---------------------------------------------------------------------------
@@ -68,38 +63,10 @@ def device_class(device: str, gpu_name: str | None = None) -> str:
     if kind != "cuda":
         raise UserError(f"device={device!r}: the gate knows device classes for 'cpu' and 'cuda' only")
     if gpu_name is None:
-        import torch
-
-        if not torch.cuda.is_available():
+        gpu_name = cuda_gpu_name(device)
+        if gpu_name is None:
             raise UserError(f"device={device!r} but no GPU name was recorded and CUDA is not available here")
-        gpu_name = torch.cuda.get_device_name(torch.device(device))
     return f"cuda-{slug(gpu_name)}"
-
-
-_GPU_NAME_KEYS = ("gpu_name", "device_name", "gpu", "cuda_device_name")
-
-
-def _recorded_gpu_name(run: dict) -> str | None:
-    """The GPU name run.json recorded, wherever the runner put it (top level or its environment)."""
-    for table in (run, run.get("environment") or {}, run.get("env") or {}):
-        if not isinstance(table, dict):
-            continue
-        for key in _GPU_NAME_KEYS:
-            value = table.get(key)
-            if isinstance(value, list) and value:
-                value = value[0]
-            if isinstance(value, dict):
-                value = value.get("name")
-            if isinstance(value, str) and value and value.lower() not in ("cpu", "none"):
-                return value
-    return None
-
-
-def _row_gpu_name(row: dict) -> str | None:
-    """The GPU a row ran on, from its node ("host (GPU name)"): on a Ray cluster the worker's, not the
-    driver's."""
-    node = str(row.get("node") or "")
-    return node[node.index("(") + 1:-1] if node.endswith(")") and "(" in node else None
 
 
 def results_device_class(run: dict, rows: list[dict], where: str) -> str:
@@ -107,26 +74,13 @@ def results_device_class(run: dict, rows: list[dict], where: str) -> str:
     if not rows:
         raise UserError(f"{where}: no result rows to gate")
     classes = sorted({device_class(str(row.get("device") or "cpu"),
-                                   (_row_gpu_name(row) or _recorded_gpu_name(run))
+                                   (row_gpu_name(row) or recorded_gpu_name(run))
                                    if str(row.get("device") or "cpu").startswith("cuda") else None)
                       for row in rows})
     if len(classes) > 1:
         raise UserError(f"{where}: rows ran on several device classes ({', '.join(classes)}); "
                         f"gate one device class per results directory")
     return classes[0]
-
-
-def _recorded_commit(run: dict) -> str | None:
-    for table in (run, run.get("environment") or {}, run.get("env") or {}):
-        if isinstance(table, dict):
-            for key in ("commit", "git_commit"):
-                if isinstance(table.get(key), str):
-                    return table[key]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # --- baselines ----------------------------------------------------------------------------------
@@ -175,7 +129,7 @@ def make_baseline(run: dict, rows: list[dict], dev_class: str, tolerance: float)
     return {
         "device_class": dev_class,
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "commit": _recorded_commit(run),
+        "commit": recorded_commit(run),
         "suite": run.get("suite"),
         "tolerance": tolerance,
         "cases": cases,
@@ -273,7 +227,7 @@ def format_report(report: GateReport, tolerances: dict[str, float]) -> str:
         change = "-" if f.change is None else f"{f.change * 100:+.2f}%"
         measured = f.detail if f.verdict in ("missing", "failed") and f.measured is None else \
             _format_value(f.metric, f.measured)
-        lines.append((f.case_id, _label(f.metric) if f.metric != "-" else "-", _format_value(f.metric, f.baseline),
+        lines.append((f.case_id, f.metric, _format_value(f.metric, f.baseline),
                       measured, change, f.verdict.upper() if f.fails else f.verdict))
     out = []
     if len(lines) > 1:
@@ -281,7 +235,7 @@ def format_report(report: GateReport, tolerances: dict[str, float]) -> str:
         out += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
     counts = [_plural(sum(f.verdict == v for f in report.findings), v)
               for v in ("regression", "improvement", "missing", "failed")]
-    tol = ", ".join(f"{_label(metric)} tolerance {value * 100:g}%" for metric, value in tolerances.items())
+    tol = ", ".join(f"{metric} tolerance {value * 100:g}%" for metric, value in tolerances.items())
     summary = (f"gate {'PASSED' if report.passed else 'FAILED'}: {_plural(report.compared, 'case')} compared "
                f"({tol}); {', '.join(counts)}")
     if report.new_cases:
@@ -320,10 +274,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def tolerances_of(args: argparse.Namespace) -> dict[str, float]:
     """gated metric -> tolerance: the always-gated ones (--tolerance, else their own), then the
     on-request ones whose flag was given."""
-    chosen = {}
+    chosen: dict[str, float] = {}
     for metric in gated_metrics():
         if metric.gate == "always":
-            chosen[metric.name] = args.tolerance if args.tolerance is not None else metric.tolerance
+            # A gated metric that declares no tolerance is compared exactly.
+            chosen[metric.name] = args.tolerance if args.tolerance is not None else (metric.tolerance or 0.0)
         elif getattr(args, f"tolerance_{metric.name}", None) is not None:
             chosen[metric.name] = getattr(args, f"tolerance_{metric.name}")
     return chosen

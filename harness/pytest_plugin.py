@@ -55,7 +55,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     want_benchmarks = _benchmarks_selected(config)
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         is_benchmark = BENCHMARK_FIXTURE in getattr(item, "fixturenames", ())
         (keep if is_benchmark == want_benchmarks else drop).append(item)
@@ -173,7 +174,7 @@ def synchronized(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
 def torch_machine_info() -> dict[str, Any]:
     """torch, CUDA, cuDNN, the backends' packages (triton, the peers), GPU and driver versions, and the
     gate's device class."""
-    from harness.env import backend_packages, nvidia_driver, package_version
+    from harness.env import backend_packages, cuda_gpu_names, nvidia_driver, package_version
     from harness.gate import device_class
 
     info: dict[str, Any] = {
@@ -182,12 +183,11 @@ def torch_machine_info() -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         **{package.replace("-", "_"): package_version(package) for package in backend_packages()},
         "threads": torch.get_num_threads(),
-        "gpus": [],
+        "gpus": cuda_gpu_names(),
         "gpu_driver": None,
         "device_class": device_class("cuda" if torch.cuda.is_available() else "cpu"),
     }
-    if torch.cuda.is_available():
-        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    if info["gpus"]:
         info["gpu_driver"] = nvidia_driver()
     return info
 

@@ -42,10 +42,13 @@ def _register_builtin_backends() -> None:
 
         return SdpaBackend()
 
-    register_backend("eager", eager, kind="lsh", description="LSH attention in plain PyTorch (blocked, in place)")
+    register_backend("eager", eager, kind="lsh", capabilities={"replay_buckets"},
+                     description="LSH attention in plain PyTorch (blocked, in place)")
     register_backend("compiled", compiled, kind="lsh", compiles=True, flops_via="eager",
+                     capabilities={"replay_buckets", "compile_stats", "dynamo"},
                      description="eager's algorithm with the passes between matmuls compiled by torch.compile")
     register_backend("triton", triton, kind="lsh", devices=("cuda",), compiles=True, flops_via="eager",
+                     capabilities={"replay_buckets"},
                      cpu_interpreter_env={"TRITON_INTERPRET": "1"}, requires=("triton",),
                      description="fused Triton kernels (on the CPU only under the Triton interpreter)")
     register_backend("dense", dense, kind="dense", reference=True,

@@ -15,9 +15,9 @@ import torch
 from .lsh import accum_dtype, mask_values, window_chunks
 
 # Upper bound on query-key scores materialised at once (per temporary), by device type. CPU: 256K
-# fp32 = 1 MiB, measured fastest here (16K tokens fwd+bwd: 0.69 s at 2^18 vs 0.81 s at 2^22; 2^16 is
-# slower again): the temporaries stay in cache. CUDA: each step is ~20 kernel launches, so steps must
-# be large enough for launches not to dominate (16 MiB).
+# fp32 = 1 MiB, the fastest of the sizes timed (docs/DESIGN.md, "Tuned constants"): the temporaries
+# stay in cache. CUDA: each step is ~20 kernel launches, so steps must be large enough for launches not
+# to dominate (16 MiB).
 SCORE_BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
 
 

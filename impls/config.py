@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class LSHConfig:
-    """Settings of one LSH attention call (see DESIGN.md, "The attention contract").
+    """Settings of one LSH attention call (see docs/DESIGN.md, "The attention contract").
 
     n_buckets: buckets per hash round (even; the rotation draws n_buckets // 2 directions).
     n_hashes: hash rounds, combined with log-sum-exp weights.

@@ -161,8 +161,8 @@ def hash_buckets(qk: torch.Tensor, cfg: LSHConfig, bucket_of=bucket_of_projectio
         rot = rot.repeat(batch, 1, 1)  # (B*H, d, R*half): one bmm for all batches and heads
     buckets = torch.empty(batch, heads, n_rounds, seq_len, dtype=torch.int64, device=qk.device)
     positions_per_block, _ = hash_block_plan(batch, heads, seq_len, n_rounds, cfg.n_buckets, qk.device.type)
-    # One projection buffer for every block, written by bmm in place: a fresh 4 MiB result per
-    # block (torch.matmul) made hashing 1.5x slower on the CPU.
+    # One projection buffer for every block, written by bmm in place: a fresh result per block
+    # (torch.matmul) made hashing slower on the CPU (docs/DESIGN.md, "Tuned constants").
     store = torch.empty(batch * heads * positions_per_block * n_rounds * half, dtype=torch.float32,
                         device=qk.device)
     with torch.no_grad():

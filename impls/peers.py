@@ -277,4 +277,5 @@ def register_peers(register_backend) -> None:
                      model=hf_lsh_model, description="Hugging Face transformers' Reformer")
     register_backend("reformer_pytorch", ReformerPytorchBackend, kind="peer", package="reformer-pytorch",
                      layer=reformer_pytorch_layer, model=reformer_pytorch_model,
+                     capabilities={"score_scale", "effective_n_buckets"},
                      description="lucidrains' reformer-pytorch")

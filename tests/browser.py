@@ -96,7 +96,7 @@ class HeadlessChromium:
         page.goto(Path(path).resolve().as_uri())
         try:
             page.wait_for_function("window.__reportChecks && window.__reportChecks.done", timeout=timeout_s * 1000)
-        except Exception:  # noqa: BLE001 -- Playwright's TimeoutError: reported as the page's failure
+        except Exception:  # Playwright's TimeoutError: reported as the page's failure
             report.js_errors.append(f"page not ready within {timeout_s:.0f} s (window.__reportChecks.done)")
         report.checks = page.evaluate("window.__reportChecks || null")
         load = page.evaluate("(performance.getEntriesByType('navigation').map(e => e.loadEventEnd)[0]) || null")

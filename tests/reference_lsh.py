@@ -1,7 +1,7 @@
 """A deliberately naive, loop-per-query implementation of the LSH attention contract.
 
 It shares only the hashing with the backends (hash_buckets is tested against its argmax definition
-separately) and rebuilds sorting, windows, masks, dedup counts and round combining from DESIGN.md's
+separately) and rebuilds sorting, windows, masks, dedup counts and round combining from docs/DESIGN.md's
 words, so a backend that matches it matches the contract, not itself.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The architecture of DESIGN.md, read from the source with ast: harness/ has no import cycle, impls never
+"""The architecture of docs/DESIGN.md, read from the source with ast: harness/ has no import cycle, impls never
 imports harness, and no harness module names a backend (it learns about backends from their registration)."""
 from __future__ import annotations
 
@@ -91,3 +91,52 @@ def test_no_harness_module_names_a_backend():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 assert node.value not in names, f"{path.relative_to(REPO)}:{node.lineno} names backend {node.value!r}"
+
+
+# The layers of harness/, bottom to top (docs/DESIGN.md, "Layers"): a module imports only from its own layer
+# or below, at module level or inside a function. Keyed by the top-level module or package under
+# harness/; a new one must be placed here (test_every_harness_module_has_a_layer).
+LAYERS: dict[str, int] = {
+    "harness": 0, "errors": 0, "env": 0, "plugins": 0, "units": 0,  # errors, machine facts, plugin import, sizes
+    # Registries that import nothing else of harness (their entries are torch / impls code): tasks,
+    # attention inputs, corpora. Below suite, which validates a case against them.
+    "tasks": 0, "inputs": 0, "corpora": 0,
+    "suite": 1,  # cases and their parameters
+    "measure": 2,  # the metric table, measurements, workloads
+    "results": 3,  # rows
+    "run": 4,  # runner, launchers, workers
+    "views": 5, "report": 5, "gate": 5,
+    "cli": 6, "pytest_plugin": 6,
+}
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.get(parts[1] if len(parts) > 1 else parts[0])
+
+
+def _upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, imported in sorted(graph.items()):
+        for target in sorted(imported):
+            if target.startswith("harness."):
+                low, high = _layer(module), _layer(target)
+                if low is not None and high is not None and high > low:
+                    found.append(f"{module} (layer {low}) imports {target} (layer {high})")
+    return found
+
+
+def test_every_harness_module_has_a_layer():
+    unplaced = sorted({name for name in _graph("harness") if _layer(name) is None})
+    assert not unplaced, f"place these in LAYERS of tests/test_architecture.py: {unplaced}"
+
+
+def test_no_import_runs_up_the_layers():
+    upward = _upward_imports(_graph("harness"))
+    assert not upward, "\n".join(upward)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {"harness.measure.stages": {"harness.run.worker", "harness.suite.case"}, "harness.cli": {"harness.env"}}
+    assert _upward_imports(graph) == ["harness.measure.stages (layer 2) imports harness.run.worker (layer 4)"]
+    assert _layer("harness.somewhere_new") is None

@@ -43,6 +43,7 @@ def test_bad_suite_is_one_line_and_exit_2(tmp_path, capsys, text, words):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_bad_suite_from_the_shell_has_no_traceback():
     done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(SUITES / "bad_syntax.toml")],
                           check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -60,6 +61,7 @@ def test_bad_flags(tmp_path, capsys):
     assert code == 2 and "no results" in err
 
 
+@pytest.mark.slow
 def test_list_names_every_backend_and_why_one_is_unavailable(capsys):
     import impls
 
@@ -95,6 +97,7 @@ def test_show_prints_a_table_with_units(tmp_path, capsys):
     assert "2 cases: 1 ok, 1 oom" in out
 
 
+@pytest.mark.slow
 def test_run_writes_results_and_resume_finds_the_run(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     suite = str(SUITES / "three_cases.toml")
@@ -184,6 +187,7 @@ def test_show_of_a_file_that_is_not_text(tmp_path, capsys):
     _assert_one_line_error(code, err, "show:", str(path), "not UTF-8")
 
 
+@pytest.mark.slow
 def test_bad_run_directory_from_the_shell_has_no_traceback(tmp_path):
     out = tmp_path / "taken"
     out.write_text("")

@@ -12,6 +12,9 @@ import impls.compiled as compiled_module
 from impls import LSHConfig, get_backend
 from impls.lsh import hash_buckets
 
+# torch.compile compilations: seconds each on a CPU.
+pytestmark = pytest.mark.slow
+
 HEADS, D_HEAD, CHUNK_LEN, N_BUCKETS = 2, 16, 16, 8
 
 

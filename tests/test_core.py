@@ -62,6 +62,7 @@ def test_one_chunk_per_round_sees_only_itself():
     assert max_rel(eager.attend(qk, v, cfg), dense.attend(qk, v, cfg)) < 1e-12
 
 
+@pytest.mark.slow
 def test_gradcheck_small_many_chunks():
     qk, v = inputs(seq=24, d=4, dtype=torch.float64, requires_grad=True)
     cfg = LSHConfig(n_buckets=6, n_hashes=2, chunk_len=4, causal=True, dedup=True)
@@ -89,6 +90,7 @@ def test_hash_blocks_agree_with_one_block(monkeypatch):
     assert torch.equal(lsh.hash_buckets(qk, cfg), whole)
 
 
+@pytest.mark.slow
 def test_hashing_a_transposed_batch_copies_one_block_at_a_time(monkeypatch):
     """The model's qk is a transposed projection (batch, seq, heads, d) -> (batch, heads, seq, d):
     hashing must not copy it whole (blocks of 128 positions here), and must not depend on the
@@ -254,6 +256,7 @@ def test_attend_rejects_bad_inputs():
     assert {"eager", "dense", "sdpa", "compiled", "triton"} <= set(list_backends())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", [1, 3 * 16 * 32, 10**9])
 def test_block_sizes_do_not_change_results(monkeypatch, budget):
     """Small budgets split rows into chunk steps (with the circular wrap inside a row)."""

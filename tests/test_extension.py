@@ -89,6 +89,7 @@ def table_restored():
     metrics.MEASUREMENTS[:] = saved_measurements
 
 
+@pytest.mark.slow
 def test_a_backend_and_a_metric_from_one_plugin_module(tmp_path, capsys, table_restored):
     before = _harness_digest()
     (tmp_path / "ext_plugin.py").write_text(PLUGIN)

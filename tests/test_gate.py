@@ -225,6 +225,7 @@ def test_cpu_baseline_covers_exactly_the_gate_suite():
     assert set(baseline["cases"]) == suite_ids
 
 
+@pytest.mark.slow
 def test_gate_suite_memory_is_deterministic():
     # The runner's own measurement (harness.run.worker.run_case), twice in this process: the exact CPU
     # figure must not depend on allocator state, earlier tests or timing.
@@ -240,8 +241,8 @@ def test_gate_suite_memory_is_deterministic():
 
 
 def test_the_gpu_a_row_ran_on_names_its_class_and_an_empty_run_is_refused(tmp_path, capsys):
-    # On a Ray cluster the driver's environment is a CPU: the rows' node says which GPU they ran on.
-    rows = [dict(row(r["case_id"], r["mem_peak_bytes"], device="cuda"), node="gpu-node-3 (NVIDIA H200)")
+    # On a Ray cluster the driver's environment is a CPU: the rows' node_gpu says which GPU they ran on.
+    rows = [dict(row(r["case_id"], r["mem_peak_bytes"], device="cuda"), node="gpu-node-3", node_gpu="NVIDIA H200")
             for r in BASE_ROWS]
     results = write_results(tmp_path / "ray", rows, device_name="Some CPU")
     assert main([str(results), "--baseline", str(tmp_path / "h200.json"), "--update"]) == 0
@@ -249,3 +250,19 @@ def test_the_gpu_a_row_ran_on_names_its_class_and_an_empty_run_is_refused(tmp_pa
     empty = write_results(tmp_path / "empty", [])
     assert main([str(empty), "--baseline", str(tmp_path / "h200.json")]) == 2
     assert "no result rows" in capsys.readouterr().err
+
+
+def test_machine_facts_are_row_fields_read_back_as_stored():
+    import socket
+
+    from harness.env import describe_node, node_facts, recorded_commit, recorded_gpu_name, row_gpu_name
+
+    facts = node_facts("cpu")
+    assert facts == {"node": socket.gethostname(), "node_gpu": None}
+    assert describe_node(facts) == socket.gethostname()
+    assert describe_node({"node": "gpu-3", "node_gpu": "NVIDIA H200"}) == "gpu-3 (NVIDIA H200)"
+    assert row_gpu_name({"node": "gpu-3", "node_gpu": "NVIDIA H200"}) == "NVIDIA H200"
+    assert row_gpu_name({"node": "gpu-3 (NVIDIA H200)"}) is None  # a host name is never parsed for a GPU
+    run = {"environment": {"git_commit": "abc123", "device_name": "NVIDIA H200"}}
+    assert recorded_gpu_name(run) == "NVIDIA H200" and recorded_commit(run) == "abc123"
+    assert recorded_gpu_name({}) is None and recorded_gpu_name({"environment": None}) is None

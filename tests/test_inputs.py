@@ -117,7 +117,7 @@ def test_the_registry_holds_the_built_in_inputs_and_draws_them_as_the_workload_d
 
 
 def test_registered_inputs_reach_the_attention_workload_and_the_suite_check(tmp_path):
-    from harness.run.workload import AttentionWorkload
+    from harness.measure.workload import AttentionWorkload
     from harness.suite import load_suite
 
     def ones(shape, *, seed, dtype, device, generator):

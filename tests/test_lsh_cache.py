@@ -115,6 +115,7 @@ def _profiled_bmm_calls(monkeypatch, batch: int, heads: int, seq: int, rounds: i
     return sum(1 for event in prof.events() if event.name == "aten::bmm")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seq", [65536, 1 << 20])
 def test_cuda_plan_bounds_the_projection_matmuls(monkeypatch, seq):
     """4 heads, 4 rounds, chunk_len 64 (n_buckets = 2 seq / 64, the scaling suite): at 64K tokens the

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness.run import launch
 from harness.suite import load_suite
 
@@ -32,6 +34,7 @@ register_backend("sleeps_{int(SLEEP_S * 1000)}ms", Sleeps, kind="dense")
 '''
 
 
+@pytest.mark.slow
 def test_the_timed_region_holds_the_call_and_little_else(tmp_path: Path):
     (tmp_path / "sleeper.py").write_text(PLUGIN)
     suite = tmp_path / "overhead.toml"

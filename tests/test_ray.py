@@ -28,6 +28,9 @@ from harness.run.ray import task_resources, unplaceable
 from harness.suite import load_suite
 from tests.processes import alive
 
+# Most tests here start a Ray head and run sweeps on it.
+pytestmark = pytest.mark.slow
+
 SUITES = Path(__file__).parent / "suites"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -341,8 +344,8 @@ def test_unplaceable_says_what_no_node_has():
 
 
 def test_node_names_the_host_and_a_cuda_case_s_gpu():
-    from harness.run.runner import node_name
+    from harness.env import node_facts
 
-    assert node_name("cpu") == socket.gethostname()
-    # "host (GPU name)" where NVML finds the GPU, else the host alone
-    assert node_name("cuda").split(" (")[0] == socket.gethostname()
+    assert node_facts("cpu") == {"node": socket.gethostname(), "node_gpu": None}
+    # node_gpu: the GPU's name where NVML finds it, else None; node: the host either way
+    assert node_facts("cuda")["node"] == socket.gethostname()

@@ -448,6 +448,7 @@ def test_noise_is_flagged_by_spread_and_by_more_work_in_less_time(tmp_path):
     assert any("flagged noisy" in s for _, s in headline_findings(frame))
 
 
+@pytest.mark.slow
 def test_interpreted_rows_are_labelled_and_kept_out_of_fits_and_comparisons(tmp_path):
     rows = scaling_rows(dense_oom_from=None)
     for L in (1024, 2048, 4096):

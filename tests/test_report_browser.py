@@ -20,10 +20,10 @@ from harness.report import write_report
 from tests.browser import HeadlessChromium, find_chromium
 from tests.test_report import grid_rows, paper_speed_rows, scaling_rows, write_results_dir
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     find_chromium() is None,
     reason="no Chromium to open the report in: `apt-get install chromium` (.ci/setup does) "
-           "or set REFORMER_BENCH_CHROMIUM")
+           "or set REFORMER_BENCH_CHROMIUM")]
 
 #: The issue's budget: the smoke report is ready (every chart drawn) within 2 s, on a machine where
 #: plotly.js alone takes at most PLOTLY_ALONE_BUDGET_S. A slower (busy) machine gets the extra time the

@@ -33,6 +33,7 @@ def failure_run(tmp_path_factory):
     return suite, run_dir, {row["backend"]: row for row in result.rows}
 
 
+@pytest.mark.slow  # the failure_run fixture runs a whole sweep
 def test_every_failure_is_a_row_with_its_status(failure_run):
     suite, _, rows = failure_run
     assert len(rows) == len(suite.cases) == 6
@@ -46,6 +47,7 @@ def test_every_failure_is_a_row_with_its_status(failure_run):
     }
 
 
+@pytest.mark.slow  # the failure_run fixture runs a whole sweep
 def test_failure_reasons_say_what_happened(failure_run):
     _, _, rows = failure_run
     assert "fake_raises: deliberate failure" in rows["fake_raises"]["reason"]
@@ -56,6 +58,7 @@ def test_failure_reasons_say_what_happened(failure_run):
     assert 4 <= rows["fake_hangs"]["wall_s"] < 15
 
 
+@pytest.mark.slow  # the failure_run fixture runs a whole sweep
 def test_ok_row_is_complete(failure_run):
     _, _, rows = failure_run
     row = rows["eager"]
@@ -111,6 +114,7 @@ def test_unavailable_backend_is_its_own_status():
     assert "not on this machine" in row["reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 def test_train_step_case(backend):
     from harness.run.worker import run_case
@@ -124,6 +128,7 @@ def test_train_step_case(backend):
     assert row["model"]["layers"] == 2
 
 
+@pytest.mark.slow  # the failure_run fixture runs a whole sweep
 def test_rows_are_written_in_order_with_run_metadata(failure_run):
     suite, run_dir, _ = failure_run
     on_disk = read_rows(run_dir)
@@ -134,6 +139,7 @@ def test_rows_are_written_in_order_with_run_metadata(failure_run):
         assert key in info["environment"]
 
 
+@pytest.mark.slow  # the failure_run fixture runs a whole sweep
 def test_resume_of_a_finished_run_runs_nothing(failure_run):
     suite, run_dir, _ = failure_run
     before = (run_dir / RESULTS_FILE).read_text()
@@ -152,6 +158,7 @@ def test_partial_last_line_is_skipped_and_not_glued_to(tmp_path):
     assert [r["case_id"] for r in read_rows(path)] == ["a", "c"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_rows(tmp_path):
     suite = load_suite(SUITES / "three_cases.toml")
 
@@ -176,6 +183,7 @@ def test_ctrl_c_keeps_finished_rows(tmp_path):
     assert [r["seq_len"] for r in read_rows(tmp_path)] == [32]
 
 
+@pytest.mark.slow
 def test_results_survive_a_killed_sweep_and_resume_completes_it(tmp_path):
     suite_file = SUITES / "three_cases.toml"
     cmd = [sys.executable, "-m", "harness.cli", "run", str(suite_file), "--out", str(tmp_path), "--no-report"]
@@ -196,6 +204,7 @@ def test_results_survive_a_killed_sweep_and_resume_completes_it(tmp_path):
     assert len({r["case_id"] for r in rows}) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
 @pytest.mark.parametrize("launch", ["spawn", "fork"])
 def test_killed_runner_takes_its_worker_with_it(tmp_path, launch):

@@ -70,6 +70,7 @@ seq_len = [256, 64, 128, 512]  # run shortest first whatever the order here
     return suite
 
 
+@pytest.mark.slow
 def test_longer_lsh_cases_of_a_failed_series_are_not_run(tmp_path, monkeypatch):
     # n_buckets = "auto" (the default) is 2 * seq_len / chunk_len: different at every length.
     suite = load_suite(_failing_lsh_suite(tmp_path, extra_defaults="chunk_len = 16"))
@@ -171,6 +172,7 @@ def test_run_dir_with_rows_is_refused_without_resume(tmp_path, monkeypatch):
     assert run_suite(suite, tmp_path, resume=True, environment={}).skipped == 3
 
 
+@pytest.mark.slow
 def test_worker_that_cannot_start_is_a_crashed_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
     suite = load_suite(SUITES / "three_cases.toml")
     real = subprocess.Popen

@@ -59,6 +59,7 @@ def _suite(tmp_path: Path, train="[0, 1]", steps=80, defaults="") -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_task_suite_trains_then_evaluates_with_each_attention(tmp_path):
     suite = load_suite(_suite(tmp_path))
     modes = [(c.mode, c.train_n_hashes, c.eval_n_hashes) for c in suite.cases]
@@ -77,6 +78,7 @@ def test_a_task_suite_trains_then_evaluates_with_each_attention(tmp_path):
     assert rows[0, 0]["backend"] == "dense" and rows[0, 0]["n_hashes"] is None
 
 
+@pytest.mark.slow
 def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
     straight = tmp_path / "straight"
     run_suite(load_suite(_suite(_mk(tmp_path / "a"), train="[1]", steps=120)), straight)
@@ -106,6 +108,7 @@ def _mk(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_failed_training_leaves_its_evaluations_not_run(tmp_path):
     suite = load_suite(_suite(tmp_path, train="[1]", defaults='mem_limit = "1 MiB"'))
     rows = run_suite(suite, tmp_path / "run").rows

@@ -127,7 +127,7 @@ def _case_errors(case: dict) -> dict:
 
 
 def _exact_regime_error() -> float:
-    """Two chunks cover the sequence, so LSH attention must equal dense attention (DESIGN.md)."""
+    """Two chunks cover the sequence, so LSH attention must equal dense attention (docs/DESIGN.md)."""
     gen = torch.Generator().manual_seed(5)
     qk, v = torch.randn(1, 2, 64, 16, generator=gen), torch.randn(1, 2, 64, 16, generator=gen)
     cfg = LSHConfig(n_buckets=8, n_hashes=3, chunk_len=32, causal=True, seed=3)
@@ -501,6 +501,7 @@ def _kernel_variant(row: dict) -> tuple:
     return row["variant"]["dtype"], row["variant"]["causal"], row["variant"]["dedup"]
 
 
+@pytest.mark.slow
 def test_every_variant_compiles_for_sm90(compiled):
     assert sorted(json.dumps(row["variant"], sort_keys=True) for row in compiled) == sorted(
         json.dumps(variant, sort_keys=True) for variant in VARIANTS + [MODEL_LAYOUT])
@@ -513,6 +514,7 @@ def test_every_variant_compiles_for_sm90(compiled):
     assert all(len(sizes) == 1 and sizes[0] > 0 for sizes in cubins.values()), cubins
 
 
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 def test_a_call_compiles_one_forward_and_one_backward_kernel_for_all_its_rounds(compiled):
     """Triton's kernel cache after a call of 4 rounds: 4 launches of each round kernel, one kernel each
     (a specialised round index compiled three: round 0, round 1 and the rest); a call of 1 round
@@ -526,6 +528,7 @@ def test_a_call_compiles_one_forward_and_one_backward_kernel_for_all_its_rounds(
         assert counts["output_grad_dot"][0] == 1
 
 
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 def test_output_grad_dot_compiles_once_per_dtype(compiled):
     """Delta does not depend on causal, dedup or rounds: one kernel per dtype in each subprocess."""
     counts = {}
@@ -535,6 +538,7 @@ def test_output_grad_dot_compiles_once_per_dtype(compiled):
     assert set(counts.values()) == {1}, counts
 
 
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 def test_the_model_layout_reuses_the_contiguous_kernels(compiled):
     """Heads split from a sequence-major projection and a sequence-major gradient (d_head 64):
     strides of the same divisibility as the contiguous layout's, so nothing new is compiled."""
@@ -543,6 +547,7 @@ def test_the_model_layout_reuses_the_contiguous_kernels(compiled):
     assert {name: k["compiled"] for name, k in row["kernels"].items()} == {name: [] for name in KERNELS}
 
 
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 def test_sm90_registers_spills_and_shared_memory_are_reported_and_fit(compiled):
     kernels = [(row["variant"], name, k) for row in compiled for name, entry in row["kernels"].items()
                for k in entry["compiled"]]
@@ -555,10 +560,12 @@ def test_sm90_registers_spills_and_shared_memory_are_reported_and_fit(compiled):
 
 @pytest.mark.parametrize("check", ["forward-contiguous", "forward-strided", "backward-contiguous",
                                    "backward-strided"])
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 def test_custom_op_passes_opcheck(interpreted, check):
     assert interpreted["opcheck"][check] == "ok"
 
 
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 @pytest.mark.parametrize("order", ["reversed", "shuffled"])
 def test_program_order_does_not_change_results(interpreted, order):
     report = interpreted["grid_order"][order]
@@ -566,31 +573,37 @@ def test_program_order_does_not_change_results(interpreted, order):
     assert report["cases"] == {name: [True, True, True] for name in ORDER_CASES}
 
 
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 def test_every_output_element_is_written(interpreted):
     report = interpreted["nan_allocation"]
     assert report["allocations"] >= 6 * len(ORDER_CASES)  # output, max, log sum, Delta, d qk, d v
     assert report["cases"] == {name: [True, True, True] for name in ORDER_CASES}
 
 
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 def test_positions_that_multiply_strides_are_int64(interpreted):
     assert interpreted["position_dtypes"] == ["int64"]
 
 
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 def test_available_under_interpreter(interpreted):
     ok, reason = interpreted["available"]
     assert ok and "TRITON_INTERPRET=1" in reason
 
 
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 def test_exact_regime_equals_dense(interpreted):
     assert interpreted["exact_regime"] < FP32_TOL
 
 
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 def test_flop_counter_counts_the_kernels(interpreted):
     window_matmul = 2 * 2 * 64 * (2 * 16) * 16 * 2  # 2 * BH * N * (W * C) * D * R
     # Forward: QK^T and PV. Backward as run: S and dP recomputed in both passes, dk, dv, dq.
     assert interpreted["flops"] == {"forward": 2 * window_matmul, "forward_backward": 9 * window_matmul}
 
 
+@pytest.mark.slow  # the reports fixture compiles every variant in subprocesses
 @pytest.mark.parametrize("name", list(CASES))
 def test_triton_matches_eager(interpreted, name):
     errors = interpreted["cases"][name]

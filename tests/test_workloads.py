@@ -82,7 +82,7 @@ def test_flops_of_a_compiled_model_are_counted_on_the_eager_path(tmp_path):
     # Without compiling anything: the measurement's counting workload is the same case on flops_via.
     import impls
     from harness.measure.stages import Context, measure_flops
-    from harness.run.workload import build_workload
+    from harness.measure.workload import build_workload
 
     suite = _suite(tmp_path, 'workload = "model"\nmode = "forward_backward"', 'backend = ["compiled", "eager"]',
                    count_flops="true")

@@ -230,7 +230,8 @@ _BUILT_IN = (
            "the kernel's", kind="flag"),
     Metric("peer", "", "package and version behind a peer backend", kind="text"),
     Metric("stage", "", "the worker's last stage (where a failure happened)", kind="text"),
-    Metric("node", "", "where the case ran: the host name, and for a CUDA case the GPU's name (NVML)", kind="text"),
+    Metric("node", "", "the host the case ran on (harness.env.node_facts)", kind="text"),
+    Metric("node_gpu", "", "the GPU a CUDA case ran on, by NVML's name (null for a CPU case)", kind="text"),
 )
 for _metric in _BUILT_IN:
     register_metric(_metric)

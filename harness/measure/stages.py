@@ -3,10 +3,10 @@
   timing       first call (first_call_s; compile_time_s = first call - warm median for backends that
                compile), `warmup` more calls, `repeats` timed calls (harness.measure.timing)
   memory       one call under harness.measure.memory's trackers at once: the tensor tracker and the
-               allocator's events on the CPU (a backend with compile_stats, torch.compile, is measured
+               allocator's events on the CPU (a backend that runs under dynamo, torch.compile, is measured
                by the allocator alone: dynamo does not run under the tracker's TorchDispatchMode), the
                CUDA allocator and NVML on GPU; memory-profiler samples the RSS over the same call
-  compile_stats  backend.compile_stats(), if offered, covering the timed and memory calls:
+  compile_stats  backend.compile_stats(), if it declares that capability, covering the timed and memory calls:
                compilations; a fallback to eager is status error
   finite       the output (and gradients) of the memory call: NaN / inf is status nonfinite
   flops        the analytic count, and one call under FlopCounterMode on the eager path (flops_via)
@@ -20,23 +20,34 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .metrics import Measurement, register_measurement
+
+if TYPE_CHECKING:
+    from impls.registry import AttentionBackend, BackendInfo
+
+    from ..suite import Case
+    from .workload import Workload
 
 
 @dataclass
 class Context:
-    """What a measurement sees: the case (None for a pytest-benchmark call), the backend's registration
-    and instance, the workload (call(), input_bytes, reset(), gradients()), the row so far, and the
-    output of the memory pass."""
+    """What a measurement sees.
 
-    case: Any
-    workload: Any
+    case: the case (None for a pytest-benchmark call, which has no case).
+    workload: what is called (harness.measure.workload.Workload).
+    device: where it runs ("cpu", "cuda", "cuda:N").
+    info, backend: the backend's registration and instance (None for a pytest-benchmark call).
+    row: the row so far (the measurements' figures, status and reason).
+    output: the output of the memory pass's call, for the checks after it."""
+
+    case: Case | None
+    workload: Workload
     device: str
-    info: Any = None
-    backend: Any = None
-    row: dict = field(default_factory=dict)
+    info: BackendInfo | None = None
+    backend: AttentionBackend | None = None
+    row: dict[str, Any] = field(default_factory=dict)
     output: Any = None
 
     def fail(self, status: str, reason: str) -> None:
@@ -44,11 +55,24 @@ class Context:
         if self.row.get("status") in (None, "ok"):
             self.row["status"], self.row["reason"] = status, reason
 
-    def counting_workload(self):
+    def the_case(self) -> Case:
+        """The case, for a measurement that needs one (a pytest-benchmark call has none)."""
+        if self.case is None:
+            raise RuntimeError("this measurement needs a case; a pytest-benchmark call has none")
+        return self.case
+
+    def the_backend(self) -> tuple[BackendInfo, Any]:
+        """The backend's registration and instance, the instance typed Any: it offers the methods of its
+        declared capabilities (impls.registry checks them when it builds the backend)."""
+        if self.info is None or self.backend is None:
+            raise RuntimeError("this measurement needs a backend; a pytest-benchmark call has none")
+        return self.info, self.backend
+
+    def counting_workload(self) -> Workload:
         """The workload FlopCounterMode runs: the same case on the backend's flops_via, else itself."""
-        if self.info is None or self.info.flops_via is None:
+        if self.case is None or self.info is None or self.info.flops_via is None:
             return self.workload
-        from ..run.workload import build_workload
+        from .workload import build_workload
 
         return build_workload(self.case, self.info.flops_via)
 
@@ -56,7 +80,7 @@ class Context:
 def measure_timing(ctx: Context) -> dict:
     from .timing import time_call
 
-    case = ctx.case
+    case = ctx.the_case()
     timing = time_call(ctx.workload, warmup=case.warmup, repeats=case.repeats, device=case.device)
     compiles = ctx.info is not None and ctx.info.compiles
     tokens = case.batch * case.seq_len
@@ -86,7 +110,7 @@ def measure_memory(ctx: Context) -> dict:
 
     def call():
         if ctx.device == "cpu":
-            dynamo = callable(getattr(ctx.backend, "compile_stats", None))
+            dynamo = ctx.info is not None and ctx.info.offers("dynamo")
             tensor_tracker = contextlib.nullcontext() if dynamo else track_peak_memory("cpu")
             with track_allocator_peak() as allocator, tensor_tracker as tensors:
                 ctx.output = ctx.workload()
@@ -153,10 +177,9 @@ def _downsample(trace: list, points: int) -> list:
 
 
 def measure_compile(ctx: Context) -> dict:
-    compile_stats = getattr(ctx.backend, "compile_stats", None)
-    if not callable(compile_stats):
+    if ctx.info is None or not ctx.info.offers("compile_stats"):
         return {}
-    stats = compile_stats()  # read after the memory pass, so a fallback in any call counts
+    stats = ctx.the_backend()[1].compile_stats()  # read after the memory pass, so a fallback in any call counts
     if stats.get("fell_back"):
         ctx.fail("error", f"compiled backend fell back to eager: {stats.get('reason', '')}".strip())
     return {"compilations": stats.get("compilations")}
@@ -189,30 +212,35 @@ def measure_flops(ctx: Context) -> dict:
 
 
 def measure_fidelity(ctx: Context) -> dict:
-    if not ctx.case.fidelity:
+    case = ctx.the_case()
+    if not case.fidelity:
         return {}
     import torch
 
     import impls
 
     from .fidelity import attention_mass_recall, relative_error
+    from .workload import AttentionWorkload
 
     workload = ctx.workload
+    if not isinstance(workload, AttentionWorkload):
+        raise RuntimeError(f"fidelity needs an attention workload, got workload={case.workload!r}")
+    info, backend = ctx.the_backend()
     qk, v = workload.qk.detach(), workload.v.detach()
     with torch.no_grad():
-        out = ctx.output if ctx.case.mode == "forward" else workload.attend(qk, v)
+        out = ctx.output if case.mode == "forward" else workload.attend(qk, v)
     # A peer with another score temperature approximates dense attention at that temperature.
-    score_scale = getattr(ctx.backend, "score_scale", None)
-    reference_qk = qk * score_scale(ctx.case.d_head) if callable(score_scale) else qk
+    reference_qk = qk * backend.score_scale(case.d_head) if info.offers("score_scale") else qk
     with torch.no_grad():
         reference = impls.get_backend(impls.reference_backend()).attend(reference_qk, v, workload.cfg)
     figures = {"rel_error": relative_error(out, reference)}
-    if ctx.info.kind == "lsh":  # peers hash with their own rotations: our windows are not theirs
+    if info.kind == "lsh":  # peers hash with their own rotations: our windows are not theirs
         figures["attn_mass_recall"] = attention_mass_recall(qk, workload.cfg)
     return figures
 
 
-def measure_rss(ctx: Context) -> dict:
+def measure_rss(ctx: Context | None = None) -> dict:
+    """The worker's peak RSS so far (needs no workload: task cases take it too)."""
     from .memory import process_peak_rss_bytes
 
     return {"rss_peak_bytes": process_peak_rss_bytes()}

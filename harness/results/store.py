@@ -106,7 +106,7 @@ class ResultsWriter:
                 needs_newline = f.read(1) != b"\n"
         else:
             needs_newline = False
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 -- closed by close()
+        self._file = open(self.path, "a", encoding="utf-8")  # closed by close()
         if needs_newline:
             self._file.write("\n")
             self._file.flush()

@@ -37,8 +37,8 @@ SERVER_MODULES = (
     "multiprocessing", "memory_profiler",
     "impls", "impls.eager", "impls.dense", "impls.compiled", "impls.triton_lsh",
     "harness.results.store", "harness.measure.stages", "harness.measure.memory", "harness.measure.timing",
-    "harness.measure.flops", "harness.measure.fidelity", "harness.run.workload", "harness.run.task_case",
-    "harness.run.worker",
+    "harness.measure.flops", "harness.measure.fidelity", "harness.measure.workload", "harness.plugins",
+    "harness.suite", "harness.inputs", "harness.tasks", "harness.run.task_case", "harness.run.worker",
 )
 # Modules the server goes without where they cannot be imported (their backends then say why in the case).
 OPTIONAL_MODULES = ("memory_profiler", "impls.triton_lsh")
@@ -210,7 +210,7 @@ def _child(request: dict, server_pid: int) -> None:
         os.environ.update(request["env"])
         _reseed_from_os()
         code = main([request["case_file"], request["result_file"], repr(request["spawned_at"])])
-    except BaseException:  # noqa: BLE001 -- whatever happens, the child must not return into the server's loop
+    except BaseException:  # whatever happens, the child must not return into the server's loop
         import traceback
 
         traceback.print_exc()

@@ -27,6 +27,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from ..env import describe_node
 from ..errors import UserError
 from ..results.store import new_row
 from ..suite import Case
@@ -88,10 +89,10 @@ def unplaceable(resources: dict, nodes: list[dict]) -> str | None:
 
 def _case_task(case: Case, run_dir: str | None = None):
     """Runs on a Ray node: says where it runs, then runs the case in a fresh worker process there."""
+    from ..env import node_facts
     from ..plugins import import_plugins
-    from .runner import node_name
 
-    node = node_name(case.device)
+    node = node_facts(case.device)
     yield "started", node
     if case.plugins:  # their backends' metadata (launch reads it); the driver imported them when it loaded the suite
         import_plugins(case.plugins, case.plugin_dir)
@@ -99,7 +100,7 @@ def _case_task(case: Case, run_dir: str | None = None):
     # Spawned, not forked: a fork server would live on in the Ray worker process between tasks, with
     # no point at which the run could end it.
     row = launch.run_case_in_worker(case, run_dir, launch="spawn")
-    row["node"] = node
+    row.update(node)
     yield "row", row
 
 
@@ -141,7 +142,7 @@ class RayExecutor:
                 ray.init(address="local", include_dashboard=False, **common)
             else:
                 ray.init(address=self.address, **common)
-        except Exception as exc:  # noqa: BLE001 -- no cluster, a refused token, ...: the address is the input
+        except Exception as exc:  # no cluster, a refused token, ...: the address is the input
             hint = "" if self.address in ("local", "auto") else (
                 " (a cluster with token authentication, Ray's default, also needs RAY_AUTH_MODE=token and its "
                 "token here: ray get-auth-token)")
@@ -164,7 +165,7 @@ class RayExecutor:
             try:  # Ray's own lookup (RAY_ADDRESS, then this machine's latest cluster); private, so guarded
                 from ray._private.services import canonicalize_bootstrap_address
                 address = canonicalize_bootstrap_address("auto")
-            except Exception:  # noqa: BLE001 -- no cluster found, or the lookup moved: ray.init says
+            except Exception:  # no cluster found, or the lookup moved: ray.init says
                 return
             if not address:
                 return
@@ -196,7 +197,7 @@ class RayExecutor:
                 continue
             run_dir = str(self.run_dir.resolve()) if self.run_dir else None
             pending[task.options(name=case.case_id, **resources).remote(case, run_dir)] = case
-        where: dict = {}  # generator -> (node, monotonic time its case started)
+        where: dict = {}  # generator -> (node facts, monotonic time its case started)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for gen in ready:
@@ -258,14 +259,14 @@ def _unavailable_row(case: Case, reason: str) -> dict:
     return row
 
 
-def _failure_row(case: Case, exc: BaseException, node: str | None, since: float | None) -> dict:
+def _failure_row(case: Case, exc: BaseException, node: dict | None, since: float | None) -> dict:
     """The row of a task that failed in Ray rather than in its worker: `crashed`, saying how."""
     errors = import_ray().exceptions
 
     def kind(*names: str) -> tuple[type, ...]:  # some of these are younger than the oldest Ray allowed
         return tuple(getattr(errors, name) for name in names if hasattr(errors, name))
 
-    on = f" on {node}" if node else ""
+    on = f" on {describe_node(node)}" if node else ""
     if isinstance(exc, kind("NodeDiedError")):
         what = f"the Ray node running the case{on} was lost"
     elif isinstance(exc, kind("OutOfMemoryError")):
@@ -284,7 +285,8 @@ def _failure_row(case: Case, exc: BaseException, node: str | None, since: float 
     row["status"] = "crashed"
     row["reason"] = f"{what}: {detail}"[:REASON_CHARS]
     row["stage"] = None if node else "not started"  # where the worker was is in the node's logs only
-    row["node"] = node
+    if node:
+        row.update(node)
     if since is not None:
         row["wall_s"] = time.monotonic() - since
     return row

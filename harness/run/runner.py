@@ -15,14 +15,13 @@ sequence length at a time, shortest first, so that a failure can still skip the 
 from __future__ import annotations
 
 import itertools
-import os
-import socket
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..env import node_facts
 from ..errors import UserError
 from ..results.store import (
     RESULTS_FILE,
@@ -71,50 +70,11 @@ class LocalExecutor:
         for case in cases:
             started(case)
             row = launch.run_case_in_worker(case, self.run_dir, self.on_progress, self.launch_method)
-            row["node"] = node_name(case.device)
+            row.update(node_facts(case.device))
             yield case, row
 
     def close(self) -> None:
         launch.close_servers()
-
-
-def node_name(device: str) -> str:
-    """Where a case runs, for its row's `node`: the host name, and for a CUDA case the GPU's name
-    ("gpu-3 (NVIDIA H200)"). Asked of NVML, not torch, so that the launcher creates no CUDA context
-    on the GPU its worker measures."""
-    host = socket.gethostname()
-    gpu = _gpu_name(device) if device.startswith("cuda") else None
-    return f"{host} ({gpu})" if gpu else host
-
-
-def _gpu_name(device: str) -> str | None:
-    """The name of the GPU `device` (cuda, cuda:N) means to a process started here, or None.
-
-    CUDA_VISIBLE_DEVICES (set by Ray for its tasks) maps torch's index to a physical one; an index
-    is taken as NVML's, which matches CUDA's order where CUDA_DEVICE_ORDER=PCI_BUS_ID or all of a
-    node's GPUs are of one model."""
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            if visible is None:
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            else:
-                ids = [part.strip() for part in visible.split(",") if part.strip()]
-                if index >= len(ids):
-                    return None
-                ident = ids[index]
-                handle = (pynvml.nvmlDeviceGetHandleByIndex(int(ident)) if ident.isdigit()
-                          else pynvml.nvmlDeviceGetHandleByUUID(ident))
-            name = pynvml.nvmlDeviceGetName(handle)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 -- no library, no driver, no such GPU: the host name alone
-        return None
-    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def prepare_run_dir(run_dir: Path, suite: Suite, resume: bool) -> list[dict]:

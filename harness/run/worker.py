@@ -6,7 +6,7 @@ and exits; a worker that dies before writing is classified by the launcher. It p
 lines to stderr so that the launcher can say where a killed or hanging worker was.
 
 Setup (untimed): import the suite's plugins and the backend, check available() and the device,
-build the seeded workload (harness.run.workload), warm torch's thread pool, then apply the case's
+build the seeded workload (harness.measure.workload), warm torch's thread pool, then apply the case's
 memory limit (mem_limit). Then every measurement of the metric table in order
 (harness.measure.stages: timing, rss, memory, compile_stats, finite, flops, fidelity; then plugins').
 A task case (harness.run.task_case) trains or evaluates instead.
@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from ..suite import Case
 
@@ -79,7 +80,7 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     from ..env import package_version
     from ..measure.metrics import measurements
     from ..measure.stages import Context, measure_rss
-    from .workload import build_workload
+    from ..measure.workload import build_workload
 
     if case.threads:
         torch.set_num_threads(case.threads)
@@ -96,10 +97,10 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     if info.package:
         row["peer"] = f"{info.package} {package_version(info.package)}"
     workload = None if case.workload == "task" else build_workload(case)
-    effective_n_buckets = getattr(backend, "effective_n_buckets", None)
-    if callable(effective_n_buckets) and case.n_buckets is not None:
+    if info.offers("effective_n_buckets") and workload is not None and case.n_buckets is not None:
         # A peer that hashes into another bucket count than asked: its row (and FLOPs) say which.
-        row["n_buckets"] = effective_n_buckets(workload.cfg, case.seq_len)
+        offers: Any = backend  # a declared capability's method (checked when the backend was built)
+        row["n_buckets"] = offers.effective_n_buckets(workload.cfg, case.seq_len)
     _warm_thread_pool(torch)
     if case.mem_limit_bytes is not None:
         if case.device.startswith("cuda"):
@@ -109,8 +110,7 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
     if spawned_at is not None:
         row["worker_setup_s"] = time.time() - spawned_at
 
-    ctx = Context(case=case, workload=workload, device=case.device, info=info, backend=backend, row=row)
-    if case.workload == "task":  # trained and evaluated, not timed call by call (harness.run.task_case)
+    if workload is None:  # a task case: trained and evaluated, not timed call by call (harness.run.task_case)
         from .task_case import measure as measure_task
 
         row["stage"] = case.mode
@@ -118,9 +118,10 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
         work_started = time.perf_counter()
         measure_task(case, row)
         row["work_s"] = time.perf_counter() - work_started
-        row.update(measure_rss(ctx))
+        row.update(measure_rss())
         row["stage"] = "done"
         return
+    ctx = Context(case=case, workload=workload, device=case.device, info=info, backend=backend, row=row)
     for measurement in measurements():
         if measurement.auxiliary and row["status"] != "ok":
             continue  # cross-checks of a failed case would measure nothing worth keeping
@@ -134,7 +135,7 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
             continue
         try:
             row.update(measurement.measure(ctx) or {})
-        except Exception as exc:  # noqa: BLE001 -- recorded in the row, the measured figures stand
+        except Exception as exc:  # recorded in the row, the measured figures stand
             # A cross-check that fails (an OOM of the dense reference, typically) leaves the timing and
             # memory figures standing; the reason says what is missing and why.
             note = f"{measurement.name} not measured: {classify_exception(exc)[1]}"

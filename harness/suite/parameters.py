@@ -155,6 +155,12 @@ def _is_device(value: Any) -> bool:
     return isinstance(value, str) and (value == "cpu" or value.startswith("cuda"))
 
 
+def _offers(backend: str, capability: str) -> bool:
+    import impls
+
+    return impls.backend_info(backend).offers(capability)
+
+
 def _is_task(case: dict) -> bool:
     return case.get("task") is not None
 
@@ -254,8 +260,9 @@ _BUILT_IN = (
     # Hash once before timing and pass the buckets to every call, so that the figures are of the
     # attention alone (hashing and its sort excluded).
     Parameter("replay_buckets", False, "bool", "LSH attention: buckets hashed once, before timing", "lsh-only",
-              applies=lambda case: case["backend_kind"] == "lsh" and case["workload"] == "attention",
-              applies_to="an LSH backend and workload = \"attention\"", column="parameter", title="buckets replayed",
+              applies=lambda case: _offers(case["backend"], "replay_buckets") and case["workload"] == "attention",
+              applies_to="an LSH backend that replays buckets (capability replay_buckets) and workload = \"attention\"",
+              column="parameter", title="buckets replayed",
               flag_label="buckets replayed"),
     Parameter("inputs", "randn", "text", "attention workload: randn (standard normal qk and v) or clustered (keys "
               "and queries around a few centres: dense attention is peaked as in trained layers)", "grouping",

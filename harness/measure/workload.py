@@ -15,13 +15,35 @@ freed, optimizer state): mem_peak_bytes = input_bytes + the peak increment aroun
 """
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 
 from ..inputs import get_inputs
 from ..suite import Case
 
 
-class Workload:
+class Workload(Protocol):
+    """What the measurements (harness.measure.stages) call: a zero-argument call, the bytes that live
+    before it, a reset that frees gradients, and the gradients of the last call."""
+
+    @property
+    def input_bytes(self) -> int | None:
+        ...
+
+    def __call__(self) -> Any:
+        ...
+
+    def reset(self) -> None:
+        ...
+
+    def gradients(self) -> list:
+        ...
+
+
+class CaseWorkload:
+    """A case's workload: its device, dtype, LSH configuration and seeded generator."""
+
     def __init__(self, case: Case, backend_name: str | None = None) -> None:
         from impls import LSHConfig
 
@@ -47,7 +69,7 @@ class Workload:
         return []
 
 
-class AttentionWorkload(Workload):
+class AttentionWorkload(CaseWorkload):
     def __init__(self, case: Case, backend_name: str | None = None) -> None:
         import impls
 
@@ -89,7 +111,7 @@ class AttentionWorkload(Workload):
         return [self.qk.grad, self.v.grad] if self.case.mode == "forward_backward" else []
 
 
-class LayerWorkload(Workload):
+class LayerWorkload(CaseWorkload):
     def __init__(self, case: Case, backend_name: str | None = None) -> None:
         from impls.layer import build_layer
 
@@ -101,7 +123,7 @@ class LayerWorkload(Workload):
         width = case.heads * case.d_head
         self.x = self.randn(case.batch, case.seq_len, width, grad=grad)
         self.grad_out = self.randn(case.batch, case.seq_len, width) if grad else None
-        tensors = [self.x, *self.layer.parameters()] + ([self.grad_out] if grad else [])
+        tensors = [self.x, *self.layer.parameters()] + ([self.grad_out] if self.grad_out is not None else [])
         self.input_bytes = sum(t.numel() * t.element_size() for t in tensors)
 
     def __call__(self):
@@ -123,12 +145,13 @@ class LayerWorkload(Workload):
         return [self.x.grad] + [p.grad for p in self.layer.parameters()]
 
 
-class ModelWorkload(Workload):
+class ModelWorkload(CaseWorkload):
     def __init__(self, case: Case, backend_name: str | None = None) -> None:
         from impls.model import ModelConfig, build_model
 
         super().__init__(case, backend_name)
-        fields = {k: v for k, v in case.model.items() if k != "reversible"}
+        model_table = case.model or {}
+        fields = {k: v for k, v in model_table.items() if k != "reversible"}
         fields.setdefault("max_seq_len", case.seq_len)
         fields["causal"] = case.causal
         if isinstance(fields.get("axial_shape"), list):
@@ -138,7 +161,7 @@ class ModelWorkload(Workload):
                           dedup=bool(case.dedup))
         self.config = ModelConfig(**fields)
         torch.manual_seed(case.seed)  # the model's weights
-        self.model = build_model(self.backend_name, self.config, case.model.get("reversible"))
+        self.model = build_model(self.backend_name, self.config, model_table.get("reversible"))
         self.model.to(device=self.device, dtype=self.dtype)
         self.optimizer = (torch.optim.AdamW(self.model.parameters(), lr=1e-4) if case.mode == "train_step"
                           else None)
@@ -169,9 +192,10 @@ class ModelWorkload(Workload):
         return [p.grad for p in self.model.parameters()] if self.case.mode != "forward" else []
 
 
-WORKLOADS = {"attention": AttentionWorkload, "layer": LayerWorkload, "model": ModelWorkload}
+WORKLOADS: dict[str, type[CaseWorkload]] = {"attention": AttentionWorkload, "layer": LayerWorkload,
+                                             "model": ModelWorkload}
 
 
-def build_workload(case: Case, backend_name: str | None = None) -> Workload:
+def build_workload(case: Case, backend_name: str | None = None) -> CaseWorkload:
     """The case's workload, on its own backend or (for FLOP counting) on backend_name."""
     return WORKLOADS[case.workload](case, backend_name)
