@@ -15,7 +15,7 @@ forward_backward: the backward of a matmul is two matmuls of the same size, so a
 3x its forward; hashing is not differentiated. The eager LSH backward also recomputes QK^T
 (flash-attention style), which FlopCounterMode sees and the analytic count, being the algorithm's
 cost, does not: counted = analytic + 2*B*H*N*W*C*D*R there.
-replay_buckets (buckets hashed once before timing): the call hashes nothing, so no hashing term.
+Buckets hashed once before timing (a workload whose calls do not hash): no hashing term.
 layer and model workloads: no analytic count (projections, feed-forward and heads depend on the
 implementation); flops_counted covers them.
 """
@@ -42,19 +42,20 @@ def dense_attention_flops(batch: int, heads: int, seq_len: int, d_head: int, bac
     return (3 if backward else 1) * forward
 
 
-def analytic_flops(case, n_buckets: int | None = None) -> int | None:
+def analytic_flops(case, n_buckets: int | None = None, hashing: bool = True) -> int | None:
     """The analytic count for a harness.suite.Case, or None where there is none (layer and model
     workloads).
 
     n_buckets: the bucket count the backend really hashes into, where it differs from the case's
-    (reformer-pytorch always uses seq / chunk_len)."""
+    (reformer-pytorch always uses seq / chunk_len). hashing: whether the call hashes (False where the
+    workload hashed once before timing)."""
     if case.workload != "attention":
         return None
     backward = case.mode == "forward_backward"
     if case.backend_kind == "dense":
         return dense_attention_flops(case.batch, case.heads, case.seq_len, case.d_head, backward)
     return lsh_attention_flops(case.batch, case.heads, case.seq_len, case.d_head, n_buckets or case.n_buckets,
-                               case.n_hashes, case.chunk_len, backward, hashing=not case.replay_buckets)
+                               case.n_hashes, case.chunk_len, backward, hashing=hashing)
 
 
 def counted_flops(fn: Callable[[], object]) -> int:

@@ -199,7 +199,9 @@ def measure_flops(ctx: Context) -> dict:
     from . import flops
 
     case = ctx.case
-    analytic = None if case is None else flops.analytic_flops(case, n_buckets=ctx.row.get("n_buckets"))
+    hashing = ctx.workload is None or ctx.workload.hashes_in_call
+    analytic = None if case is None else flops.analytic_flops(case, n_buckets=ctx.row.get("n_buckets"),
+                                                               hashing=hashing)
     counted = None
     if case is None or case.count_flops:
         counting = ctx.counting_workload()

@@ -31,6 +31,10 @@ class Workload(Protocol):
     def input_bytes(self) -> int | None:
         ...
 
+    @property
+    def hashes_in_call(self) -> bool:
+        ...
+
     def __call__(self) -> Any:
         ...
 
@@ -42,6 +46,10 @@ class Workload(Protocol):
 
 
 class CaseWorkload:
+    #: Whether a call hashes (False where the buckets were hashed once before timing): the analytic
+    #: FLOP count leaves hashing out where it is False.
+    hashes_in_call = True
+
     """A case's workload: its device, dtype, LSH configuration and seeded generator."""
 
     def __init__(self, case: Case, backend_name: str | None = None) -> None:
@@ -86,6 +94,7 @@ class AttentionWorkload(CaseWorkload):
             from impls.lsh import hash_buckets
 
             self.buckets = hash_buckets(self.qk, self.cfg)
+            self.hashes_in_call = False
         self.input_bytes = sum(t.numel() * t.element_size() for t in (self.qk, self.v, self.grad_out, self.buckets)
                                if t is not None)
 

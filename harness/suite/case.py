@@ -10,61 +10,48 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, field, make_dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..tasks.registry import attention_label as attention_label  # how a task's attention is named
-from .parameters import parameters, plugin_parameters, row_parameters
+from .parameters import BUILT_IN, parameters, plugin_parameters, row_parameters
 
-
-@dataclass(frozen=True)
-class Case:
-    case_id: str
-    suite: str
-    backend: str
-    backend_kind: str  # "lsh" | "dense" | "peer" (impls.backend_info)
-    workload: str
-    mode: str
-    seq_len: int
-    batch: int
-    heads: int
-    d_head: int
-    n_buckets: int | None
-    n_hashes: int | None
-    chunk_len: int | None
-    causal: bool
-    dedup: bool | None
-    replay_buckets: bool | None
-    inputs: str | None
-    dtype: str
-    device: str
-    seed: int
-    repeats: int
-    warmup: int
-    timeout_s: float
-    # Memory the case may add after setup: on the CPU, address space over the worker's size
-    # (RLIMIT_AS); on CUDA, allocator memory over what is allocated (per-process memory fraction).
-    mem_limit_bytes: int | None
-    fidelity: bool
-    count_flops: bool
+# What a Case holds besides its parameters: how to run it and where it came from. A parameter's field
+# comes from the parameter table (harness.suite.parameters), so a parameter is declared once; a size
+# parameter is held resolved, in bytes, as <name>_bytes (mem_limit_bytes: memory the case may add after
+# setup: on the CPU, address space over the worker's size (RLIMIT_AS); on CUDA, allocator memory over
+# what is allocated (per-process memory fraction)).
+_RUN_FIELDS: tuple[tuple[str, Any, Any], ...] = (
+    # (name, type, default; dataclasses.MISSING: required)
+    ("fidelity", bool, MISSING),
+    ("count_flops", bool, MISSING),
     # On the CPU, run a backend registered with a cpu_interpreter_env under it (the Triton interpreter).
-    interpret: bool
-    threads: int | None
-    plugins: tuple[str, ...] = ()
-    plugin_dir: str | None = None
-    # workload = "model": impls.model.ModelConfig fields (+ "reversible"); LSH settings and causal
-    # come from the case.
-    model: dict | None = None
-    task: str | None = None
-    train_n_hashes: int | None = None
-    eval_n_hashes: int | None = None
-    task_config: dict | None = None  # the [task] table, resolved
-    depends_on: str | None = None  # the case whose result this one needs (an evaluation: its training)
+    ("interpret", bool, MISSING),
+    ("threads", int | None, MISSING),
+    ("plugins", tuple, ()),
+    ("plugin_dir", str | None, None),
+    ("task_config", dict | None, None),  # the [task] table, resolved
+    ("depends_on", str | None, None),  # the case whose result this one needs (an evaluation: its training)
     # Parameters whose value the suite derived from seq_len ("auto" n_buckets / chunk_len, batch
     # under fixed_tokens): they change along a series, so series_key leaves them out. Not hashed
     # into case_id (the resolved values are).
-    from_seq_len: tuple[str, ...] = ()
+    ("from_seq_len", tuple, ()),
     # Parameters that plugins declared (harness.suite.parameters.register_parameter): name -> value.
-    extra: dict = field(default_factory=dict)
+    ("extra", dict, field(default_factory=dict)),
+)
+
+
+class _CaseRecord:
+    """The methods of a Case; its fields are made from the parameter table below."""
+
+    if TYPE_CHECKING:  # a type checker sees the table's fields as attributes of any type
+        case_id: str
+        from_seq_len: tuple[str, ...]
+        extra: dict
+
+        def __init__(self, **fields: Any) -> None: ...
+
+        def __getattr__(self, name: str) -> Any: ...
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -92,6 +79,25 @@ class Case:
         if params.get("model") and "model.max_seq_len" in self.from_seq_len:
             params["model"] = {k: v for k, v in params["model"].items() if k != "max_seq_len"}
         return json.dumps(params, sort_keys=True, default=list)
+
+
+def _case_fields() -> list[tuple]:
+    from_table = [(f"{p.name}_bytes" if p.type == "size" else p.name, Any,
+                   field(default=p.default) if p.default is None or p.role == "task" else MISSING)
+                  for p in parameters(lambda p: p.name in BUILT_IN)]
+    made = from_table + list(_RUN_FIELDS)
+    # Fields without a default first (a dataclass needs them so); Cases are always built by keyword.
+    return ([(n, t) for n, t, d in made if d is MISSING]
+            + [(n, t, d if isinstance(d, type(field())) else field(default=d)) for n, t, d in made if d is not MISSING])
+
+
+if TYPE_CHECKING:
+    Case = _CaseRecord
+else:
+    #: One measurement of one backend at one configuration: a frozen dataclass whose fields are the
+    #: built-in parameters (the table) and _RUN_FIELDS.
+    Case = make_dataclass("Case", _case_fields(), bases=(_CaseRecord,), frozen=True)
+    Case.__module__ = __name__  # where pickle (Ray) finds it
 
 
 # Case fields that are not parameters but are hashed only when set (added after ids were published).
