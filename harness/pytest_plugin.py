@@ -124,6 +124,7 @@ class _CallOnce:
     measurements of harness.measure.stages."""
 
     input_bytes = 0
+    hashes_in_call = True  # the analytic FLOP count has no formula for a user's callable anyway
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
