@@ -188,9 +188,21 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
                "figures": [{"id": "fig-" + f.key, "data": f.figure.get("data", []),
                             "layout": f.figure.get("layout", {})} for f in figures]}
     task_dirs = tuple(sorted({str(Path(s.template).parent) for s in sections if Path(s.template).is_absolute()}))
-    page = _environment(task_dirs).get_template("page.html.j2").render(
+    try:
+        page = _render_page(task_dirs, sections, payload, plotly_js, suites, len(frame), len(sets))
+    except jinja2.TemplateError as exc:
+        # A task's own template (or ours) that does not parse or render: one line naming the file and line.
+        where = ":".join(str(v) for v in (getattr(exc, "filename", None) or getattr(exc, "name", None),
+                                          getattr(exc, "lineno", None)) if v)
+        raise UserError(f"report template {where or '?'}: {exc.message or type(exc).__name__}") from None
+    return page + "\n"
+
+
+def _render_page(task_dirs: tuple[str, ...], sections: list[PageSection], payload: dict, plotly_js: str,
+                 suites: list[str], case_count: int, dir_count: int) -> str:
+    return _environment(task_dirs).get_template("page.html.j2").render(
         title=f"reformer-bench report — {', '.join(suites)}",
-        case_count=len(frame), dir_count=len(sets),
+        case_count=case_count, dir_count=dir_count,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         plotly_cdn=_plotly_cdn() if plotly_js == "cdn" else None,
         # plotly's own library code, inlined as it is (escaping would break it).
@@ -200,7 +212,6 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
         payload=Markup(_json_for_script(payload)),
         sections=[_loadable(section, task_dirs) for section in sections],
     )
-    return page + "\n"
 
 
 @lru_cache(maxsize=8)
@@ -441,7 +452,7 @@ def _task_sections(frame: pd.DataFrame, figures: list[Figure], taken: set[str]) 
                     raise TypeError(f"task {name!r}: a report part must be a Table, Chart or Text, got {part!r}")
             key = _unique(section.key, taken)
             taken.add(key)
-            template = getattr(section, "template", None)
+            template = section.template
             if template and not Path(template).is_file():
                 raise UserError(f"task {name!r}: section {section.key!r} names template={str(template)!r}, "
                                 f"which is not a file")
