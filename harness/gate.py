@@ -117,9 +117,9 @@ def load_baseline(path: Path) -> dict:
                                       or value < 0):
                 raise UserError(f"baseline {str(path)!r}: cases[{case_id!r}].{metric}={value!r} "
                                 f"is not a non-negative number or null")
-        for metric in required_metrics():
-            if figures.get(metric.name) is None:
-                raise UserError(f"baseline {str(path)!r}: cases[{case_id!r}].{metric.name} is missing")
+        for name in (m.name for m in required_metrics()):
+            if figures.get(name) is None:
+                raise UserError(f"baseline {str(path)!r}: cases[{case_id!r}].{name} is missing")
     return data
 
 
