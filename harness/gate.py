@@ -8,15 +8,16 @@ The rule is harness.results.compare's (noise 0):
     improvement:  measured < baseline * (1 - tolerance)
     change:       (measured - baseline) / baseline
 
-The gated figures are the metrics the table marks (harness.measure.metrics): `gate = "always"`
-(mem_peak_bytes: exact tensor bytes on CPU, CUDA allocator peak on GPU) with --tolerance (default:
-the metric's own), `gate = "on request"` (time_median_s) only with its flag (--time-tolerance). A
-baseline case that is missing from the results, failed, or has no figure also fails the gate. Cases
-not in the baseline are listed and pass.
+The gated figures are the metrics the table marks (harness.measure.metrics, listed under the
+options below): those with `gate = "always"` (the peak memory: exact tensor bytes on CPU, CUDA
+allocator peak on GPU) with --tolerance (default: the metric's own), those with `gate = "on request"`
+(the median time) only with their flag (--<first word of the metric>-tolerance). A baseline case that
+is missing from the results, failed, or has no figure for an always-gated metric also fails the
+gate. Cases not in the baseline are listed and pass.
 
 Baseline file (reports/baselines/<device class>.json):
     {"device_class": "cpu", "created": "<UTC ISO time>", "commit": "<git sha>", "suite": "gate",
-     "tolerance": ..., "cases": {"<case_id>": {"mem_peak_bytes": int, "time_median_s": float}}}
+     "tolerance": {"<metric>": ...}, "cases": {"<case_id>": {"<gated metric>": number or null, ...}}}
 Device class: "cpu" (the CPU figures do not depend on the CPU model), or "cuda-<GPU name slug>",
 e.g. "cuda-nvidia-h200": allocator peaks differ between GPU models and are compared within one.
 
@@ -40,7 +41,13 @@ BASELINE_DIR = Path("reports/baselines")
 
 
 def gated_metrics() -> list[Metric]:
+    """The metrics a baseline holds: those the metric table gates, always or on request."""
     return metrics(lambda m: m.gate is not None)
+
+
+def required_metrics() -> list[Metric]:
+    """The metrics every baseline case and every row of a baseline run must have: the always-gated ones."""
+    return [m for m in gated_metrics() if m.gate == "always"]
 
 
 def flag_of(metric: Metric) -> str:
@@ -110,15 +117,18 @@ def load_baseline(path: Path) -> dict:
                                       or value < 0):
                 raise UserError(f"baseline {str(path)!r}: cases[{case_id!r}].{metric}={value!r} "
                                 f"is not a non-negative number or null")
-        if figures.get("mem_peak_bytes") is None:
-            raise UserError(f"baseline {str(path)!r}: cases[{case_id!r}].mem_peak_bytes is missing")
+        for name in (m.name for m in required_metrics()):
+            if figures.get(name) is None:
+                raise UserError(f"baseline {str(path)!r}: cases[{case_id!r}].{name} is missing")
     return data
 
 
-def make_baseline(run: dict, rows: list[dict], dev_class: str, tolerance: float) -> dict:
-    """A baseline from a results directory whose every case succeeded with a memory figure."""
+def make_baseline(run: dict, rows: list[dict], dev_class: str, tolerances: dict[str, float]) -> dict:
+    """A baseline from a results directory whose every case succeeded with every always-gated figure;
+    tolerances: those the baseline was written with (recorded, not read back)."""
+    required = [m.name for m in required_metrics()]
     bad = [f"{row['case_id']} ({_failure(row)})" for row in rows
-           if row.get("status") != "ok" or row.get("mem_peak_bytes") is None]
+           if row.get("status") != "ok" or any(row.get(name) is None for name in required)]
     if bad:
         raise UserError(f"refusing to write a baseline from a run with failed or unmeasured cases: "
                         f"{'; '.join(bad)}")
@@ -131,7 +141,7 @@ def make_baseline(run: dict, rows: list[dict], dev_class: str, tolerance: float)
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "commit": recorded_commit(run),
         "suite": run.get("suite"),
-        "tolerance": tolerance,
+        "tolerance": tolerances,
         "cases": cases,
     }
 
@@ -309,7 +319,7 @@ def run_gate(args: argparse.Namespace) -> int:
             if old_class != dev_class:
                 raise UserError(f"baseline {str(baseline_path)!r} is for device class {old_class!r}, "
                                 f"the results ran on {dev_class!r}; write reports/baselines/{dev_class}.json")
-        baseline = make_baseline(result_set.run, result_set.rows, dev_class, tolerances["mem_peak_bytes"])
+        baseline = make_baseline(result_set.run, result_set.rows, dev_class, tolerances)
         baseline_path.parent.mkdir(parents=True, exist_ok=True)
         baseline_path.write_text(json.dumps(baseline, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         print(f"wrote baseline {baseline_path}: {len(baseline['cases'])} cases, device class {dev_class}")

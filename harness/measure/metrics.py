@@ -40,9 +40,11 @@ class Metric:
     title / shown_unit / fmt: its column in tables (shown_unit from SHOWN_UNITS; fmt a format spec).
     terminal: a column of `reformer-bench show`. gate: None, "always" (the memory gate compares it) or
     "on request" (compared when its tolerance is given). tolerance: the relative change that counts as
-    a regression or improvement, in the gate and the report alike. noise: the metric whose value is the
-    measurement noise of this one (a change within it is no regression). benchmark: part of a
-    pytest-benchmark test's extra_info."""
+    a regression or improvement, in the gate and the report alike: a metric with one is compared between
+    two runs in the report (larger is worse). noise: the metric whose value is the measurement noise of
+    this one (a change within it is no regression). quantity: what it measures in a word or two, where
+    two runs are compared (the report's comparison columns, ratios and verdicts); default its title.
+    benchmark: part of a pytest-benchmark test's extra_info."""
 
     name: str
     unit: str
@@ -55,6 +57,7 @@ class Metric:
     gate: str | None = None
     tolerance: float | None = None
     noise: str | None = None
+    quantity: str = ""
     benchmark: bool = False
 
     def __post_init__(self) -> None:
@@ -73,15 +76,27 @@ class Metric:
         return self.kind in ("number", "count")
 
     @property
+    def shown(self) -> str:
+        """The unit its tables show."""
+        return self.shown_unit if self.shown_unit is not None else self.unit
+
+    @property
     def column(self) -> str:
         """Its table header, with the unit shown."""
-        unit = self.shown_unit if self.shown_unit is not None else self.unit
-        title = self.title or self.name
-        return f"{title} ({unit})" if unit and unit != "1" else title
+        return self.headed(self.title or self.name)
+
+    def headed(self, title: str) -> str:
+        """A column title about this metric with its shown unit: "title (ms)"; a pure number has none."""
+        return f"{title} ({self.shown})" if self.shown and self.shown != "1" else title
+
+    @property
+    def compared_as(self) -> str:
+        """Its name where two runs are compared: quantity, else its title, else its name."""
+        return self.quantity or self.title or self.name
 
     @property
     def divisor(self) -> float:
-        return SHOWN_UNITS[self.shown_unit if self.shown_unit is not None else self.unit][1]
+        return SHOWN_UNITS[self.shown][1]
 
     def format(self, value) -> str | None:
         """The value as a table shows it; None for null (unknown, never 0)."""
@@ -153,7 +168,8 @@ _BUILT_IN = (
     Metric("reason", "", "why a case failed, and which cross-check was not measured", kind="text"),
     Metric("time_median_s", "s", "median of `repeats` timed calls after the first call and `warmup` more "
            "(time.perf_counter; torch.cuda.synchronize around each call on CUDA)", title="median",
-           shown_unit="ms", terminal=True, gate="on request", tolerance=0.10, noise="time_iqr_s", benchmark=False),
+           shown_unit="ms", terminal=True, gate="on request", tolerance=0.10, noise="time_iqr_s", quantity="time",
+           benchmark=False),
     Metric("time_q1_s", "s", "first quartile of the timed calls (inclusive method)", title="Q1", shown_unit="ms"),
     Metric("time_q3_s", "s", "third quartile of the timed calls (inclusive method)", title="Q3", shown_unit="ms"),
     Metric("time_iqr_s", "s", "Q3 - Q1 of the timed calls; 0 for one repeat", title="IQR", shown_unit="ms",
@@ -170,7 +186,8 @@ _BUILT_IN = (
     Metric("compilations", "1", "dynamo compilations the backend reports (compile_stats)", kind="count"),
     Metric("mem_peak_bytes", "B", "what lives before the call (inputs, grad_out; or parameters and optimizer "
            "state) + the peak the call adds: exact live tensor bytes on the CPU, the CUDA allocator's peak on GPU",
-           title="peak mem", shown_unit="MiB", terminal=True, gate="always", tolerance=0.05, benchmark=True),
+           title="peak mem", shown_unit="MiB", terminal=True, gate="always", tolerance=0.05, quantity="memory",
+           benchmark=True),
     Metric("mem_method", "", "how mem_peak_bytes was measured, or why it was not", kind="text", title="memory method",
            benchmark=True),
     Metric("mem_bound", "", "exact, or lower bound: memory the method cannot see was used (an ATen kernel's "
@@ -196,7 +213,8 @@ _BUILT_IN = (
     Metric("achieved_flops_per_s", "FLOP/s", "flops_analytic (else flops_counted) / time_median_s",
            title="achieved", shown_unit="GFLOP/s", terminal=True),
     Metric("rel_error", "1", "||out - reference|| / ||reference|| against the exact dense attention on the "
-           "same inputs (an all-zero output scores 1)", title="rel err", fmt=".3g", terminal=True, tolerance=0.10),
+           "same inputs (an all-zero output scores 1)", title="rel err", fmt=".3g", terminal=True, tolerance=0.10,
+           quantity="rel. error"),
     Metric("attn_mass_recall", "1", "mean share of the exact attention mass on the keys LSH's windows contain",
            title="recall", fmt=".3f", terminal=True),
     Metric("worker_setup_s", "s", "worker process start to inputs built (before the first call)",

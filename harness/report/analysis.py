@@ -4,6 +4,7 @@ baseline-vs-candidate comparison. Pure pandas; no HTML or plotting here.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -375,31 +376,46 @@ def status_counts(frame: pd.DataFrame) -> pd.DataFrame:
 
 # --- comparing two runs -------------------------------------------------------------------------------
 
+def compared_metrics() -> list:
+    """The metrics two runs are compared on: those the metric table gives a tolerance, in table order."""
+    from ..measure.metrics import metrics
+
+    return metrics(lambda m: m.tolerance is not None)
+
+
+def ratio_key(metric) -> str:
+    """The comparison's column of candidate / baseline for a compared metric: "time_ratio"."""
+    return re.sub(r"\W+", "_", metric.compared_as).strip("_") + "_ratio"
+
+
 def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
-    """One row per case_id in either run: its parameters, both runs' status, time, memory and error,
-    candidate/baseline ratios, `present` (both | baseline only | candidate only) and `verdict` (why it is
-    a regression; empty when it is not, or when the case is in one run only).
+    """One row per case_id in either run: its parameters, both runs' status and compared metrics (with
+    their noise metrics), candidate/baseline ratios (ratio_key), `present` (both | baseline only |
+    candidate only) and `verdict` (why it is a regression; empty when it is not, or when the case is in
+    one run only). The compared metrics and their tolerances are the metric table's (compared_metrics).
     """
     keys = list(match_keys())
-    metrics = ["status", "time_median_s", "time_iqr_s", "mem_peak_bytes", "rel_error"]
+    compared = compared_metrics()
+    figures = ["status"] + list(dict.fromkeys(
+        name for m in compared for name in (m.name, m.noise) if name is not None))
 
     def side(frame):
-        return frame[["case_id"] + keys + metrics].drop_duplicates("case_id", keep="last")
+        return frame.reindex(columns=["case_id"] + keys + figures).drop_duplicates("case_id", keep="last")
 
     merged = side(baseline).merge(side(candidate), on="case_id", how="outer", suffixes=("_base", "_cand"),
                                   indicator=True)
     for key in keys:  # a case's parameters, from whichever run has it
         merged[key] = merged[f"{key}_cand"].where(merged["_merge"] != "left_only", merged[f"{key}_base"])
         merged = merged.drop(columns=[f"{key}_base", f"{key}_cand"])
-    merged["time_ratio"] = merged["time_median_s_cand"] / merged["time_median_s_base"]
-    merged["mem_ratio"] = merged["mem_peak_bytes_cand"] / merged["mem_peak_bytes_base"]
-    merged["error_ratio"] = merged["rel_error_cand"] / merged["rel_error_base"]
-    merged["verdict"] = [_verdict(row) for row in merged.to_dict("records")]
+    for metric in compared:
+        merged[ratio_key(metric)] = (pd.to_numeric(merged[f"{metric.name}_cand"], errors="coerce")
+                                     / pd.to_numeric(merged[f"{metric.name}_base"], errors="coerce"))
+    merged["verdict"] = [_verdict(row, compared) for row in merged.to_dict("records")]
     merged = merged.rename(columns={"_merge": "present"})
     merged["present"] = merged["present"].map(
         {"both": "both", "left_only": "baseline only", "right_only": "candidate only"}).astype(str)
     # Sort by the parameters: numbers as numbers, the rest (and null) as text.
-    numeric = ("seq_len", "batch", "heads", "d_head", "n_buckets", "n_hashes", "chunk_len")
+    numeric = set(names(lambda p: p.numeric))
     for key in keys:
         merged[key] = (pd.to_numeric(merged[key], errors="coerce") if key in numeric
                        else merged[key].map(lambda v: v if _present(v) else None))
@@ -409,13 +425,7 @@ def compare(baseline: pd.DataFrame, candidate: pd.DataFrame) -> pd.DataFrame:
             .drop(columns=list(sort_keys)).reset_index(drop=True))
 
 
-def tolerance(metric: str) -> float:
-    from ..measure.metrics import METRICS
-
-    return METRICS[metric].tolerance
-
-
-def _verdict(row: dict) -> str:
+def _verdict(row: dict, compared: list) -> str:
     from ..results.compare import verdict
 
     if row["_merge"] != "both":
@@ -423,10 +433,10 @@ def _verdict(row: dict) -> str:
     reasons = []
     if row["status_base"] == "ok" and row["status_cand"] != "ok":
         reasons.append(f"now {row['status_cand']}")
-    noise = sum(v for v in (row["time_iqr_s_base"], row["time_iqr_s_cand"]) if _present(v))
-    for metric, ratio, label, spread in (("time_median_s", "time_ratio", "time", noise),
-                                         ("mem_peak_bytes", "mem_ratio", "memory", 0.0),
-                                         ("rel_error", "error_ratio", "rel error", 0.0)):
-        if verdict(row[f"{metric}_base"], row[f"{metric}_cand"], tolerance(metric), spread) == "regression":
-            reasons.append(f"{label} x{row[ratio]:.2f}")
+    for metric in compared:
+        # Two measurements of a noisy figure can differ by both runs' noise together (time: their IQRs).
+        spread = (sum(v for v in (row[f"{metric.noise}_base"], row[f"{metric.noise}_cand"]) if _present(v))
+                  if metric.noise else 0.0)
+        if verdict(row[f"{metric.name}_base"], row[f"{metric.name}_cand"], metric.tolerance, spread) == "regression":
+            reasons.append(f"{metric.compared_as} x{row[ratio_key(metric)]:.2f}")
     return "; ".join(reasons)

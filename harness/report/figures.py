@@ -24,10 +24,12 @@ from .analysis import (
     MODE_NAMES,
     ScalingGroup,
     Series,
+    compared_metrics,
     context_title,
     fidelity_keys,
     format_exponent,
     grid_keys,
+    ratio_key,
 )
 
 # Kitaev, Kaiser, Levskaya (2020), Figure 5 (right): seconds per step at a fixed 32,768 tokens per batch
@@ -408,23 +410,28 @@ def _grid_groups(frame: pd.DataFrame, keys=None):
 
 
 def comparison_figure(compared: pd.DataFrame) -> Figure | None:
-    """Candidate / baseline time and memory ratio per case (log axis; 1 = unchanged)."""
+    """Candidate / baseline ratio of each compared metric (analysis.compared_metrics) per case (log axis;
+    1 = unchanged)."""
     both = compared[compared["present"] == "both"]
-    if both.empty or both[["time_ratio", "mem_ratio"]].notna().sum().sum() == 0:
+    ratios = [(m, ratio_key(m)) for m in compared_metrics() if ratio_key(m) in both.columns]
+    if both.empty or both[[key for _, key in ratios]].notna().sum().sum() == 0:
         return None
     labels = [text(_case_label(r)) for r in both.to_dict("records")]
     fig = go.Figure()
-    for column, name, color in (("time_ratio", "time", "#3182bd"), ("mem_ratio", "peak memory", "#e6550d")):
-        fig.add_trace(go.Bar(x=labels, y=both[column].tolist(), name=f"{name} ratio", marker_color=color,
+    for number, (metric, key) in enumerate(ratios):
+        fig.add_trace(go.Bar(x=labels, y=both[key].tolist(), name=text(f"{metric.compared_as} ratio"),
+                             marker_color=LINE_COLORS[number % len(LINE_COLORS)],
                              hovertemplate="%{x}<br>candidate / baseline = %{y:.3f}<extra></extra>"))
     fig.update_layout(barmode="group", yaxis={"type": "log", "title": {"text": "candidate / baseline (×)"},
                                               "tickformat": "~g"},
                       xaxis={"tickangle": -40, "automargin": True}, height=440,
                       shapes=[level_line(1)],
                       margin={"l": 70, "r": 20, "t": 20, "b": 40})
+    quantities = [m.compared_as for m, _ in ratios]
+    listed = ", ".join(quantities[:-1]) + " and " + quantities[-1] if len(quantities) > 1 else quantities[0]
     return Figure("comparison-ratios", "Candidate vs baseline, per case",
-                  "Ratio of the candidate's median time and peak memory to the baseline's; above 1 is slower "
-                  "or larger. Cases present in only one run are listed in the table below.", to_dict(fig))
+                  f"Ratio of the candidate's {listed} to the baseline's; above 1 is worse (slower, larger). Cases "
+                  "present in only one run are listed in the table below.", to_dict(fig))
 
 
 # --- comparisons against the dense baselines, accuracy against time, RSS over a call -------------------

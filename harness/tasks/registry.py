@@ -92,11 +92,15 @@ class Chart:
 
 @dataclass
 class Section:
-    """A titled section of the report. key: its anchor; parts: Text, Table and Chart, in order."""
+    """A titled section of the report. key: its anchor; parts: Text, Table and Chart, in order.
+    template: the path of a Jinja2 template file the task ships to render them (autoescaped, as the
+    report's own; see harness/report/templates/sections/task.html.j2 for what it is given); None: the
+    report's generic task section."""
 
     key: str
     title: str
     parts: list = field(default_factory=list)
+    template: str | None = None
 
 
 # --- the protocol ------------------------------------------------------------------------------------
