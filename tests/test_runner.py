@@ -225,6 +225,8 @@ def test_killed_runner_takes_its_worker_with_it(tmp_path, launch):
     assert worker_pid is not None
     pids = [worker_pid]
     if launch == "fork":  # the runner's child is the fork server; the case's worker is its child
+        # The server forks the case once its imports are done: on a loaded machine that takes a while.
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline and len(pids) == 1:
             pids += [pid for pid in [_child_pid(worker_pid)] if pid is not None]
             time.sleep(0.1)
