@@ -177,7 +177,14 @@ def test_a_trace_opens_as_json_with_the_named_phases(tmp_path):
 
 # --- runs with and without profiles --------------------------------------------------------------
 
+DEFAULTS = {"backend": '"eager"', "seq_len": "512", "heads": "2", "n_hashes": "2", "repeats": "2", "warmup": "0",
+            "mode": '"forward_backward"'}
+
+
 def _suite(tmp_path: Path, defaults: str = "", extra: str = "", **settings: str):
+    """A small suite: DEFAULTS with `defaults` ("key = value" lines) over them, `extra` tables after."""
+    table = dict(DEFAULTS)
+    table.update(dict(line.split(" = ", 1) for line in defaults.splitlines() if line.strip()))
     lines = "\n".join(f"{key} = {value}" for key, value in settings.items())
     path = tmp_path / "profiles_suite.toml"
     path.write_text(f"""
@@ -189,16 +196,7 @@ threads = 1
 {lines}
 
 [defaults]
-backend = "eager"
-seq_len = 512
-heads = 2
-n_hashes = 2
-repeats = 2
-warmup = 0
-mode = "forward_backward"
-{defaults}
-{extra}
-""")
+""" + "\n".join(f"{key} = {value}" for key, value in table.items()) + f"\n\n{extra}\n")
     return load_suite(path)
 
 
