@@ -127,7 +127,7 @@ class _StorageTracker(TorchDispatchMode):
     def _record(self, key: int, func, leaf: torch.Tensor, nbytes: int) -> None:
         self._seq += 1
         name = getattr(getattr(func, "_schema", None), "name", None) or str(func)
-        self._made[key] = LiveStorage(op=name, where=self._where(), nbytes=nbytes,
+        self._made[key] = LiveStorage(op=name, where=self._where() if self._where else "", nbytes=nbytes,
                                       shape=f"{tuple(leaf.shape)} {str(leaf.dtype).removeprefix('torch.')}",
                                       seq=self._seq)
 
