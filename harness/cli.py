@@ -2,7 +2,7 @@
 
     reformer-bench run SUITE [--out DIR] [--resume] [--backend NAME ...] [--max-seq-len N] [--no-report]
                              [--dry-run] [--summary] [--plotly-js inline|cdn] [--launch fork|spawn]
-                             [--ray ADDRESS [--ray-cpus-per-case N]]
+                             [--ray ADDRESS [--ray-cpus-per-case N]] [--phases] [--peak-live] [--profile]
     reformer-bench list [SUITE]
     reformer-bench show RESULTS [--summary]
     reformer-bench report RESULTS... -o report.html [--baseline RESULTS...] [--plotly-js inline|cdn]
@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-cpus-per-case", type=int, default=None, metavar="N",
                      help="with --ray: CPUs each CPU case reserves on its node (default: the suite's threads, or "
                           "a whole node where the suite leaves threads unset)")
+    run.add_argument("--phases", action="store_true",
+                     help="as [suite] phases = true: an untimed profiled call per case, its time by named phase "
+                          "(phase_times, phase_shares)")
+    run.add_argument("--peak-live", action="store_true",
+                     help="as [suite] peak_live = true: the memory pass records the live set at the peak, by op "
+                          "and module (peak_live_top; the whole breakdown under <run dir>/profiles/<case id>/)")
+    run.add_argument("--profile", action="store_true",
+                     help="as [suite] profile = true: a Chrome trace and an op table per case under "
+                          "<run dir>/profiles/<case id>/")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="backends, their kind and whether each is available here (and why not)")
@@ -104,6 +113,7 @@ def cmd_run(args) -> int:
     if args.ray_cpus_per_case is not None and args.ray is None:
         raise UserError(f"--ray-cpus-per-case {args.ray_cpus_per_case}: only with --ray ADDRESS")
     suite = load_suite(args.suite, backends=args.backend, max_seq_len=args.max_seq_len)
+    suite = with_profiles(suite, [key for key in ("phases", "peak_live", "profile") if getattr(args, key)])
     if args.dry_run:
         for case in suite.cases:
             print(case.case_id)
@@ -167,6 +177,17 @@ def cmd_run(args) -> int:
             return 1
         print(f"report: {report}")
     return 0
+
+
+def with_profiles(suite, asked: list[str]):
+    """The suite with the profile settings `asked` (run's flags) turned on in its settings and cases."""
+    import dataclasses
+
+    if not asked:
+        return suite
+    on = dict.fromkeys(asked, True)
+    cases = [dataclasses.replace(case, **on) if case.workload != "task" else case for case in suite.cases]
+    return dataclasses.replace(suite, cases=cases, settings={**suite.settings, **on})
 
 
 def cmd_list(args) -> int:

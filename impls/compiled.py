@@ -57,6 +57,7 @@ from .blocked import BlockPlan, Buffers, RowTable, combine_round_, keys_backward
 from .config import LSHConfig
 from .lsh import dedup_counts as _dedup_counts
 from .lsh import mask_values, sorted_order
+from .phases import phase
 
 # How dynamo / inductor report that a kernel could not be compiled (graph break under fullgraph,
 # recompile limit, backend failure). Anything else is a real error and propagates.
@@ -422,23 +423,28 @@ class _CompiledLSHAttention(torch.autograd.Function):
             buf = {name: buffers.get(name, (n_slots, d), q.dtype) for name in ("q", "k", "v", "out")}
             buf["lse"] = buffers.get("lse", (n_slots,), acc)
             buf["scores"] = buffers.get("scores", (plan.step_scores,), acc)
-            q_rows.sorted_rows(block.bh, block.positions, out=buf["q"])
-            v_rows.sorted_rows(block.bh, block.positions, out=buf["v"])
-            unit_keys(buf["q"], out=buf["k"])
-            steps = _cached_steps(step_views, _ForwardStep, plan, buf, block)
-            positions = _flat_positions(buffers, block)
-            for step in steps:
-                _bmm_into(step.scores, step.q, step.k_t)
-                step.diagonal.fill_(plan.self_value)
-                softmax_kernel(step.scores, step.lse, *plan.mask_args(block, positions, *step.span), q.dtype)
-                _bmm_into(step.out, step.scores, step.v)
-            out_rows = buf["out"].index_select(0, block.slot_of).view(block.rows, seq_len, d)
-            lse_rows = buf["lse"].index_select(0, block.slot_of).view(block.rows, seq_len)
-            rows = slice(block.bh0, block.bh1)
-            lse_rounds[block.round, rows] = lse_rows
-            combine_round_(combined[rows], lse_max[rows], weight_sum[rows], out_rows, lse_rows)
+            with phase("lsh.gather"):
+                q_rows.sorted_rows(block.bh, block.positions, out=buf["q"])
+                v_rows.sorted_rows(block.bh, block.positions, out=buf["v"])
+                unit_keys(buf["q"], out=buf["k"])
+            with phase("lsh.attend"):
+                steps = _cached_steps(step_views, _ForwardStep, plan, buf, block)
+                positions = _flat_positions(buffers, block)
+                for step in steps:
+                    _bmm_into(step.scores, step.q, step.k_t)
+                    step.diagonal.fill_(plan.self_value)
+                    softmax_kernel(step.scores, step.lse, *plan.mask_args(block, positions, *step.span), q.dtype)
+                    _bmm_into(step.out, step.scores, step.v)
+            with phase("lsh.unsort"):
+                out_rows = buf["out"].index_select(0, block.slot_of).view(block.rows, seq_len, d)
+                lse_rows = buf["lse"].index_select(0, block.slot_of).view(block.rows, seq_len)
+                rows = slice(block.bh0, block.bh1)
+                lse_rounds[block.round, rows] = lse_rows
+            with phase("lsh.combine"):
+                combine_round_(combined[rows], lse_max[rows], weight_sum[rows], out_rows, lse_rows)
         del buffers, step_views
-        combined.div_(weight_sum.unsqueeze(-1))
+        with phase("lsh.combine"):
+            combined.div_(weight_sum.unsqueeze(-1))
         ctx.save_for_backward(q, v, combined, lse_rounds, lse_max, weight_sum)
         ctx.plan, ctx.kernels = plan, kernels
         return combined.view(batch, heads, seq_len, d).to(q.dtype)
@@ -452,9 +458,10 @@ class _CompiledLSHAttention(torch.autograd.Function):
         bh_rows = batch * heads
         c, pad, acc = plan.chunk_len, plan.pad, plan.acc
         q_rows, v_rows, grad_rows = RowTable(q), RowTable(v), RowTable(grad_out)
-        out_dot = (grad_out.to(acc) * combined.view(grad_out.shape)).sum(-1).reshape(bh_rows, seq_len)
-        dq = torch.zeros(bh_rows, seq_len, d, dtype=acc, device=q.device)
-        dv = torch.zeros_like(dq)
+        with phase("lsh.backward.prepare"):
+            out_dot = (grad_out.to(acc) * combined.view(grad_out.shape)).sum(-1).reshape(bh_rows, seq_len)
+            dq = torch.zeros(bh_rows, seq_len, d, dtype=acc, device=q.device)
+            dv = torch.zeros_like(dq)
         buffers = Buffers(q.device, lead=BUFFER_LEAD)
         step_views: dict[tuple, list[_BackwardStep]] = {}
         for block in plan.blocks():
@@ -464,44 +471,48 @@ class _CompiledLSHAttention(torch.autograd.Function):
             buf.update({name: buffers.get(name, (n_slots, d), acc) for name in ("dq", "dk", "dv", "scratch")})
             buf.update({name: buffers.get(name, (n_slots,), acc) for name in ("lse", "row_term")})
             buf.update({name: buffers.get(name, (plan.step_scores,), acc) for name in ("scores", "d_probs")})
-            q_rows.sorted_rows(block.bh, block.positions, out=buf["q"])
-            v_rows.sorted_rows(block.bh, block.positions, out=buf["v"])
-            _, norm_s = unit_keys(buf["q"], out=buf["k"])
-            lse_r = lse_rounds[block.round, rows]
-            # w_r = exp(lse_r - max) / sum per original position, then every flat slot's value.
-            weight = (lse_r - lse_max[rows]).exp_().div_(weight_sum[rows])
-            weight_s = weight.gather(1, block.positions).view(-1, 1)
-            grad_rows.sorted_rows(block.bh, block.positions, out=buf["d_out"]).mul_(weight_s.to(q.dtype))
-            torch.gather(out_dot[rows].mul(weight), 1, block.positions, out=buf["row_term"].view(block.rows, -1))
-            lse_s = torch.gather(lse_r, 1, block.positions, out=buf["lse"].view(block.rows, -1))
-            # A row's leading copy is never a query: +inf makes its (discarded) windows' P exactly 0.
-            lse_s.view(block.rows, -1, c)[:, :pad] = float("inf")
-            # Key gradients: every chunk but the first is some window's own chunk (written there).
-            buf["dk"][:c].zero_()
-            buf["dv"][:c].zero_()
-            steps = _cached_steps(step_views, _BackwardStep, plan, buf, block)
-            positions = _flat_positions(buffers, block)
-            for step in steps:
-                _bmm_into(step.scores, step.q, step.k_t)
-                step.diagonal.fill_(plan.self_value)
-                _bmm_into(step.d_probs, step.d_out, step.v_t)
-                grads_kernel(step.scores, step.d_probs, step.lse, step.row_term,
-                             *plan.mask_args(block, positions, *step.span), q.dtype)
-                step.d_diagonal.zero_()  # the self score is a constant
-                _bmm_into(step.dq, step.d_probs, step.k)
-                for own, prev in step.key_grads:
-                    _bmm_into(*own)
-                    if prev is not None:
-                        _baddbmm_into(*prev)
-            dq_s, dk_s, dv_s = buf["dq"], buf["dk"], buf["dv"]
-            if pad:  # a row's leading copy is its last chunk: its key gradients belong there
-                for flat in (dk_s, dv_s):
-                    per_row = flat.view(block.rows, -1, c, d)
-                    per_row[:, -1] += per_row[:, 0]
-            # q reaches k through k = q / |q|
-            dq_s += keys_backward_(dk_s, buf["k"].to(acc), norm_s.to(acc), scratch=buf["scratch"])
-            dq[rows] += dq_s.index_select(0, block.slot_of).view(block.rows, seq_len, d)
-            dv[rows] += dv_s.index_select(0, block.slot_of).view(block.rows, seq_len, d)
+            with phase("lsh.backward.gather"):
+                q_rows.sorted_rows(block.bh, block.positions, out=buf["q"])
+                v_rows.sorted_rows(block.bh, block.positions, out=buf["v"])
+                _, norm_s = unit_keys(buf["q"], out=buf["k"])
+                lse_r = lse_rounds[block.round, rows]
+                # w_r = exp(lse_r - max) / sum per original position, then every flat slot's value.
+                weight = (lse_r - lse_max[rows]).exp_().div_(weight_sum[rows])
+                weight_s = weight.gather(1, block.positions).view(-1, 1)
+                grad_rows.sorted_rows(block.bh, block.positions, out=buf["d_out"]).mul_(weight_s.to(q.dtype))
+                torch.gather(out_dot[rows].mul(weight), 1, block.positions, out=buf["row_term"].view(block.rows, -1))
+                lse_s = torch.gather(lse_r, 1, block.positions, out=buf["lse"].view(block.rows, -1))
+                # A row's leading copy is never a query: +inf makes its (discarded) windows' P exactly 0.
+                lse_s.view(block.rows, -1, c)[:, :pad] = float("inf")
+                # Key gradients: every chunk but the first is some window's own chunk (written there).
+                buf["dk"][:c].zero_()
+                buf["dv"][:c].zero_()
+            with phase("lsh.backward.attend"):
+                steps = _cached_steps(step_views, _BackwardStep, plan, buf, block)
+                positions = _flat_positions(buffers, block)
+                for step in steps:
+                    _bmm_into(step.scores, step.q, step.k_t)
+                    step.diagonal.fill_(plan.self_value)
+                    _bmm_into(step.d_probs, step.d_out, step.v_t)
+                    grads_kernel(step.scores, step.d_probs, step.lse, step.row_term,
+                                 *plan.mask_args(block, positions, *step.span), q.dtype)
+                    step.d_diagonal.zero_()  # the self score is a constant
+                    _bmm_into(step.dq, step.d_probs, step.k)
+                    for own, prev in step.key_grads:
+                        _bmm_into(*own)
+                        if prev is not None:
+                            _baddbmm_into(*prev)
+            with phase("lsh.backward.keys"):
+                dq_s, dk_s, dv_s = buf["dq"], buf["dk"], buf["dv"]
+                if pad:  # a row's leading copy is its last chunk: its key gradients belong there
+                    for flat in (dk_s, dv_s):
+                        per_row = flat.view(block.rows, -1, c, d)
+                        per_row[:, -1] += per_row[:, 0]
+                # q reaches k through k = q / |q|
+                dq_s += keys_backward_(dk_s, buf["k"].to(acc), norm_s.to(acc), scratch=buf["scratch"])
+            with phase("lsh.backward.unsort"):
+                dq[rows] += dq_s.index_select(0, block.slot_of).view(block.rows, seq_len, d)
+                dv[rows] += dv_s.index_select(0, block.slot_of).view(block.rows, seq_len, d)
         return dq.view(q.shape).to(q.dtype), dv.view(v.shape).to(v.dtype), None, None
 
 

@@ -21,6 +21,7 @@ import torch
 from .blocked import BlockPlan, Buffers, RowTable, combine_round_, keys_backward_, select_rows, unit_keys
 from .config import LSHConfig
 from .lsh import dedup_counts, sorted_order
+from .phases import phase
 
 
 def _row_blocks(rows: int, n_chunks: int, per_chunk: int, budget: int) -> Iterator[tuple[int, int, int]]:
@@ -148,29 +149,35 @@ class _ChunkedLSHAttention(torch.autograd.Function):
         buffers = Buffers(q.device)
         for rows, bh, perm, rank, step in plan.row_blocks():
             g = perm.shape[0]
-            q_s = q_rows.sorted_rows(bh, perm, out=buffers.get("q", (g, seq_len, d), q.dtype))
-            v_s = v_rows.sorted_rows(bh, perm, out=buffers.get("v", (g, seq_len, d), v.dtype))
-            # Keys are normalised here, per block, from the sorted queries: no full-size key tensor
-            # exists, and the normalisation's gradient is folded into dq in the backward.
-            k_s, _ = unit_keys(q_s, out=buffers.get("k", (g, seq_len, d), q.dtype))
-            out_s, lse_s = buffers.get("out", (g, seq_len, d), q.dtype), lse_rounds.new_empty(perm.shape)
-            for c0, c1 in plan.steps(step):
-                scores, _ = plan.masked_scores(_chunks(q_s, c0, c1, plan.chunk_len), plan.window_of(k_s, c0, c1),
-                                               bh, _chunks(perm, c0, c1, plan.chunk_len), plan.window_of(perm, c0, c1))
-                row_max = scores.amax(dim=-1, keepdim=True)
-                probs = scores.sub_(row_max).exp_()
-                row_sum = probs.sum(dim=-1, keepdim=True)
-                probs.div_(row_sum)
-                span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
-                out_s[:, span] = _bmm(probs.to(v.dtype), plan.window_of(v_s, c0, c1)).flatten(1, 2)
-                lse_s[:, span] = (row_max + row_sum.log()).flatten(1)
-            out_rows = _to_sorted(out_s, rank, out=buffers.get("out_rows", (g, seq_len, d), q.dtype))
-            lse_rows = _to_sorted(lse_s, rank)
-            lse_rounds[rows] = lse_rows
-            for i, row_bh in enumerate(bh.tolist()):  # rows are (bh, round) pairs, bh-major
-                combine_round_(combined[row_bh], lse_max[row_bh], weight_sum[row_bh], out_rows[i], lse_rows[i])
+            with phase("lsh.gather"):
+                q_s = q_rows.sorted_rows(bh, perm, out=buffers.get("q", (g, seq_len, d), q.dtype))
+                v_s = v_rows.sorted_rows(bh, perm, out=buffers.get("v", (g, seq_len, d), v.dtype))
+                # Keys are normalised here, per block, from the sorted queries: no full-size key tensor
+                # exists, and the normalisation's gradient is folded into dq in the backward.
+                k_s, _ = unit_keys(q_s, out=buffers.get("k", (g, seq_len, d), q.dtype))
+            with phase("lsh.attend"):
+                out_s, lse_s = buffers.get("out", (g, seq_len, d), q.dtype), lse_rounds.new_empty(perm.shape)
+                for c0, c1 in plan.steps(step):
+                    scores, _ = plan.masked_scores(_chunks(q_s, c0, c1, plan.chunk_len),
+                                                   plan.window_of(k_s, c0, c1), bh,
+                                                   _chunks(perm, c0, c1, plan.chunk_len), plan.window_of(perm, c0, c1))
+                    row_max = scores.amax(dim=-1, keepdim=True)
+                    probs = scores.sub_(row_max).exp_()
+                    row_sum = probs.sum(dim=-1, keepdim=True)
+                    probs.div_(row_sum)
+                    span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
+                    out_s[:, span] = _bmm(probs.to(v.dtype), plan.window_of(v_s, c0, c1)).flatten(1, 2)
+                    lse_s[:, span] = (row_max + row_sum.log()).flatten(1)
+            with phase("lsh.unsort"):
+                out_rows = _to_sorted(out_s, rank, out=buffers.get("out_rows", (g, seq_len, d), q.dtype))
+                lse_rows = _to_sorted(lse_s, rank)
+                lse_rounds[rows] = lse_rows
+            with phase("lsh.combine"):
+                for i, row_bh in enumerate(bh.tolist()):  # rows are (bh, round) pairs, bh-major
+                    combine_round_(combined[row_bh], lse_max[row_bh], weight_sum[row_bh], out_rows[i], lse_rows[i])
         del buffers
-        combined.div_(weight_sum.unsqueeze(-1))
+        with phase("lsh.combine"):
+            combined.div_(weight_sum.unsqueeze(-1))
         ctx.save_for_backward(q, v, combined, lse_rounds, lse_max, weight_sum)
         ctx.plan = plan
         return combined.view(batch, heads, seq_len, d).to(q.dtype)
@@ -183,54 +190,60 @@ class _ChunkedLSHAttention(torch.autograd.Function):
         bh_rows = batch * heads
         q_rows, v_rows, grad_rows = RowTable(q), RowTable(v), RowTable(grad_out)
         # dO . o per (bh, position)
-        out_dot = (grad_out.to(plan.acc) * combined.view(grad_out.shape)).sum(-1).reshape(bh_rows, seq_len)
-        dq = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
-        dv = torch.zeros_like(dq)
+        with phase("lsh.backward.prepare"):
+            out_dot = (grad_out.to(plan.acc) * combined.view(grad_out.shape)).sum(-1).reshape(bh_rows, seq_len)
+            dq = torch.zeros(bh_rows, seq_len, d, dtype=plan.acc, device=q.device)
+            dv = torch.zeros_like(dq)
         buffers = Buffers(q.device)
         for rows, bh, perm, rank, step in plan.row_blocks():
             g = perm.shape[0]
-            q_s = q_rows.sorted_rows(bh, perm, out=buffers.get("q", (g, seq_len, d), q.dtype))
-            v_s = v_rows.sorted_rows(bh, perm, out=buffers.get("v", (g, seq_len, d), v.dtype))
-            k_s, norm_s = unit_keys(q_s, out=buffers.get("k", (g, seq_len, d), q.dtype))
-            lse_s = _to_sorted(lse_rounds[rows], perm)
-            # w_r = exp(lse_r - max) / sum, in sorted order
-            weight_s = (lse_s - _to_sorted(lse_max[bh], perm)).exp_().div_(_to_sorted(weight_sum[bh], perm))
-            d_out_s = grad_rows.sorted_rows(bh, perm, out=buffers.get("d_out", (g, seq_len, d), grad_out.dtype))
-            d_out_s = d_out_s.mul_(weight_s.unsqueeze(-1).to(d_out_s.dtype))
-            row_term = _to_sorted(out_dot[bh], perm).mul_(weight_s)  # w_r dO . o
-            dq_s, dk_s, dv_s = (buffers.get(name, (g, seq_len, d), plan.acc).zero_() for name in ("dq", "dk", "dv"))
-            for c0, c1 in plan.steps(step):
-                span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
-                q_c = _chunks(q_s, c0, c1, plan.chunk_len)
-                k_w, v_w = plan.window_of(k_s, c0, c1), plan.window_of(v_s, c0, c1)
-                d_out_c = _chunks(d_out_s, c0, c1, plan.chunk_len)
-                scores, future = plan.masked_scores(q_c, k_w, bh, _chunks(perm, c0, c1, plan.chunk_len),
-                                                    plan.window_of(perm, c0, c1))
-                probs = scores.sub_(_chunks(lse_s, c0, c1, plan.chunk_len).unsqueeze(-1)).exp_()
-                # dL/ds_ij = P_ij (dO_r . v_j - w_r dO . o)
-                d_scores = _bmm(d_out_c, v_w.transpose(-1, -2)).to(plan.acc)
-                d_scores.sub_(_chunks(row_term, c0, c1, plan.chunk_len).unsqueeze(-1)).mul_(probs)
-                # Constant-filled scores (self, future) depend on neither q nor k.
-                d_scores.diagonal(0, -2, -1).zero_()
-                if future is not None:
-                    d_scores.masked_fill_(future, 0.0)
-                d_scores = d_scores.to(q.dtype)
-                dq_s[:, span] += _bmm(d_scores, k_w).flatten(1, 2)
-                probs = probs.to(v.dtype)
-                # dk, dv of the own chunk and of the previous chunk, as separate products so each
-                # lands contiguous in the sorted accumulators.
-                own, prev = slice(0, plan.chunk_len), slice(plan.chunk_len, None)
-                for acc, weights, rhs in ((dk_s, d_scores, q_c), (dv_s, probs, d_out_c)):
-                    acc[:, span] += _bmm(weights[..., own].transpose(-1, -2), rhs).flatten(1, 2)
-                    if plan.window == 2:
-                        _add_prev_chunks(acc, _bmm(weights[..., prev].transpose(-1, -2), rhs),
-                                         c0, c1, plan.chunk_len, plan.n_chunks)
+            with phase("lsh.backward.gather"):
+                q_s = q_rows.sorted_rows(bh, perm, out=buffers.get("q", (g, seq_len, d), q.dtype))
+                v_s = v_rows.sorted_rows(bh, perm, out=buffers.get("v", (g, seq_len, d), v.dtype))
+                k_s, norm_s = unit_keys(q_s, out=buffers.get("k", (g, seq_len, d), q.dtype))
+                lse_s = _to_sorted(lse_rounds[rows], perm)
+                # w_r = exp(lse_r - max) / sum, in sorted order
+                weight_s = (lse_s - _to_sorted(lse_max[bh], perm)).exp_().div_(_to_sorted(weight_sum[bh], perm))
+                d_out_s = grad_rows.sorted_rows(bh, perm, out=buffers.get("d_out", (g, seq_len, d), grad_out.dtype))
+                d_out_s = d_out_s.mul_(weight_s.unsqueeze(-1).to(d_out_s.dtype))
+                row_term = _to_sorted(out_dot[bh], perm).mul_(weight_s)  # w_r dO . o
+                dq_s, dk_s, dv_s = (buffers.get(name, (g, seq_len, d), plan.acc).zero_() for name in ("dq", "dk", "dv"))
+            with phase("lsh.backward.attend"):
+                for c0, c1 in plan.steps(step):
+                    span = slice(c0 * plan.chunk_len, c1 * plan.chunk_len)
+                    q_c = _chunks(q_s, c0, c1, plan.chunk_len)
+                    k_w, v_w = plan.window_of(k_s, c0, c1), plan.window_of(v_s, c0, c1)
+                    d_out_c = _chunks(d_out_s, c0, c1, plan.chunk_len)
+                    scores, future = plan.masked_scores(q_c, k_w, bh, _chunks(perm, c0, c1, plan.chunk_len),
+                                                        plan.window_of(perm, c0, c1))
+                    probs = scores.sub_(_chunks(lse_s, c0, c1, plan.chunk_len).unsqueeze(-1)).exp_()
+                    # dL/ds_ij = P_ij (dO_r . v_j - w_r dO . o)
+                    d_scores = _bmm(d_out_c, v_w.transpose(-1, -2)).to(plan.acc)
+                    d_scores.sub_(_chunks(row_term, c0, c1, plan.chunk_len).unsqueeze(-1)).mul_(probs)
+                    # Constant-filled scores (self, future) depend on neither q nor k.
+                    d_scores.diagonal(0, -2, -1).zero_()
+                    if future is not None:
+                        d_scores.masked_fill_(future, 0.0)
+                    d_scores = d_scores.to(q.dtype)
+                    dq_s[:, span] += _bmm(d_scores, k_w).flatten(1, 2)
+                    probs = probs.to(v.dtype)
+                    # dk, dv of the own chunk and of the previous chunk, as separate products so each
+                    # lands contiguous in the sorted accumulators.
+                    own, prev = slice(0, plan.chunk_len), slice(plan.chunk_len, None)
+                    for acc, weights, rhs in ((dk_s, d_scores, q_c), (dv_s, probs, d_out_c)):
+                        acc[:, span] += _bmm(weights[..., own].transpose(-1, -2), rhs).flatten(1, 2)
+                        if plan.window == 2:
+                            _add_prev_chunks(acc, _bmm(weights[..., prev].transpose(-1, -2), rhs),
+                                             c0, c1, plan.chunk_len, plan.n_chunks)
             # Back to original order, summed over the rounds (rows) of each (batch x head).
             # q reaches k through k = q / |q|
-            dq_s += keys_backward_(dk_s, k_s.to(plan.acc), norm_s.to(plan.acc),
-                                    scratch=buffers.get("scratch", (g, seq_len, d), plan.acc))
-            for acc, grads_s in ((dq, dq_s), (dv, dv_s)):
-                acc.index_add_(0, bh, _to_sorted(grads_s, rank, out=buffers.get("orig", (g, seq_len, d), plan.acc)))
+            with phase("lsh.backward.keys"):
+                dq_s += keys_backward_(dk_s, k_s.to(plan.acc), norm_s.to(plan.acc),
+                                        scratch=buffers.get("scratch", (g, seq_len, d), plan.acc))
+            with phase("lsh.backward.unsort"):
+                for acc, grads_s in ((dq, dq_s), (dv, dv_s)):
+                    acc.index_add_(0, bh, _to_sorted(grads_s, rank,
+                                                     out=buffers.get("orig", (g, seq_len, d), plan.acc)))
         return dq.view(q.shape).to(q.dtype), dv.view(v.shape).to(v.dtype), None
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import LSHConfig
+from .phases import phase
 
 # Score given to a token attending to itself: strongly discouraged but finite, so a token with no
 # other target (the first causal position) still attends to itself (trax, Hugging Face).
@@ -216,8 +217,10 @@ def sorted_order(qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig,
     earlier hashing, as a reversible layer's backward does) and sort every round."""
     chunk_len = check_inputs(qk, v, cfg)
     if buckets is None:
-        buckets = hash_buckets(qk, cfg, bucket_of)
-    return sort_by_buckets(buckets, chunk_len)
+        with phase("lsh.hash"):
+            buckets = hash_buckets(qk, cfg, bucket_of)
+    with phase("lsh.sort"):
+        return sort_by_buckets(buckets, chunk_len)
 
 
 def window_chunks(n_chunks: int) -> int:

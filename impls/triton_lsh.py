@@ -28,6 +28,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .config import LSHConfig
 from .lsh import check_inputs, mask_values, sorted_order, window_chunks
+from .phases import phase
 
 SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 _KERNELS = f"{__package__}.triton_kernels"
@@ -116,11 +117,14 @@ def lsh_attention_forward(qk: torch.Tensor, v: torch.Tensor, perm: torch.Tensor,
     launch = _Launch(qk, perm.shape[1], chunk_len, causal, dedup)
     out, row_max, row_logsum = _forward_outputs(qk)
     ids = perm if chunk_ids is None else chunk_ids  # never read without dedup
-    for r in range(launch.n_rounds):
-        kernels.lsh_forward_round[launch.grid](
-            qk, v, perm, ids, out, row_max, row_logsum, *qk.stride(), *v.stride(),
-            r, launch.seq_len, launch.n_rounds, launch.n_chunks,
-            launch.self_value, launch.causal_value, **launch.constexprs, num_warps=launch.forward_warps)
+    # One kernel per round gathers, attends and folds the round into the output: no phase of its own
+    # for gathering or combining.
+    with phase("lsh.attend"):
+        for r in range(launch.n_rounds):
+            kernels.lsh_forward_round[launch.grid](
+                qk, v, perm, ids, out, row_max, row_logsum, *qk.stride(), *v.stride(),
+                r, launch.seq_len, launch.n_rounds, launch.n_chunks,
+                launch.self_value, launch.causal_value, **launch.constexprs, num_warps=launch.forward_warps)
     return out, row_max, row_logsum
 
 
@@ -142,17 +146,19 @@ def lsh_attention_backward(grad_out: torch.Tensor, qk: torch.Tensor, v: torch.Te
     # Strided reads of grad_out: an expanded gradient (e.g. of out.sum()) is never materialised.
     delta = _empty((bh_rows, seq_len), torch.float32, qk.device)
     block_n = 64
-    kernels.output_grad_dot[(-(-seq_len // block_n), bh_rows)](
-        grad_out, out, delta, *grad_out.stride(), seq_len,
-        HEAD_DIM=launch.head_dim, BLOCK_N=block_n, BLOCK_D=launch.block_d)
+    with phase("lsh.backward.prepare"):
+        kernels.output_grad_dot[(-(-seq_len // block_n), bh_rows)](
+            grad_out, out, delta, *grad_out.stride(), seq_len,
+            HEAD_DIM=launch.head_dim, BLOCK_N=block_n, BLOCK_D=launch.block_d)
     dqk, dv = _backward_outputs(qk, v)
     ids = perm if chunk_ids is None else chunk_ids
-    for r in range(launch.n_rounds):
-        kernels.lsh_backward_round[launch.grid](
-            qk, v, grad_out, perm, ids, row_max, row_logsum, delta, dqk, dv,
-            *qk.stride(), *v.stride(), *grad_out.stride(),
-            r, seq_len, launch.n_rounds, launch.n_chunks,
-            launch.self_value, launch.causal_value, **launch.constexprs, num_warps=BACKWARD_WARPS)
+    with phase("lsh.backward.attend"):
+        for r in range(launch.n_rounds):
+            kernels.lsh_backward_round[launch.grid](
+                qk, v, grad_out, perm, ids, row_max, row_logsum, delta, dqk, dv,
+                *qk.stride(), *v.stride(), *grad_out.stride(),
+                r, seq_len, launch.n_rounds, launch.n_chunks,
+                launch.self_value, launch.causal_value, **launch.constexprs, num_warps=BACKWARD_WARPS)
     return dqk, dv
 
 

@@ -22,8 +22,9 @@ import resource
 import sys
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -40,12 +41,28 @@ class PeakMemory:
 
     peak_bytes: int, bytes. method: how it was measured (CPU_METHOD, CPU_ALLOCATOR_METHOD or CUDA_METHOD).
     retained_bytes: bytes allocated inside the region and still live at its exit (None until exit).
+    live_at_peak: with track_peak_memory(..., where=...) on the CPU, the storages alive at the moment of
+    the peak (LiveStorage each; their bytes sum to peak_bytes), else None.
     """
 
     def __init__(self, method: str) -> None:
         self.method = method
         self.peak_bytes = 0
         self.retained_bytes: int | None = None
+        self.live_at_peak: list[LiveStorage] | None = None
+
+
+@dataclass(frozen=True)
+class LiveStorage:
+    """A storage the region made: the op that made it, where (the caller's description of the moment:
+    module, phase), its bytes, the shape and dtype of the tensor the op returned, and when it was made
+    (an event count of the tracker; a storage resized in place is a new one from then on)."""
+
+    op: str
+    where: str
+    nbytes: int
+    shape: str
+    seq: int
 
     def __repr__(self) -> str:
         return f"PeakMemory(peak_bytes={self.peak_bytes}, method={self.method!r})"
@@ -64,9 +81,14 @@ class _StorageTracker(TorchDispatchMode):
     buffers that one ATen kernel allocates and frees internally (e.g. CPU flash attention's
     workspace) never reach the dispatcher as op outputs and are not counted; torch.compile'd code
     does not run under a dispatch mode at all (its CPU memory comes from track_allocator_peak).
+
+    With `where` (a function describing the moment: module, phase), it also keeps which storages are
+    alive at the peak, at O(1) per event: each live storage's LiveStorage, the event count of the last
+    new peak, and the storages that were alive then and have died since (cleared at every new peak).
+    The live set at the peak is then the live storages made up to that event plus those.
     """
 
-    def __init__(self, result: PeakMemory, device_type: str) -> None:
+    def __init__(self, result: PeakMemory, device_type: str, where: Callable[[], str] | None = None) -> None:
         super().__init__()
         self._result = result
         self._device_type = device_type
@@ -74,32 +96,64 @@ class _StorageTracker(TorchDispatchMode):
         self._live_nbytes: dict[int, int] = {}
         self._finalizers: list[weakref.finalize] = []
         self.live_bytes = 0
+        self._where = where
+        self._made: dict[int, LiveStorage] = {}
+        self._seq = 0
+        self._peak_seq = -1
+        self._died_since_peak: list[LiveStorage] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         input_keys = {key for key, _ in _storages(tree_flatten((args, kwargs))[0])}
         out = func(*args, **kwargs)
         with self._lock:
-            for key, storage in _storages(tree_flatten(out)[0]):
+            for leaf, (key, storage) in _storage_leaves(tree_flatten(out)[0]):
                 if storage.device.type != self._device_type:
                     continue
                 if key in self._live_nbytes:
                     # A tracked storage may have been resized in place (resize_, out= variants).
+                    if self._where is not None and storage.nbytes() != self._live_nbytes[key]:
+                        self._retire(key)
+                        self._record(key, func, leaf, storage.nbytes())
                     self._add(key, storage.nbytes() - self._live_nbytes[key])
                 elif key not in input_keys:
                     self._live_nbytes[key] = 0
+                    if self._where is not None:
+                        self._record(key, func, leaf, storage.nbytes())
                     self._add(key, storage.nbytes())
                     self._finalizers.append(weakref.finalize(storage, self._free, key))
         return out
 
+    def _record(self, key: int, func, leaf: torch.Tensor, nbytes: int) -> None:
+        self._seq += 1
+        name = getattr(getattr(func, "_schema", None), "name", None) or str(func)
+        self._made[key] = LiveStorage(op=name, where=self._where() if self._where else "", nbytes=nbytes,
+                                      shape=f"{tuple(leaf.shape)} {str(leaf.dtype).removeprefix('torch.')}",
+                                      seq=self._seq)
+
+    def _retire(self, key: int) -> None:
+        made = self._made.pop(key, None)
+        if made is not None and made.seq <= self._peak_seq:
+            self._died_since_peak.append(made)
+
     def _add(self, key: int, nbytes: int) -> None:
         self._live_nbytes[key] += nbytes
         self.live_bytes += nbytes
-        self._result.peak_bytes = max(self._result.peak_bytes, self.live_bytes)
+        if self.live_bytes > self._result.peak_bytes:
+            self._result.peak_bytes = self.live_bytes
+            self._peak_seq = self._seq
+            self._died_since_peak.clear()
 
     def _free(self, key: int) -> None:
         with self._lock:
             self.live_bytes -= self._live_nbytes.pop(key, 0)
+            if self._where is not None:
+                self._retire(key)
+
+    def live_at_peak(self) -> list[LiveStorage]:
+        """The storages alive at the moment of the peak (made by then, not dead by then)."""
+        with self._lock:
+            return [m for m in self._made.values() if m.seq <= self._peak_seq] + list(self._died_since_peak)
 
     def detach(self) -> None:
         """Stop following storages that outlive the region (their finalizers would keep running)."""
@@ -108,16 +162,23 @@ class _StorageTracker(TorchDispatchMode):
                 finalizer.detach()
             self._finalizers.clear()
             self._live_nbytes.clear()
+            self._made.clear()
+            self._died_since_peak.clear()
 
 
 def _storages(leaves) -> Iterator[tuple[int, torch.UntypedStorage]]:
+    for _, found in _storage_leaves(leaves):
+        yield found
+
+
+def _storage_leaves(leaves) -> Iterator[tuple[torch.Tensor, tuple[int, torch.UntypedStorage]]]:
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor) and leaf.layout == torch.strided and leaf.device.type != "meta":
             try:
                 storage = leaf.untyped_storage()
             except (RuntimeError, NotImplementedError):  # tensor subclasses without a real storage
                 continue
-            yield storage._cdata, storage
+            yield leaf, (storage._cdata, storage)
 
 
 def _as_device(device: str | torch.device) -> torch.device:
@@ -128,22 +189,26 @@ def _as_device(device: str | torch.device) -> torch.device:
 
 
 @contextmanager
-def track_peak_memory(device: str | torch.device) -> Iterator[PeakMemory]:
+def track_peak_memory(device: str | torch.device, where: Callable[[], str] | None = None) -> Iterator[PeakMemory]:
     """Measure the peak memory the enclosed code adds on `device`; yields a PeakMemory.
 
-    CPU: exact peak of live tensor storage bytes created inside the region (method CPU_METHOD).
+    CPU: exact peak of live tensor storage bytes created inside the region (method CPU_METHOD); with
+    `where` (called at each storage's creation, returning a description of the moment), also the
+    storages alive at the peak (PeakMemory.live_at_peak, summing to peak_bytes).
     CUDA: max_memory_allocated() - memory_allocated() at entry, after reset_peak_memory_stats()
     (method CUDA_METHOD). Resetting the peak statistics means CUDA regions must not be nested.
     """
     dev = _as_device(device)
     if dev.type == "cpu":
         result = PeakMemory(CPU_METHOD)
-        tracker = _StorageTracker(result, "cpu")
+        tracker = _StorageTracker(result, "cpu", where)
         try:
             with tracker:
                 yield result
         finally:
             result.retained_bytes = tracker.live_bytes
+            if where is not None:
+                result.live_at_peak = tracker.live_at_peak()
             tracker.detach()
     elif dev.type == "cuda":
         if not torch.cuda.is_available():

@@ -28,7 +28,7 @@ SHOWN_UNITS = {
     "FLOP/s": ("FLOP/s", 1.0), "GFLOP/s": ("FLOP/s", 1e9), "TFLOP/s": ("FLOP/s", 1e12),
     "tokens/s": ("tokens/s", 1.0), "1": ("1", 1.0), "%": ("1", 0.01), "": ("", 1.0),
 }
-KINDS = ("number", "count", "text", "flag", "trace")
+KINDS = ("number", "count", "text", "flag", "trace", "mapping", "records")
 GATE_RULES = (None, "always", "on request")
 
 
@@ -36,7 +36,9 @@ GATE_RULES = (None, "always", "on request")
 class Metric:
     """name: the row key. unit: of the stored value ("s", "B", "FLOP", "FLOP/s", "1" for a pure number,
     "" for text and flags). how: how it is measured, one sentence. kind: number | count | text | flag |
-    trace (a list of [x, y] samples: plotted, never in a table).
+    trace (a list of [x, y] samples: plotted, never in a table) | mapping (an object of name -> number,
+    in `unit`) | records (a list of flat objects); tables show a mapping's largest entries and a
+    records list's length.
     title / shown_unit / fmt: its column in tables (shown_unit from SHOWN_UNITS; fmt a format spec).
     terminal: a column of `reformer-bench show`. gate: None, "always" (the memory gate compares it) or
     "on request" (compared when its tolerance is given). tolerance: the relative change that counts as
@@ -112,6 +114,12 @@ class Metric:
             return "yes" if value else "no"
         if self.kind == "trace":
             return f"{len(value)} samples"
+        if self.kind == "mapping":
+            largest = sorted(value.items(), key=lambda kv: -kv[1])[:3]
+            return ", ".join(f"{k} {v / self.divisor:{self.fmt}}" for k, v in largest) + (
+                ", ..." if len(value) > 3 else "")
+        if self.kind == "records":
+            return f"{len(value)} entries"
         return str(value)
 
 
@@ -125,6 +133,9 @@ class Measurement:
     measure: Callable
     metrics: tuple[str, ...]
     auxiliary: bool = False
+    # For a measurement a case must ask for (a profile): whether it runs for this case (a Case); a case
+    # that does not ask has neither its stage nor its figures. None: it runs for every case.
+    applies: Callable | None = None
 
 
 METRICS: dict[str, Metric] = {}
@@ -217,6 +228,29 @@ _BUILT_IN = (
            quantity="rel. error"),
     Metric("attn_mass_recall", "1", "mean share of the exact attention mass on the keys LSH's windows contain",
            title="recall", fmt=".3f", terminal=True),
+    Metric("phase_times", "s", "phases pass (`phases`, untimed, after every other pass): one call under "
+           "torch.profiler with the backends' named phases on (record_function ranges: lsh.hash, lsh.sort, "
+           "lsh.gather, lsh.attend, lsh.unsort, lsh.combine, lsh.backward.*); per phase the summed exclusive "
+           "time of its ranges, `other` for the rest of the call (a backend without phases: all of it)",
+           kind="mapping", title="phase times", shown_unit="ms"),
+    Metric("phase_shares", "1", "phase_times / phase_total_s: what share of the profiled call each phase took",
+           kind="mapping", title="phase shares", shown_unit="%", fmt=".1f"),
+    Metric("phase_total_s", "s", "the phases pass's profiled call, start to end (torch.profiler's own cost "
+           "per op is in it: compare shares, not times, with time_median_s)", title="profiled call",
+           shown_unit="ms"),
+    Metric("peak_live_top", "B", "`peak_live`: the live set at the CPU memory peak (the tensor tracker of the "
+           "memory pass), grouped by the op that made each storage and where (module | backward of an "
+           "autograd node | phase), largest first, with what lived before the call: the first "
+           "groups as {op, where, bytes, count} (all of them, summing to mem_peak_bytes, in peak_live_file)",
+           kind="records", title="live at peak"),
+    Metric("peak_live_file", "", "`peak_live`: the whole live-set breakdown (JSON), or on CUDA the allocator's "
+           "memory snapshot of the memory call (a pickle pytorch.org/memory_viz opens), relative to the run "
+           "directory", kind="text", title="live set file"),
+    Metric("trace_file", "", "`profile`: a Chrome-format trace of one untimed profiled call (Perfetto, "
+           "chrome://tracing), relative to the run directory", kind="text", title="trace"),
+    Metric("op_table_file", "", "`profile`: the op table of that call (top ops by self time: calls, input "
+           "shapes, FLOPs where torch knows them; JSON, and ops.txt beside it), relative to the run directory",
+           kind="text", title="op table"),
     Metric("worker_setup_s", "s", "worker process start to inputs built (before the first call)",
            title="worker setup", shown_unit="s"),
     Metric("wall_s", "s", "the whole case as the runner saw it: start-up, every pass, exit", title="wall",

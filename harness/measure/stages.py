@@ -11,7 +11,13 @@
   finite       the output (and gradients) of the memory call: NaN / inf is status nonfinite
   flops        the analytic count, and one call under FlopCounterMode on the eager path (flops_via)
   fidelity     the reference (exact dense attention) on the same inputs: rel_error, attn_mass_recall
+  phases       (a case that asks: [suite] phases) one call under torch.profiler with the backends' named
+               phases on: phase_times, phase_shares, phase_total_s (harness.measure.phases)
+  trace        (a case that asks: [suite] profile) one more profiled call: its Chrome trace and op table
+               under <run dir>/profiles/<case id>/
   (rss, right after timing: the worker's peak resident set size over setup and the timed calls)
+A case that asks for peak_live has its memory pass record the live set at the peak too
+(harness.measure.live_set). A case that asks for none of them runs none of their code.
 
 Each is a function of a Context returning {metric: value}; registered with its metrics in
 harness.measure.metrics, where a plugin's measurement joins them.
@@ -19,10 +25,17 @@ harness.measure.metrics, where a plugin's measurement joins them.
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .metrics import Measurement, register_measurement
+
+# Where a case's profiles go, under the run directory: profiles/<case id>/.
+PROFILES_DIR = "profiles"
+# Groups of the live set at the peak that a row carries (the file has them all).
+PEAK_LIVE_TOP = 10
 
 if TYPE_CHECKING:
     from impls.registry import AttentionBackend, BackendInfo
@@ -40,7 +53,8 @@ class Context:
     device: where it runs ("cpu", "cuda", "cuda:N").
     info, backend: the backend's registration and instance (None for a pytest-benchmark call).
     row: the row so far (the measurements' figures, status and reason).
-    output: the output of the memory pass's call, for the checks after it."""
+    output: the output of the memory pass's call, for the checks after it.
+    run_dir: the run directory, where profiles are written (None: nowhere to write them)."""
 
     case: Case | None
     workload: Workload
@@ -49,11 +63,28 @@ class Context:
     backend: AttentionBackend | None = None
     row: dict[str, Any] = field(default_factory=dict)
     output: Any = None
+    run_dir: str | None = None
 
     def fail(self, status: str, reason: str) -> None:
         """Mark the case failed (the first failure's reason is kept)."""
         if self.row.get("status") in (None, "ok"):
             self.row["status"], self.row["reason"] = status, reason
+
+    def note(self, text: str) -> None:
+        """Add to the row's reason without failing the case (a profile that could not be made)."""
+        self.row["reason"] = f"{self.row['reason']}; {text}" if self.row.get("reason") else text
+
+    def profile_dir(self) -> Path | None:
+        """<run dir>/profiles/<case id>/ (created), or None without a run directory or a case."""
+        if self.run_dir is None or self.case is None:
+            return None
+        where = Path(self.run_dir) / PROFILES_DIR / self.case.case_id
+        where.mkdir(parents=True, exist_ok=True)
+        return where
+
+    def relative(self, path: str | Path) -> str:
+        """A file under the run directory as rows give it: relative to the run directory."""
+        return Path(path).relative_to(Path(self.run_dir or ".")).as_posix()
 
     def the_case(self) -> Case:
         """The case, for a measurement that needs one (a pytest-benchmark call has none)."""
@@ -108,12 +139,18 @@ def measure_memory(ctx: Context) -> dict:
     fixed_threshold = fix_mmap_threshold()
     figures: dict = {}
 
+    live_set = ctx.case is not None and ctx.case.peak_live
+    tracked: list = []  # the CPU tensor tracker's result, for the live set at the peak
+
     def call():
         if ctx.device == "cpu":
             dynamo = ctx.info is not None and ctx.info.offers("dynamo")
-            tensor_tracker = contextlib.nullcontext() if dynamo else track_peak_memory("cpu")
-            with track_allocator_peak() as allocator, tensor_tracker as tensors:
-                ctx.output = ctx.workload()
+            site = _creation_site(ctx) if live_set and not dynamo else contextlib.nullcontext()
+            with site as where:
+                tensor_tracker = contextlib.nullcontext() if dynamo else track_peak_memory("cpu", where)
+                with track_allocator_peak() as allocator, tensor_tracker as tensors:
+                    ctx.output = ctx.workload()
+            tracked.append(tensors)
             figures["mem_alloc_peak_bytes"] = input_bytes + allocator.peak_bytes
             if dynamo:
                 figures.update(mem_peak_bytes=input_bytes + allocator.peak_bytes, mem_method=allocator.method)
@@ -128,12 +165,16 @@ def measure_memory(ctx: Context) -> dict:
             return
         import torch
 
-        with NvmlSampler(torch.device(ctx.device).index or 0) as sampler, track_peak_memory(ctx.device) as peak:
+        snapshot = _cuda_snapshot(ctx, figures) if live_set else contextlib.nullcontext()
+        with snapshot, NvmlSampler(torch.device(ctx.device).index or 0) as sampler, \
+                track_peak_memory(ctx.device) as peak:
             ctx.output = ctx.workload()
         figures.update(mem_peak_bytes=input_bytes + peak.peak_bytes, mem_method=peak.method, mem_bound="exact",
                        nvml_peak_used_bytes=sampler.peak_used_bytes)
 
     trace, _ = rss_trace(call)
+    if live_set and tracked:  # written after the call, outside the RSS samples
+        _write_live_set(ctx, tracked[0], input_bytes, figures)
     if trace:
         figures["rss_call_rise_bytes"] = max(b for _, b in trace) - trace[0][1]
         figures["rss_trace"] = _downsample(trace, RSS_TRACE_POINTS)
@@ -142,6 +183,62 @@ def measure_memory(ctx: Context) -> dict:
     figures["rss_note"] = (f"{sampling}, glibc M_MMAP_THRESHOLD fixed at {fixed_threshold} B for it" if fixed_threshold
                            else f"{sampling}, malloc's defaults")
     return figures
+
+
+def _creation_site(ctx: Context):
+    from .live_set import creation_site
+
+    # The workload's modules name the places (a model's layers, a layer's projections).
+    roots = [getattr(ctx.workload, name, None) for name in ("model", "layer")]
+    return creation_site([root for root in roots if root is not None])
+
+
+def _write_live_set(ctx: Context, tensors, input_bytes: int, figures: dict) -> None:
+    """The live set at the peak: its largest groups into the row, all of it into peak_live.json."""
+    from .live_set import breakdown, top
+
+    if tensors is None or tensors.live_at_peak is None:
+        ctx.note("peak_live not recorded: the tensor tracker cannot follow a backend that runs under dynamo")
+        return
+    groups = breakdown(tensors.live_at_peak, input_bytes)
+    figures["peak_live_top"] = top(groups, PEAK_LIVE_TOP)
+    where = ctx.profile_dir()
+    if where is None:
+        ctx.note("peak_live_file not written: no run directory")
+        return
+    path = where / "peak_live.json"
+    path.write_text(json.dumps({"case_id": ctx.the_case().case_id, "mem_peak_bytes": figures["mem_peak_bytes"],
+                                "sum_bytes": sum(g["bytes"] for g in groups), "groups": groups}, indent=1) + "\n")
+    figures["peak_live_file"] = ctx.relative(path)
+
+
+@contextlib.contextmanager
+def _cuda_snapshot(ctx: Context, figures: dict):
+    """CUDA: the caching allocator's history over the memory call, its snapshot written as a pickle that
+    pytorch.org/memory_viz opens (the peak is on its timeline). Not exercised without a GPU."""
+    import pickle
+
+    import torch
+
+    where = ctx.profile_dir()
+    if where is None:
+        ctx.note("peak_live_file not written: no run directory")
+        yield
+        return
+    torch.cuda.memory._record_memory_history(max_entries=CUDA_HISTORY_ENTRIES)
+    try:
+        yield
+        snapshot = torch.cuda.memory._snapshot()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    path = where / "cuda_memory_snapshot.pickle"
+    with open(path, "wb") as f:
+        pickle.dump(snapshot, f)
+    figures["peak_live_file"] = ctx.relative(path)
+
+
+# Allocator events the CUDA memory history keeps (the newest; older ones drop off its timeline).
+CUDA_HISTORY_ENTRIES = 1_000_000
 
 
 # Points of an RSS trace kept in the row (the report plots them).
@@ -241,6 +338,28 @@ def measure_fidelity(ctx: Context) -> dict:
     return figures
 
 
+def measure_phases(ctx: Context) -> dict:
+    """One untimed profiled call: its time by named phase (harness.measure.phases)."""
+    from .phases import phase_profile
+
+    ctx.workload.reset()
+    profile = phase_profile(ctx.workload, ctx.device)
+    return {"phase_times": profile.times_s, "phase_shares": profile.shares, "phase_total_s": profile.total_s}
+
+
+def measure_trace(ctx: Context) -> dict:
+    """One more profiled call, with shapes and FLOPs: its Chrome trace and op table under profiles/<case id>/."""
+    from .phases import write_trace
+
+    where = ctx.profile_dir()
+    if where is None:
+        ctx.note("trace not written: no run directory")
+        return {}
+    ctx.workload.reset()
+    files = write_trace(ctx.workload, ctx.device, where)
+    return {"trace_file": ctx.relative(files["trace"]), "op_table_file": ctx.relative(files["ops"])}
+
+
 def measure_rss(ctx: Context | None = None) -> dict:
     """The worker's peak RSS so far (needs no workload: task cases take it too)."""
     from .memory import process_peak_rss_bytes
@@ -255,12 +374,18 @@ for _measurement in (
     # the memory pass's trackers add their own bookkeeping.
     Measurement("rss", measure_rss, ("rss_peak_bytes",)),
     Measurement("memory", measure_memory, ("mem_peak_bytes", "mem_method", "mem_bound", "mem_alloc_peak_bytes",
-                                           "nvml_peak_used_bytes", "rss_call_rise_bytes", "rss_trace", "rss_note")),
+                                           "nvml_peak_used_bytes", "rss_call_rise_bytes", "rss_trace", "rss_note",
+                                           "peak_live_top", "peak_live_file")),
     Measurement("compile_stats", measure_compile, ("compilations",)),
     Measurement("finite", check_finite, ()),
     Measurement("flops", measure_flops, ("flops_analytic", "flops_counted", "achieved_flops_per_s"),
                 auxiliary=True),
     Measurement("fidelity", measure_fidelity, ("rel_error", "attn_mass_recall"), auxiliary=True),
+    # Profiles, last: after every figure above, so that none of them pays for a profiler.
+    Measurement("phases", measure_phases, ("phase_times", "phase_shares", "phase_total_s"), auxiliary=True,
+                applies=lambda case: case.phases),
+    Measurement("trace", measure_trace, ("trace_file", "op_table_file"), auxiliary=True,
+                applies=lambda case: case.profile),
 ):
     register_measurement(_measurement, built_in=True)
 

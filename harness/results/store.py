@@ -84,12 +84,34 @@ def _trace_error(value) -> str | None:
     return None
 
 
+def _mapping_error(value) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and v is not None and _number_error(v) is None
+                                              for k, v in value.items()):
+        return "is not an object of name -> number or null"
+    return None
+
+
+def _records_error(value) -> str | None:
+    if value is None:
+        return None
+    def record(item) -> bool:
+        return isinstance(item, dict) and all(isinstance(k, str) and (v is None or isinstance(v, (str, int, float)))
+                                              for k, v in item.items())
+    if not isinstance(value, list) or not all(record(item) for item in value):
+        return "is not a list of flat objects or null"
+    return None
+
+
 _METRIC_CHECKS: dict[str, Callable[[object], str | None]] = {
     "number": _number_error,
     "count": _count_error,
     "text": lambda v: None if v is None or isinstance(v, str) else "is not a string or null",
     "flag": lambda v: None if v is None or isinstance(v, bool) else "is not true, false or null",
     "trace": _trace_error,
+    "mapping": _mapping_error,
+    "records": _records_error,
 }
 REPR_CHARS = 80
 

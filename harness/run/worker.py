@@ -121,10 +121,15 @@ def _measure(case: Case, row: dict, spawned_at: float | None) -> None:
         row.update(measure_rss())
         row["stage"] = "done"
         return
-    ctx = Context(case=case, workload=workload, device=case.device, info=info, backend=backend, row=row)
+    from .task_case import RUN_DIR_ENV
+
+    ctx = Context(case=case, workload=workload, device=case.device, info=info, backend=backend, row=row,
+                  run_dir=os.environ.get(RUN_DIR_ENV))
     for measurement in measurements():
         if measurement.auxiliary and row["status"] != "ok":
             continue  # cross-checks of a failed case would measure nothing worth keeping
+        if measurement.applies is not None and not measurement.applies(case):
+            continue  # a profile the case did not ask for: no stage, no cost
         row["stage"] = measurement.name
         stage(measurement.name)
         if not measurement.auxiliary:

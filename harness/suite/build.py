@@ -11,6 +11,7 @@ from .case import Case, case_id
 from .checks import MODEL_PREFIX, did_you_mean, expect, is_int
 from .model_table import check_model_config, resolve_model
 from .parameters import parameters, plugin_parameters
+from .settings import PROFILE_SETTINGS
 
 
 def check_parameters(p: dict, where: str) -> None:
@@ -97,7 +98,7 @@ def make_case(params: dict, settings: dict, model: dict, known: list[str], where
         "interpret": settings["interpret"], "threads": settings["threads"],
         "plugins": settings["plugins"], "plugin_dir": settings["plugin_dir"],
         "model": case_model, "from_seq_len": tuple(from_seq_len), "inputs": p["inputs"],
-        "extra": plugin_values(p),
+        "extra": plugin_values(p), **{key: settings[key] for key in PROFILE_SETTINGS},
     }
     return Case(case_id=case_id(case_params), **case_params)
 

@@ -38,6 +38,11 @@ _RUN_FIELDS: tuple[tuple[str, Any, Any], ...] = (
     ("from_seq_len", tuple, ()),
     # Parameters that plugins declared (harness.suite.parameters.register_parameter): name -> value.
     ("extra", dict, field(default_factory=dict)),
+    # Profiles the suite asks for ([suite] phases / peak_live / profile, or run's flags): untimed passes
+    # that say where the time and the memory go; they change no figure, so no case id.
+    ("phases", bool, False),
+    ("peak_live", bool, False),
+    ("profile", bool, False),
 )
 
 
@@ -103,7 +108,7 @@ else:
 # Case fields that are not parameters but are hashed only when set (added after ids were published).
 _HASHED_WHEN_SET = {"task_config": None}
 # Case fields that say how a case was made or where its files lie, not what it measures.
-_NOT_HASHED = ("plugin_dir", "from_seq_len", "depends_on", "extra")
+_NOT_HASHED = ("plugin_dir", "from_seq_len", "depends_on", "extra", "phases", "peak_live", "profile")
 
 
 def case_id(params: dict) -> str:

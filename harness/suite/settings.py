@@ -19,7 +19,13 @@ SETTINGS: dict[str, Any] = {
     "plugins": [],  # modules next to the suite file that register extra backends, metrics or parameters
     "compare_against": [],  # backends the --summary ratios are taken against (default: dense and peers)
     "measure_peak": True,  # measure the machine's matmul FLOP/s once per (device, dtype) into run.json
+    # Profiles (untimed passes after the timed calls; off: the worker runs none of them):
+    "phases": False,  # phase_times / phase_shares: one call under torch.profiler, the backends' phases on
+    "peak_live": False,  # the memory pass records the live set at the peak (peak_live_top, peak_live_file)
+    "profile": False,  # a Chrome trace and an op table per case under <run dir>/profiles/<case id>/
 }
+# The settings that ask for a profile (run's --phases, --peak-live, --profile set them too).
+PROFILE_SETTINGS = ("phases", "peak_live", "profile")
 
 
 def suite_settings(table: dict, path: Path) -> dict:
@@ -31,7 +37,8 @@ def suite_settings(table: dict, path: Path) -> dict:
             "a non-empty string")
     expect(isinstance(settings["description"], str), where, "[suite] description",
             settings["description"], "a string")
-    for key in ("fidelity", "count_flops", "skip_larger_after_failure", "interpret", "measure_peak"):
+    for key in ("fidelity", "count_flops", "skip_larger_after_failure", "interpret", "measure_peak",
+                *PROFILE_SETTINGS):
         expect(isinstance(settings[key], bool), where, f"[suite] {key}", settings[key], "true or false")
     for key in ("fixed_tokens", "threads"):
         if settings[key] is not None:
