@@ -57,6 +57,9 @@ class Case:
     task: str | None = None
     train_n_hashes: int | None = None
     eval_n_hashes: int | None = None
+    # The dense backend of a task case's full attention; None where the case uses none (an LSH training
+    # and its LSH evaluations) and in every other case.
+    full_attention: str | None = None
     task_config: dict | None = None  # the [task] table, resolved
     depends_on: str | None = None  # the case whose result this one needs (an evaluation: its training)
     # Parameters whose value the suite derived from seq_len ("auto" n_buckets / chunk_len, batch
@@ -119,6 +122,8 @@ def case_id(params: dict) -> str:
     workload = "" if p["workload"] == "attention" else f"{p['workload']}-"
     if p.get("task"):
         trained = f"-train{p['train_n_hashes']}" + ("" if p["eval_n_hashes"] is None else f"-eval{p['eval_n_hashes']}")
+        if p.get("full_attention") not in (None, when_set["full_attention"]):  # named when not the default
+            trained += f"-full{p['full_attention']}"
         workload = f"{p['task']}{trained}-"
     plugins = "".join(f"-{q.name}{extra[q.name]}" for q in plugin_parameters() if q.name in extra)
     readable = (f"{p['backend']}-{workload}{p['mode']}-n{p['seq_len']}-b{p['batch']}-h{p['heads']}-d{p['d_head']}"
