@@ -413,8 +413,10 @@ def test_the_duplication_section_shows_a_table_per_full_attention_beside_the_pub
     assert "Chance (a uniform guess among the symbols of w): 1/126 = 0.79%." in section
     measured, published = section.split("The paper's numbers")
     dense, sdpa = measured.split("full attention = sdpa")
-    assert "full attention = dense (unit-length keys, a position's own key masked)" in dense
-    assert "q.q / sqrt(d), keys not normalised, own key visible" in sdpa and "transformer_copy.gin" in sdpa
+    assert "full attention = dense (scores unscaled, unit-length keys, own key masked)" in dense
+    assert "The paper's text" in dense and "transformer_copy.gin" not in dense
+    assert sdpa.startswith(" (scores / sqrt(d), keys not normalised, own key visible)")
+    assert "transformer_copy.gin" in sdpa
     assert "MemoryEfficientCausalAttention.share_qk" in sdpa
     for table, full in ((dense, "dense"), (sdpa, "sdpa")):
         head, body = table.split("<table")[1].split("<tbody>")

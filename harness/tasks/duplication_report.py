@@ -1,11 +1,11 @@
 """The duplication task's section of the report: Table 2 measured here, one table per full attention
-(a dense backend: `dense`, the paper's text; `sdpa`, the authors' code), beside the paper's Table 2 and
-the fast.ai reproduction's (given by harness.tasks.duplication), the chance level, the training curves
-and accuracy against training time.
+(a dense backend), beside the paper's Table 2 and the fast.ai reproduction's (given by
+harness.tasks.duplication), the chance level, the training curves and accuracy against training time.
 
 A row's full attention is its `full_attention`; an LSH-trained model evaluated with LSH uses none (null):
 that cell is the same model and the same evaluation in every table. Rows from before the key existed
-that use full attention ran it through the registry's reference backend (`dense`).
+that use full attention ran it through the registry's reference backend. Which convention a full
+attention follows is read from what its backend declares it computes (unit_keys, masks_self, scaled).
 """
 from __future__ import annotations
 
@@ -14,27 +14,23 @@ import pandas as pd
 from .charts import COLORS, training_curve_chart
 from .registry import Chart, Section, Table, Text, attention_label
 
-REFERENCE_FULL = "dense"  # what full attention was before full_attention existed (impls' reference backend)
-
-# How each built-in full attention computes softmax scores with shared QK, and where the convention comes
-# from. Another dense backend is named by its registry description.
-CONVENTIONS = {
-    "dense": ("unit-length keys, a position's own key masked",
-              "The paper's text (section 3, shared-QK Transformer): keys normalised to unit length, a token "
-              "never attends to itself unless nothing else is visible."),
-    "sdpa": ("q.q / sqrt(d), keys not normalised, own key visible",
-             "The authors' code: configs/transformer_copy.gin (trax 8e2c6eb1 and 06e0f087; tensor2tensor "
-             "7a7c067e) sets TransformerLM.share_qk = True but leaves MemoryEfficientCausalAttention.share_qk "
-             "unset (default False), so CausalAttention's cb.Dup() feeds the query as the key: keys not "
-             "normalised, no self mask, as `sdpa` computes with qk as query and key."),
+# Where each shared-QK convention of full attention comes from, by (unit-length keys, own key masked).
+PAPER_TEXT, AUTHORS_CODE = (True, True), (False, False)
+SOURCES = {
+    PAPER_TEXT: "The paper's text (section 3, shared-QK Transformer): keys normalised to unit length, a token "
+                "never attends to itself unless nothing else is visible.",
+    AUTHORS_CODE: "The authors' code: configs/transformer_copy.gin (trax 8e2c6eb1 and 06e0f087; tensor2tensor "
+                  "7a7c067e) sets TransformerLM.share_qk = True but leaves MemoryEfficientCausalAttention.share_qk "
+                  "unset (default False), so CausalAttention's cb.Dup() feeds the query as the key: softmax(q.q / "
+                  "sqrt(d)), keys not normalised, no self mask.",
 }
 PAPER_NOTE = ("Kitaev et al. 2020, Table 2, as printed (read from the crop of it in arampacha/reformer_fastai, "
-              "docs/images/paper_table2.png at 72ee639). Its full attention, by the authors' code, is the sdpa "
-              "table's (see there). Their data draw w from 1 .. 126 (trax/inputs.py, randint(1, vocab - 1)): "
-              "chance is 1/126 = 0.8%, the LSH rows' full column.")
+              "docs/images/paper_table2.png at 72ee639). Its full attention is the authors' code's: keys not "
+              "normalised, no self mask (configs/transformer_copy.gin, see above). Their data draw w from 1 .. 126 "
+              "(trax/inputs.py, randint(1, vocab - 1)): chance is 1/126 = 0.8%, the LSH rows' full column.")
 FASTAI_NOTE = ("arampacha/reformer_fastai, nbs/10c_experiment.synthetic-task-analysis.ipynb: a reproduction that "
                "followed the paper's text; its full attention (reformer_fastai/attention.py) normalises the keys "
-               "and masks a position's own key, as the dense table's, and scales the scores by 1/sqrt(d).")
+               "and masks a position's own key, and scales the scores by 1/sqrt(d).")
 
 
 def report_sections(frame: pd.DataFrame, paper: dict, fastai: dict | None = None) -> list[Section]:
@@ -62,16 +58,22 @@ def report_sections(frame: pd.DataFrame, paper: dict, fastai: dict | None = None
 
 
 def convention(full: str) -> tuple[str, str]:
-    """(a short label, where it comes from) of a full attention backend."""
-    if full in CONVENTIONS:
-        return CONVENTIONS[full]
+    """(a short label, where it comes from) of a full attention backend, from the conventions it declares
+    (unit_keys, masks_self, scaled: impls.dense); its registry description where it declares none."""
     import impls
 
     try:
-        description = impls.backend_info(full).description
-    except ValueError:
-        description = ""
-    return (description or "a dense backend", f"Full attention through the {full} backend.")
+        backend, description = impls.get_backend(full), impls.backend_info(full).description
+    except (ValueError, ImportError):
+        return "a dense backend", f"Full attention through the {full} backend."
+    declared = [getattr(backend, key, None) for key in ("unit_keys", "masks_self", "scaled")]
+    if None in declared:
+        return description or "a dense backend", f"Full attention through the {full} backend: {description}."
+    unit_keys, masks_self, scaled = declared
+    short = ", ".join(["scores / sqrt(d)" if scaled else "scores unscaled",
+                       "unit-length keys" if unit_keys else "keys not normalised",
+                       "own key masked" if masks_self else "own key visible"])
+    return short, SOURCES.get((unit_keys, masks_self), f"Full attention through the {full} backend.")
 
 
 def _intro(frame: pd.DataFrame, fulls: list[str]) -> str:
@@ -94,12 +96,14 @@ def _chance(frame: pd.DataFrame) -> str | None:
 
 
 def row_full_attention(frame: pd.DataFrame) -> pd.Series:
-    """Each row's full attention: its full_attention; REFERENCE_FULL for a row that uses full attention
+    """Each row's full attention: its full_attention; the reference backend for a row that uses full attention
     without saying which (written before the key existed); None for an LSH-only row."""
     uses_full = (frame["train_n_hashes"] == 0) | ((frame["mode"] == "evaluate") & (frame["eval_n_hashes"] == 0))
     named = frame["full_attention"] if "full_attention" in frame.columns else pd.Series(None, index=frame.index)
     named = named.astype(object).where(named.notna(), None)
-    return named.where(~uses_full | named.notna(), REFERENCE_FULL).where(uses_full, None)
+    import impls
+
+    return named.where(~uses_full | named.notna(), impls.reference_backend()).where(uses_full, None)
 
 
 def full_attentions(frame: pd.DataFrame) -> list[str]:
@@ -113,13 +117,16 @@ def full_attentions(frame: pd.DataFrame) -> list[str]:
     return sorted(found, key=lambda full: (order.index(full) if full in order else len(order), full))
 
 
-def table2_frame(frame: pd.DataFrame, full: str = REFERENCE_FULL) -> pd.DataFrame | None:
+def table2_frame(frame: pd.DataFrame, full: str | None = None) -> pd.DataFrame | None:
     """Measured accuracy (%) by train x eval attention under full attention `full`, when rows carry
     `train_n_hashes`, `eval_n_hashes` (0 = full attention) and `task_accuracy` (a fraction): the rows of
-    that full attention and the LSH-only rows every table shares."""
+    that full attention (None: the registry's reference backend) and the LSH-only rows every table shares."""
     needed = {"train_n_hashes", "eval_n_hashes", "task_accuracy", "mode"}
     if not needed <= set(frame.columns):
         return None
+    import impls
+
+    full = full or impls.reference_backend()
     fulls = row_full_attention(frame)
     rows = frame[frame["task_accuracy"].notna() & (fulls.isna() | (fulls == full))]
     if rows.empty or not (fulls[rows.index] == full).any():
@@ -150,7 +157,10 @@ def _setting(n_hashes, full) -> str:
 
 
 def _trained_with(row: dict) -> str:
-    return _setting(row["train_n_hashes"], row.get("full_attention") or REFERENCE_FULL)
+    import impls
+
+    full = row.get("full_attention")
+    return _setting(row["train_n_hashes"], full if isinstance(full, str) else impls.reference_backend())
 
 
 def accuracy_time_chart(frame: pd.DataFrame) -> Chart | None:
