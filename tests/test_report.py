@@ -413,9 +413,9 @@ def test_the_duplication_section_shows_a_table_per_full_attention_beside_the_pub
     assert "Chance (a uniform guess among the symbols of w): 1/126 = 0.79%." in section
     measured, published = section.split("The paper's numbers")
     dense, sdpa = measured.split("full attention = sdpa")
-    assert "full attention = dense (scores unscaled, unit-length keys, own key masked)" in dense
+    assert "full attention = dense (scores unscaled, unit-length keys, own key masked), the paper's text" in dense
     assert "The paper's text" in dense and "transformer_copy.gin" not in dense
-    assert sdpa.startswith(" (scores / sqrt(d), keys not normalised, own key visible)")
+    assert sdpa.startswith(" (scores / sqrt(d), keys not normalised, own key visible), the authors' code")
     assert "transformer_copy.gin" in sdpa
     assert "MemoryEfficientCausalAttention.share_qk" in sdpa
     for table, full in ((dense, "dense"), (sdpa, "sdpa")):

@@ -43,7 +43,9 @@ def report_sections(frame: pd.DataFrame, paper: dict, fastai: dict | None = None
     parts: list = [Text(_intro(frame, list(measured)))]
     for full, table in measured.items():
         short, source = convention(full)
-        parts.append(Table(f"Measured here: duplication-task accuracy, full attention = {full} ({short})",
+        follows = {SOURCES[PAPER_TEXT]: ", the paper's text", SOURCES[AUTHORS_CODE]: ", the authors' code"}
+        parts.append(Table(f"Measured here: duplication-task accuracy, full attention = {full} ({short})"
+                           f"{follows.get(source, '')}",
                            _shaped(_paper_order(table), full), note=source))
     parts.append(Table("The paper's numbers (Kitaev et al. 2020, Table 2; their hardware and training)",
                        _shaped(_paper_order(pd.DataFrame(paper).T), "authors' code", "{:g}%"), note=PAPER_NOTE))
