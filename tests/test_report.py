@@ -390,6 +390,50 @@ def test_task_suite_gets_the_papers_table2_next_to_the_measured_one(tmp_path):
     assert '<section id="paper">' not in plain
 
 
+def test_the_duplication_section_shows_a_table_per_full_attention_beside_the_published_ones(tmp_path):
+    # The suite's layout: a full training under each full attention, LSH trainings shared by both.
+    def accuracy(train, evaluate, full):
+        return 0.3 + 0.01 * train + 0.001 * evaluate + (0.2 if full == "sdpa" else 0.0)
+
+    rows = []
+    for train in (0, 4, 1):
+        for full in ("dense", "sdpa") if train == 0 else (None,):
+            rows.append(row(suite="duplication", backend=full or "eager", mode="train", seq_len=512,
+                            case_id=f"train-{train}-{full}", task="duplication", train_n_hashes=train,
+                            full_attention=full, train_step_s=0.1 + 0.01 * train))
+        for evaluate in (0, 8, 1):
+            fulls = ("dense", "sdpa") if 0 in (train, evaluate) else (None,)
+            for full in fulls:
+                rows.append(row(suite="duplication", backend=full or "eager", mode="evaluate", seq_len=512,
+                                case_id=f"dup-{train}-{evaluate}-{full}", task="duplication",
+                                train_n_hashes=train, eval_n_hashes=evaluate, full_attention=full,
+                                task_accuracy=accuracy(train, evaluate, full), chance_accuracy=1 / 126))
+    page = write_report([write_results_dir(tmp_path / "run", rows)], tmp_path / "r.html").read_text()
+    section = page.split('<section id="paper">')[1].split("</section>")[0]
+    assert "Chance (a uniform guess among the symbols of w): 1/126 = 0.79%." in section
+    measured, published = section.split("The paper's numbers")
+    dense, sdpa = measured.split("full attention = sdpa")
+    assert "full attention = dense (scores unscaled, unit-length keys, own key masked), the paper's text" in dense
+    assert "The paper's text" in dense and "transformer_copy.gin" not in dense
+    assert sdpa.startswith(" (scores / sqrt(d), keys not normalised, own key visible), the authors' code")
+    assert "transformer_copy.gin" in sdpa
+    assert "MemoryEfficientCausalAttention.share_qk" in sdpa
+    for table, full in ((dense, "dense"), (sdpa, "sdpa")):
+        head, body = table.split("<table")[1].split("<tbody>")
+        assert f"<th>full attention ({full})</th>" in head
+        cells = re.findall(r"<td>([^<]*)</td>", body)
+        # rows full, LSH-4, LSH-1; columns full, LSH-8, LSH-1
+        want = [accuracy(t, e, full if 0 in (t, e) else None) for t in (0, 4, 1) for e in (0, 8, 1)]
+        assert cells == [f"{v * 100:.1f}%" for v in want]
+    # An LSH-trained model evaluated with LSH is one cell, shown in both tables.
+    assert f"{accuracy(4, 8, None) * 100:.1f}%" in dense and f"{accuracy(4, 8, None) * 100:.1f}%" in sdpa
+    # The paper's Table 2 as printed (LSH-2 / LSH-2 is 98.1) and the fast.ai reproduction's.
+    paper, fastai = published.split("fast.ai reproduction")
+    assert "98.1%" in paper and "97.1%" not in paper and "paper_table2.png" in paper
+    assert "<th>full attention (authors' code)</th>" in paper
+    assert "1.37%" in fastai and "46.5%" in fastai and "93.05%" in fastai and "10c_experiment" in fastai
+
+
 def test_a_run_where_everything_failed_still_renders_its_failures(tmp_path):
     rows = [row(backend="eager", seq_len=L, n_hashes=2, status=status, reason=f"{status} at {L}")
             for L, status in ((256, "crashed"), (512, "nonfinite"), (1024, "timeout"))]

@@ -138,8 +138,81 @@ def test_shipped_task_suites_keep_sixteen_chunks_per_round():
     # One round then shows a query 2 of 16 chunks (1/8 of the keys), as the paper's 1,024 / 64.
     for name in ("duplication", "duplication_paper"):
         cases = load_suite(REPO / "suites" / f"{name}.toml").cases
-        assert len([c for c in cases if c.mode == "train"]) == 4 and len(cases) == 24
+        # Under two full attentions: one table's 4 trainings and 20 evaluations, and the other's own full
+        # training, its 5 evaluations and the LSH models under its full attention (3): LSH-only cells are shared.
+        assert len([c for c in cases if c.mode == "train"]) == 5 and len(cases) == 24 + 1 + 5 + 3
         for case in cases:
             assert case.causal and (case.chunk_len is None or case.seq_len // case.chunk_len >= 16)
     paper = load_suite(REPO / "suites" / "duplication_paper.toml").cases[0]
     assert (paper.task_config["word_len"], paper.task_config["vocab"], paper.seq_len) == (511, 128, 1024)
+
+
+# --- full_attention: which dense backend a task's full attention is -----------------------------------
+
+# The ids of TINY's cases before full_attention and symbols existed: the cases that leave both at their
+# defaults keep them (resume and comparisons across runs match on ids).
+TINY_IDS = ["dense-duplication-train0-train-n32-b8-h2-d16-causal-float32-cpu-61e3e7a6",
+            "dense-duplication-train0-eval0-evaluate-n32-b8-h2-d16-causal-float32-cpu-c1da0c08",
+            "eager-duplication-train0-eval2-evaluate-n32-b8-h2-d16-nb8-r2-c8-causal-float32-cpu-12229565",
+            "eager-duplication-train1-train-n32-b8-h2-d16-nb8-r1-c8-causal-float32-cpu-12c15e78",
+            "dense-duplication-train1-eval0-evaluate-n32-b8-h2-d16-causal-float32-cpu-b8b2dd74",
+            "eager-duplication-train1-eval2-evaluate-n32-b8-h2-d16-nb8-r2-c8-causal-float32-cpu-2056675b"]
+
+
+@pytest.mark.parametrize("defaults", ["", 'full_attention = "dense"'])
+def test_case_ids_are_unchanged_at_the_default_full_attention_and_symbols(tmp_path, defaults):
+    cases = load_suite(_suite(tmp_path, defaults=defaults)).cases
+    assert [c.case_id for c in cases] == TINY_IDS
+    assert [c.full_attention for c in cases] == ["dense", "dense", "dense", None, "dense", None]
+
+
+def test_an_lsh_training_is_one_case_whatever_the_full_attention(tmp_path):
+    path = _suite(tmp_path)
+    path.write_text(path.read_text().replace("eval_n_hashes = [0, 2]",
+                                             'eval_n_hashes = [0, 2]\nfull_attention = ["dense", "sdpa"]'))
+    cases = load_suite(path).cases
+    by_setting = {}
+    for case in cases:
+        by_setting.setdefault((case.mode, case.train_n_hashes, case.eval_n_hashes), []).append(case)
+    # LSH-1 is trained once and evaluated with LSH-2 once, for both tables; full attention twice.
+    assert len(by_setting["train", 1, None]) == 1 and by_setting["train", 1, None][0].full_attention is None
+    assert len(by_setting["evaluate", 1, 2]) == 1
+    assert sorted(c.backend for c in by_setting["evaluate", 1, 0]) == ["dense", "sdpa"]
+    assert all(c.depends_on == by_setting["train", 1, None][0].case_id for c in by_setting["evaluate", 1, 0])
+    trained_full = {c.full_attention: c for c in by_setting["train", 0, None]}
+    assert sorted(trained_full) == ["dense", "sdpa"] and trained_full["sdpa"].backend == "sdpa"
+    # A full-trained model evaluated with LSH is two cases: one per trained model.
+    lsh_of_full = {c.full_attention: c for c in by_setting["evaluate", 0, 2]}
+    assert {full: c.depends_on for full, c in lsh_of_full.items()} == {
+        full: c.case_id for full, c in trained_full.items()}
+    assert len(cases) == 3 + 4 + 3 and len({c.case_id for c in cases}) == len(cases)
+
+
+@pytest.mark.parametrize("value, message", [
+    ('"sdpx"', "full_attention must be a dense backend, got full_attention='sdpx' (did you mean 'sdpa'?); "
+               "dense backends: dense, sdpa"),
+    ('"eager"', "full_attention must be a dense backend, got full_attention='eager'"),
+    ("3", "full_attention must be a dense backend, got full_attention=3"),
+])
+def test_full_attention_names_a_dense_backend(tmp_path, value, message):
+    with pytest.raises(UserError) as info:
+        load_suite(_suite(tmp_path, defaults=f"full_attention = {value}"))
+    assert message in str(info.value) and "\n" not in str(info.value) and "tiny_task.toml" in str(info.value)
+
+
+def test_full_attention_needs_a_task_case(tmp_path):
+    path = tmp_path / "plain.toml"
+    path.write_text('[defaults]\nbackend = "eager"\nseq_len = 64\nfull_attention = "sdpa"\n')
+    with pytest.raises(UserError, match="full_attention = \"sdpa\" needs a task case"):
+        load_suite(path)
+
+
+def test_symbols_is_a_task_key_checked_in_one_line(tmp_path):
+    path = _suite(tmp_path)
+    path.write_text(path.read_text().replace("vocab = 8", 'vocab = 8\nsymbols = "trax"'))
+    case = load_suite(path).cases[0]
+    assert case.task_config["symbols"] == "trax" and case.case_id not in TINY_IDS
+    path.write_text(path.read_text().replace('symbols = "trax"', 'symbols = "numpy"'))
+    with pytest.raises(UserError) as info:
+        load_suite(path)
+    assert "[task]: symbols must be 'all' | 'trax', got symbols='numpy'" in str(info.value)

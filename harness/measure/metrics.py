@@ -263,6 +263,8 @@ _BUILT_IN = (
     Metric("task_accuracy", "1", "task cases: the share of scored targets the trained model predicts (argmax) on "
            "held-out sequences, evaluated with the case's attention", title="task accuracy", shown_unit="%",
            fmt=".2f", terminal=True),
+    Metric("chance_accuracy", "1", "evaluation cases: the accuracy of a uniform guess among the values a scored "
+           "target may take (the task's chance level)", title="chance", shown_unit="%", fmt=".2f"),
     Metric("train_steps", "1", "task cases: optimizer steps the model was trained for", kind="count", title="steps"),
     Metric("train_loss", "1", "training cases: cross-entropy (nats) of the last logged training batch",
            title="train loss", fmt=".3f"),

@@ -48,7 +48,7 @@ def measure(case, row: dict) -> None:
     # on one): one chunk of the whole sequence. Its LSH evaluations bring their own.
     run = TaskRun(n_hashes=n_hashes, lsh_backend=case.backend if n_hashes else None,
                   chunk_len=case.chunk_len or case.seq_len, n_buckets=case.n_buckets, seed=case.seed,
-                  device=case.device)
+                  device=case.device, full_backend=case.full_attention)
     if case.mode == "train":
         _train(case, row, task, run, task_dir(run_dir, case.case_id))
     else:

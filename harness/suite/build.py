@@ -10,7 +10,7 @@ from ..units import parse_size
 from .case import Case, case_id
 from .checks import MODEL_PREFIX, did_you_mean, expect, is_int
 from .model_table import check_model_config, resolve_model
-from .parameters import parameters, plugin_parameters
+from .parameters import dense_backends, parameters, plugin_parameters
 from .settings import PROFILE_SETTINGS
 
 
@@ -152,11 +152,16 @@ def _task_cases(params: dict, settings: dict, table: dict, known: list[str], whe
     except ValueError as exc:
         raise UserError(f"{where}: [task]: {exc}") from None
     expect(p["backend"] in known and impls.backend_info(p["backend"]).kind == "lsh", where, "backend",
-            p["backend"], "an LSH backend (it runs the hash rounds; full attention is the reference backend)")
+            p["backend"], "an LSH backend (it runs the hash rounds; full attention is full_attention's)")
     for key in ("train_n_hashes", "eval_n_hashes"):
         expect(p[key] is None or (is_int(p[key]) and p[key] >= 0), where, key, p[key],
                 "an integer >= 0 (0 = full attention)")
     expect(p["train_n_hashes"] is not None, where, "train_n_hashes", None, "set for a task case (0 = full attention)")
+    full = p["full_attention"]
+    dense = dense_backends()
+    if full not in dense:
+        raise UserError(f"{where}: full_attention must be a dense backend, got full_attention={full!r}"
+                        f"{did_you_mean(str(full), dense)}; dense backends: {', '.join(dense)}")
     expect(is_int(p["chunk_len"]) and p["chunk_len"] >= 1, where, "chunk_len", p["chunk_len"],
             "a positive integer for a task")
     expect(is_int(p["seed"]) and 0 <= p["seed"] < 2 ** 31, where, "seed", p["seed"], "an integer in [0, 2**31)")
@@ -176,7 +181,11 @@ def _task_cases(params: dict, settings: dict, table: dict, known: list[str], whe
             "an even integer >= 2 or \"auto\"")
 
     def one(mode: str, n_hashes: int, depends_on: str | None) -> Case:
-        backend = p["backend"] if n_hashes else impls.reference_backend()
+        backend = p["backend"] if n_hashes else full
+        # Only a case whose model meets full attention (trained with it, or evaluated with it) names it:
+        # an LSH training and its LSH evaluations are the same cases whatever full_attention says, so a
+        # sweep over it trains each LSH model once.
+        uses_full = p["train_n_hashes"] == 0 or (mode == "evaluate" and p["eval_n_hashes"] == 0)
         fields = {
             **{q.name: None for q in parameters(lambda q: q.role == "lsh-only")},
             "suite": settings["name"], "backend": backend, "backend_kind": impls.backend_info(backend).kind,
@@ -192,6 +201,8 @@ def _task_cases(params: dict, settings: dict, table: dict, known: list[str], whe
             "train_n_hashes": p["train_n_hashes"], "eval_n_hashes": None if mode == "train" else p["eval_n_hashes"],
             "task_config": config, "depends_on": depends_on,
         }
+        if uses_full:  # hashed into the id only away from its default (parameters: hashed_default)
+            fields["full_attention"] = full
         return Case(case_id=case_id(fields), **fields)
 
     training = one("train", p["train_n_hashes"], None)

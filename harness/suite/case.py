@@ -87,8 +87,10 @@ class _CaseRecord:
 
 
 def _case_fields() -> list[tuple]:
+    # A task parameter is None in a case it does not apply to (an attention case, or an LSH task case's
+    # full_attention); the build passes every other parameter.
     from_table = [(f"{p.name}_bytes" if p.type == "size" else p.name, Any,
-                   field(default=p.default) if p.default is None or p.role == "task" else MISSING)
+                   field(default=None) if p.default is None or p.role == "task" else MISSING)
                   for p in parameters(lambda p: p.name in BUILT_IN)]
     made = from_table + list(_RUN_FIELDS)
     # Fields without a default first (a dataclass needs them so); Cases are always built by keyword.
@@ -130,6 +132,8 @@ def case_id(params: dict) -> str:
     workload = "" if p["workload"] == "attention" else f"{p['workload']}-"
     if p.get("task"):
         trained = f"-train{p['train_n_hashes']}" + ("" if p["eval_n_hashes"] is None else f"-eval{p['eval_n_hashes']}")
+        if p.get("full_attention") not in (None, when_set["full_attention"]):  # named when not the default
+            trained += f"-full{p['full_attention']}"
         workload = f"{p['task']}{trained}-"
     plugins = "".join(f"-{q.name}{extra[q.name]}" for q in plugin_parameters() if q.name in extra)
     readable = (f"{p['backend']}-{workload}{p['mode']}-n{p['seq_len']}-b{p['batch']}-h{p['heads']}-d{p['d_head']}"

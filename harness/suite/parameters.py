@@ -167,6 +167,17 @@ def _is_task(case: dict) -> bool:
 
 _A_TASK = "a task case (task = \"...\")"
 
+
+def dense_backends() -> list[str]:
+    """The registered full-attention backends (impls registry, plugins' included)."""
+    import impls
+
+    return impls.list_backends("dense")
+
+
+def _is_dense_backend(value: Any) -> bool:
+    return isinstance(value, str) and value in dense_backends()
+
 PARAMETERS_TABLE: dict[str, Parameter] = {}
 # The built-in parameters' names: a plugin may not redeclare them.
 BUILT_IN: frozenset[str] = frozenset()
@@ -286,6 +297,15 @@ _BUILT_IN = (
               "task", minimum=0, applies=_is_task, applies_to=_A_TASK, column="parameter",
               title="evaluated with (rounds, 0 = full)", fmt="int",
               hashed_default=False),
+    # Which full attention (a dense backend) a task case's n_hashes = 0 means, in training and in evaluation:
+    # `dense` (the default, the registry's reference: unit keys, self masked, the paper's text) or `sdpa`
+    # (q.q / sqrt(d), raw keys, self visible: the authors' copy-task config). Carried only by the cases
+    # that use full attention (a training with train_n_hashes = 0, its evaluations, an evaluation with
+    # eval_n_hashes = 0), so that an LSH training is one case whatever this says.
+    Parameter("full_attention", "dense", "text", "the dense backend a task's full attention (0 hash rounds) runs "
+              "through, in training and in evaluation", "task", valid=_is_dense_backend,
+              wanted="a dense backend", applies=_is_task, applies_to=_A_TASK, column="parameter",
+              title="full attention", hashed_default=False),
     Parameter("repeats", 5, "int", "timed calls", "run", minimum=1, in_row=False),
     Parameter("warmup", 2, "int", "untimed calls after the first", "run", minimum=0, in_row=False),
     Parameter("timeout_s", 300.0, "number", "seconds before the worker is killed", "run", in_row=False,

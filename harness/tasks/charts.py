@@ -6,6 +6,7 @@ Strings from a results file go through html.escape: plotly renders a subset of H
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 
 from .registry import Chart, attention_label
 
@@ -13,9 +14,11 @@ COLORS = ("#3182bd", "#e6550d", "#31a354", "#756bb1", "#8c564b", "#d62728", "#17
 
 
 def training_curve_chart(frame, key: str = "training-curves", loss: str = "loss (nats, solid)",
-                         accuracy: str = "accuracy (dotted)") -> Chart | None:
+                         accuracy: str = "accuracy (dotted)",
+                         trained: Callable[[dict], str] | None = None) -> Chart | None:
     """Loss (solid, left axis) and accuracy (dotted, right axis) against step, one colour per training
-    (rows of mode "train" with a train_curve of [step, loss, accuracy])."""
+    (rows of mode "train" with a train_curve of [step, loss, accuracy]). trained(row): how a training is
+    named (by default its attention by train_n_hashes)."""
     import plotly.graph_objects as go
 
     rows = frame[(frame["mode"] == "train") & frame["train_curve"].map(lambda c: isinstance(c, list) and len(c) > 0)]
@@ -24,7 +27,8 @@ def training_curve_chart(frame, key: str = "training-curves", loss: str = "loss 
     fig = go.Figure()
     for number, row in enumerate(rows.sort_values("train_n_hashes").to_dict("records")):
         curve = row["train_curve"]
-        label = html.escape(f"{row['task']} trained with {attention_label(row['train_n_hashes'])}", quote=True)
+        setting = trained(row) if trained else attention_label(row["train_n_hashes"])
+        label = html.escape(f"{row['task']} trained with {setting}", quote=True)
         color = COLORS[number % len(COLORS)]
         steps = [point[0] for point in curve]
         fig.add_trace(go.Scatter(x=steps, y=[point[1] for point in curve], mode="lines", name=label,

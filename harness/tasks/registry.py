@@ -38,9 +38,10 @@ class TaskShape:
 class TaskRun:
     """The attention and place of one training or evaluation.
 
-    n_hashes: 0 = full attention (the registry's reference backend), else LSH with that many rounds
-    through lsh_backend. chunk_len: the LSH chunk length (for full attention, the whole sequence);
-    n_buckets: per round (None: the paper's rule). seed: initial weights and data. device: where to run.
+    n_hashes: 0 = full attention through full_backend (a dense backend; None: the registry's reference
+    backend), else LSH with that many rounds through lsh_backend. chunk_len: the LSH chunk length (for
+    full attention, the whole sequence); n_buckets: per round (None: the paper's rule). seed: initial
+    weights and data. device: where to run.
     """
 
     n_hashes: int
@@ -49,6 +50,7 @@ class TaskRun:
     n_buckets: int | None
     seed: int
     device: str
+    full_backend: str | None = None
 
 
 @dataclass
