@@ -132,10 +132,10 @@ def test_a_suite_runs_and_an_uninstalled_corpus_is_unavailable_with_its_command(
     from harness.report.page import write_report
 
     page = write_report([tmp_path / "run"], tmp_path / "r.html").read_text()
-    section = page.split('<section id="lm-pattern">')[1].split("</section>")[0]
+    section = page.split('<section id="lm-lm_tiny-pattern">')[1].split("</section>")[0]
     assert "trained x evaluated" in section and f"{evaluated[2]:.3f}" in section
     assert "unigram entropy 3.000" in section and ok[0]["corpus_sha256"] in section
-    assert 'id="fig-lm-pattern-curve-step"' in section and 'id="fig-lm-pattern-curve-seconds"' in section
+    assert all(f'id="fig-lm-lm_tiny-pattern-curve-{x}"' in section for x in ("step", "seconds"))
 
 
 def test_impls_model_separate_query_and_key_projections():

@@ -25,10 +25,14 @@ def report_sections(frame: pd.DataFrame) -> list[Section]:
     if "bits_per_dim" not in frame.columns and "heldout_curve" not in frame.columns:
         return []
     sections = []
-    for corpus, rows in frame.groupby(frame["corpus"].fillna("?") if "corpus" in frame.columns else "?"):
-        parts = corpus_parts(rows, str(corpus))
+    # One section per suite and corpus: suites train for different lengths, so their cells do not mix.
+    keys = [frame[c].fillna("?") if c in frame.columns else pd.Series("?", index=frame.index)
+            for c in ("suite", "corpus")]
+    for (suite, corpus), rows in frame.groupby(keys):
+        parts = corpus_parts(rows, f"{suite}-{corpus}")
         if parts:
-            sections.append(Section(f"lm-{corpus}", f"Language modelling on {corpus}: bits per dim", parts))
+            sections.append(Section(f"lm-{suite}-{corpus}", f"Language modelling on {corpus} ({suite}): bits per dim",
+                                    parts))
     failed = frame[(frame["status"] != "ok")] if "status" in frame.columns else frame.iloc[:0]
     if not sections and not failed.empty:
         reasons = sorted({str(r) for r in failed["reason"].dropna()})
@@ -55,7 +59,7 @@ def _in_spread(gap: float, spread: float | None) -> str:
     return f" ({gap / spread:+.1f} seed spreads)"
 
 
-def corpus_parts(rows: pd.DataFrame, corpus: str) -> list:
+def corpus_parts(rows: pd.DataFrame, key: str) -> list:
     ok = rows[rows["status"] == "ok"]
     evaluated = ok[(ok["mode"] == "evaluate") & ok["bits_per_dim"].notna()] if "bits_per_dim" in ok else ok.iloc[:0]
     trained = ok[ok["mode"] == "train"]
@@ -98,8 +102,8 @@ def corpus_parts(rows: pd.DataFrame, corpus: str) -> list:
     cost = cost_table(trained)
     if cost is not None:
         parts.append(Table("The cost of each training", cost, index=False))
-    parts += [chart for chart in (curve_chart(trained, "step", unigram, corpus),
-                                  curve_chart(trained, "seconds", unigram, corpus))
+    parts += [chart for chart in (curve_chart(trained, "step", unigram, key),
+                                  curve_chart(trained, "seconds", unigram, key))
               if chart is not None]
     return parts
 
@@ -149,7 +153,7 @@ def cost_table(trained: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(out)
 
 
-def curve_chart(trained: pd.DataFrame, x: str, unigram: float | None, corpus: str) -> Chart | None:
+def curve_chart(trained: pd.DataFrame, x: str, unigram: float | None, key: str) -> Chart | None:
     """Held-out bits per dim against training step (x = "step") or training seconds (x = "seconds"), one
     line per training; the unigram entropy as a dashed line."""
     import plotly.graph_objects as go
@@ -177,7 +181,7 @@ def curve_chart(trained: pd.DataFrame, x: str, unigram: float | None, corpus: st
     title = "training step" if x == "step" else "training seconds (held-out evaluations excluded)"
     fig.update_layout(xaxis={"title": {"text": title}}, yaxis={"title": {"text": "held-out bits per dim"}},
                       height=400, margin={"l": 70, "r": 20, "t": 30, "b": 55})
-    key = f"lm-{corpus}-curve-{x}"
+    key = f"lm-{key}-curve-{x}"
     return Chart(key, f"Held-out bits per dim against {title}",
                  "Each training's held-out bits per dim under its own attention at every curve_every steps "
                  "(fewer windows than the evaluation cases). Against seconds: who wins at equal time.", fig)
