@@ -155,3 +155,28 @@ def test_impls_model_separate_query_and_key_projections():
         ReformerLM(cfg, backend="eager")
     with pytest.raises(ValueError, match="share_qk must be a bool"):
         ModelConfig(share_qk="no")
+
+
+def test_the_report_states_the_ordering_and_gaps_in_seed_spreads():
+    import pandas as pd
+
+    from harness.tasks.lm_report import BASELINE, ablation_table, ordering_text, seed_spread
+
+    bits = {0: 2.0, 8: 2.1, 4: 2.05, 2: 2.3, 1: 2.4}  # LSH-4 beats LSH-8: the ordering does not hold
+    rows = [{"mode": "evaluate", "train_n_hashes": t, "eval_n_hashes": t, "seed": 0, "lm_setting": BASELINE,
+             "bits_per_dim": b} for t, b in bits.items()]
+    rows += [{"mode": "evaluate", "train_n_hashes": 0, "eval_n_hashes": 0, "seed": 1, "lm_setting": BASELINE,
+              "bits_per_dim": 2.05},
+             {"mode": "evaluate", "train_n_hashes": 0, "eval_n_hashes": 0, "seed": 0,
+              "lm_setting": "separate Q and K, two streams", "bits_per_dim": 2.1}]
+    frame = pd.DataFrame(rows)
+    spread = seed_spread(frame)
+    assert spread == pytest.approx(0.05)
+    table = frame[(frame["seed"] == 0) & (frame["lm_setting"] == BASELINE)].pivot_table(
+        index="train_n_hashes", columns="eval_n_hashes", values="bits_per_dim")
+    text = ordering_text(table, spread)
+    assert "does not hold" in text and "LSH-8 - full attention = +0.100 (+2.0 seed spreads)" in text
+    assert "LSH-4 - LSH-8 = -0.050 (-1.0 seed spreads)" in text
+    ablation = ablation_table(frame, spread).set_index(["setting", "seed"])
+    assert ablation.loc[("separate Q and K, two streams", 0), "gap"] == "+0.100 (+2.0 seed spreads)"
+    assert seed_spread(frame[frame["seed"] == 0]) is None
