@@ -5,7 +5,7 @@ command, and every row carries the corpus's checksum."""
 from __future__ import annotations
 
 import hashlib
-import sys
+import importlib
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,6 @@ from harness.tasks import TaskRun, get_task
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = REPO / "tests" / "suites"
-sys.path.insert(0, str(SUITES))
-import lm_corpora  # noqa: E402 -- registers the test corpora
 
 TABLE = {"corpus": "pattern", "seq_len": 32, "d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "steps": 30,
          "batch": 8, "lr": 1e-2, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 10, "curve_every": 10,
@@ -27,9 +25,25 @@ TABLE = {"corpus": "pattern", "seq_len": 32, "d_model": 32, "layers": 1, "heads"
 
 
 @pytest.fixture(autouse=True)
-def corpus_cache(tmp_path, monkeypatch):
+def test_corpora(tmp_path, monkeypatch):
+    """The plugin's corpora registered for one test, and the registry as it was afterwards (other tests
+    see only the real corpora); the extracted corpora cached under tmp_path."""
+    from harness import corpora
+
+    saved = dict(corpora.CORPORA)
+    monkeypatch.syspath_prepend(str(SUITES))
+    module = importlib.import_module("lm_corpora")
+    for corpus in (module.PatternCorpus(), module.MissingCorpus()):
+        corpora.CORPORA.setdefault(corpus.name, corpus)
     monkeypatch.setenv("REFORMER_BENCH_CACHE", str(tmp_path / "cache"))
     torch.set_num_threads(1)
+    yield
+    corpora.CORPORA.clear()
+    corpora.CORPORA.update(saved)
+
+
+def _pattern_sha() -> str:
+    return hashlib.sha256(importlib.import_module("lm_corpora").PATTERN * 512).hexdigest()
 
 
 def _run(n_hashes: int, seed: int = 0) -> TaskRun:
@@ -49,7 +63,7 @@ def test_a_tiny_model_learns_the_pattern_and_reports_the_checksum(tmp_path):
     evaluation = task.evaluate(config, _run(0), str(tmp_path / "ckpt.pt"))
     assert evaluation.metrics["bits_per_dim"] < 1.0 and evaluation.train_steps == 30
     assert evaluation.metrics["eval_tokens"] == 8 * 31
-    sha = hashlib.sha256(lm_corpora.PATTERN * 512).hexdigest()
+    sha = _pattern_sha()
     assert evaluation.metrics["corpus_sha256"] == result.metrics["corpus_sha256"] == sha
     assert evaluation.metrics["corpus_licence"] == "CC0" and evaluation.metrics["corpus"] == "pattern"
 
@@ -125,7 +139,7 @@ def test_a_suite_runs_and_an_uninstalled_corpus_is_unavailable_with_its_command(
     assert len(missing) == 2 and all(r["status"] == "unavailable" for r in missing)
     assert all("apt-get install -y no-such-corpus" in r["reason"] and "\n" not in r["reason"] for r in missing)
     ok = [r for r in rows if r["status"] == "ok"]
-    assert len(ok) == 3 and {r["corpus_sha256"] for r in ok} == {hashlib.sha256(lm_corpora.PATTERN * 512).hexdigest()}
+    assert len(ok) == 3 and {r["corpus_sha256"] for r in ok} == {_pattern_sha()}
     evaluated = {r["eval_n_hashes"]: r["bits_per_dim"] for r in ok if r["mode"] == "evaluate"}
     assert set(evaluated) == {0, 2} and evaluated[2] < 3.0  # below the unigram entropy
 
