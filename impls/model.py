@@ -46,6 +46,9 @@ class ModelConfig:
         seq x d_ff hidden activation to seq / ff_chunks x d_ff; position-wise, so exact).
     axial_shape: (rows, cols) with rows * cols = max_seq_len for axial position embeddings
         (position r * cols + c gets [row_r ; col_c]), or None for one learned vector per position.
+    share_qk: one projection for queries and keys (the Reformer's shared-QK attention, which LSH
+        needs); False gives full attention separate query and key projections and the standard
+        scaled dot-product attention (the paper's Figure 3 ablation), with a dense backend only.
     """
 
     vocab: int = 256
@@ -63,6 +66,7 @@ class ModelConfig:
     axial_shape: tuple[int, int] | None = None
     dedup: bool = False
     seed: int = 0
+    share_qk: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab", "d_model", "heads", "d_ff", "layers", "max_seq_len", "n_hashes", "ff_chunks"):
@@ -71,7 +75,7 @@ class ModelConfig:
         if self.d_model % self.heads:
             raise ValueError(f"d_model must be a multiple of heads, got d_model={self.d_model}, "
                              f"heads={self.heads}")
-        for flag in ("causal", "dedup"):
+        for flag in ("causal", "dedup", "share_qk"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {flag}={getattr(self, flag)!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
@@ -191,6 +195,13 @@ class SelfAttention(nn.Module):
         self.to_v = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.to_out = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
+        if not cfg.share_qk:
+            if hashes:
+                raise ValueError("share_qk=False needs full attention (a dense backend): LSH hashes the shared "
+                                 "query-keys")
+            self.to_k = nn.Linear(cfg.d_model, cfg.d_model, bias=False)  # to_qk then holds the queries
+        else:
+            self.to_k = None
 
     def forward(self, x: torch.Tensor, lsh_cfg: LSHConfig,
                 buckets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -198,7 +209,10 @@ class SelfAttention(nn.Module):
         h = self.norm(x)
         qk = self.to_qk(h).view(batch, seq_len, self.heads, -1).transpose(1, 2)
         v = self.to_v(h).view(batch, seq_len, self.heads, -1).transpose(1, 2)
-        if self.hashes:
+        if self.to_k is not None:  # separate keys: standard attention, no self-mask, keys not normalised
+            k = self.to_k(h).view(batch, seq_len, self.heads, -1).transpose(1, 2)
+            out = F.scaled_dot_product_attention(qk, k, v, is_causal=lsh_cfg.causal)
+        elif self.hashes:
             if buckets is None:
                 buckets = hash_buckets(qk, lsh_cfg)
             out = self.backend.attend(qk, v, lsh_cfg, buckets=buckets)

@@ -127,6 +127,8 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
     failed_series = _earlier_failures(suite, earlier_rows) if skip_larger else {}
     # case_id -> status of every case that ended, for the cases that depend on one (a task's evaluations)
     ended = {row["case_id"]: row["status"] for row in earlier_rows}
+    # case_id -> reason of the cases that ended unavailable: their dependents are unavailable for it too
+    unavailable = {row["case_id"]: row.get("reason") for row in earlier_rows if row["status"] == "unavailable"}
     if progress is not None:
         progress.begin(len(cases), skipped=result.skipped)
     started = progress.start if progress is not None else (lambda case: None)
@@ -135,6 +137,8 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
         writer.append(row)
         result.rows.append(row)
         ended[case.case_id] = row["status"]
+        if row["status"] == "unavailable":
+            unavailable[case.case_id] = row.get("reason")
         if skip_larger and _ends_series(row):
             _note_failure(failed_series, case, row["status"])
         if progress is not None:
@@ -150,7 +154,7 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
                 for case in batch:
                     row = _skip_row(case, failed_series) if failed_series else None
                     if row is None and case.depends_on is not None:
-                        row = _dependency_row(case, ended.get(case.depends_on))
+                        row = _dependency_row(case, ended.get(case.depends_on), unavailable.get(case.depends_on))
                     if row is None:
                         to_run.append(case)
                     else:
@@ -203,14 +207,18 @@ def _after_dependencies(batch: list[Case]) -> list[list[Case]]:
     return [part for part in parts if part]
 
 
-def _dependency_row(case: Case, status: str | None) -> dict | None:
-    """None when the case may run (what it depends on ended ok); else its row, not run."""
+def _dependency_row(case: Case, status: str | None, unavailable_reason: str | None = None) -> dict | None:
+    """None when the case may run (what it depends on ended ok); else its row, not run: unavailable with
+    the same reason when that case was unavailable (a corpus not installed), else an error."""
     if status == "ok":
         return None
     row = new_row(case)
-    row["status"] = "error"
-    row["reason"] = (f"not run: it needs {case.depends_on}, which "
-                     + ("is not in this suite's run" if status is None else f"ended in {status}"))
+    if status == "unavailable" and unavailable_reason:
+        row["status"], row["reason"] = "unavailable", unavailable_reason
+    else:
+        row["status"] = "error"
+        row["reason"] = (f"not run: it needs {case.depends_on}, which "
+                         + ("is not in this suite's run" if status is None else f"ended in {status}"))
     row["stage"] = "skipped"
     row["wall_s"] = 0.0
     return row

@@ -41,6 +41,10 @@ def measure(case, row: dict) -> None:
                          "checkpoints; on a cluster it must be a shared directory")
         return
     task = get_task(case.task)
+    ok, reason = task.available(case.task_config)
+    if not ok:
+        row["status"], row["reason"] = "unavailable", reason
+        return
     if case.threads:
         torch.set_num_threads(case.threads)
     n_hashes = case.train_n_hashes if case.mode == "train" else case.eval_n_hashes
@@ -81,6 +85,9 @@ def _train(case, row: dict, task, run, where: Path) -> None:
                train_s=result.wall_s, train_step_s=(result.wall_s / ran) if ran and result.wall_s else None,
                tokens_per_s=result.tokens_per_s, resumed_from_step=result.resumed_from)
     row["checkpoint"] = str(where / CHECKPOINT)
+    if _undeclared(case, row, task, result.metrics):
+        return
+    row.update(result.metrics)
 
 
 def _evaluate(case, row: dict, task, run, where: Path) -> None:
@@ -94,17 +101,25 @@ def _evaluate(case, row: dict, task, run, where: Path) -> None:
     start = time.perf_counter()
     evaluation = task.evaluate(case.task_config, run, str(checkpoint))
     eval_s = time.perf_counter() - start
-    undeclared = [name for name in evaluation.metrics if name not in task.metrics or name not in METRICS]
-    if undeclared:
-        row["status"] = "error"
-        row["reason"] = (f"task {case.task!r} returned metric {undeclared[0]!r}, which is not among its metrics "
-                         f"{task.metrics} or not in the metric table (register_metric)")
+    if _undeclared(case, row, task, evaluation.metrics):
         return
     row.update(evaluation.metrics, eval_s=eval_s, train_steps=evaluation.train_steps)
     shown = ", ".join(f"{METRICS[name].title or name} {_shown(METRICS[name], value)}"
                       for name, value in evaluation.metrics.items())
     progress(f"{case.task} trained with {_attention(case.train_n_hashes)}, evaluated with "
              f"{_attention(case.eval_n_hashes)}: {shown}")
+
+
+def _undeclared(case, row: dict, task, metrics: dict) -> bool:
+    """Whether `metrics` names a metric the task did not declare (then the row says so, status error)."""
+    from ..measure.metrics import METRICS
+
+    undeclared = [name for name in metrics if name not in task.metrics or name not in METRICS]
+    if undeclared:
+        row["status"] = "error"
+        row["reason"] = (f"task {case.task!r} returned metric {undeclared[0]!r}, which is not among its metrics "
+                         f"{task.metrics} or not in the metric table (register_metric)")
+    return bool(undeclared)
 
 
 def _shown(metric, value) -> str:

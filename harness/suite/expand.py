@@ -11,7 +11,8 @@ harness.suite.build. The tables:
     [[exclude]]  drop every case matching all the keys of one table; a value may be a scalar,
                  a list (any of) or a table {min = .., max = ..} (inclusive bounds)
     [model]      the language model of workload = "model" cases (harness.suite.model_table)
-    [task]       sizes a task (task cases)
+    [task]       sizes a task (task cases); [sweep] and [[include]] may set its keys per case as
+                 `task_table.<key> = ...` (a task's training settings side by side in one suite)
 
 Every problem is one UserError line naming the file, the key and the value.
 """
@@ -59,17 +60,17 @@ def expand_suite(data: dict, path: Path, backends: list[str] | None = None,
     model = section_table(data, "model", where)
     check_model_keys(model, where, "[model]")
     task_table = section_table(data, "task", where)
-    sweep = flat_model_keys(section_table(data, "sweep", where), where, "[sweep]")
-    check_keys(sweep, sweepable, where, "[sweep]", hint=MODEL_HINT, hinted=model_keys())
+    sweep = _flat_task_keys(flat_model_keys(section_table(data, "sweep", where), where, "[sweep]"), where, "[sweep]")
+    check_keys(_untasked(sweep), sweepable, where, "[sweep]", hint=MODEL_HINT, hinted=model_keys())
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise UserError(f"{where}: [sweep] {key} must be a non-empty list, got {values!r}")
-    includes = [flat_model_keys(t, where, f"[[include]] #{i + 1}")
+    includes = [_flat_task_keys(flat_model_keys(t, where, f"[[include]] #{i + 1}"), where, f"[[include]] #{i + 1}")
                 for i, t in enumerate(array_of_tables(data, "include", where))]
     excludes = [flat_model_keys(t, where, f"[[exclude]] #{i + 1}")
                 for i, t in enumerate(array_of_tables(data, "exclude", where))]
     for i, table in enumerate(includes):
-        check_keys(table, sweepable, where, f"[[include]] #{i + 1}", hint=MODEL_HINT, hinted=model_keys())
+        check_keys(_untasked(table), sweepable, where, f"[[include]] #{i + 1}", hint=MODEL_HINT, hinted=model_keys())
     for i, table in enumerate(excludes):
         _check_exclude(table, sweepable, where, f"[[exclude]] #{i + 1}")
     if settings["fixed_tokens"] is not None and ("batch" in sweep or "batch" in defaults_table):
@@ -96,8 +97,10 @@ def expand_suite(data: dict, path: Path, backends: list[str] | None = None,
     for params in raw:
         if any(_matches(params, rule) for rule in excludes):
             continue
-        made = (_task_cases(params, settings, task_table, known, where) if params.get("task") is not None
-                else [make_case(params, settings, model, known, where)])
+        if params.get("task") is None and any(k.startswith(TASK_TABLE_PREFIX) for k in params):
+            raise UserError(f"{where}: task_table.<key> is set for a case that is not a task case (no task = \"...\")")
+        made = (_task_cases(params, settings, task_table_of(task_table, params), known, where)
+                if params.get("task") is not None else [make_case(params, settings, model, known, where)])
         for case in made:
             if backends and case.backend not in backends and not case.task:
                 continue
@@ -119,6 +122,33 @@ def expand_suite(data: dict, path: Path, backends: list[str] | None = None,
         raise UserError(f"{where}: the sweep is empty (no cases{extra})")
     return Suite(name=settings["name"], path=path, description=settings["description"],
                  cases=list(cases.values()), settings=settings)
+
+
+# `task_table.<key> = values` in [sweep] or [[include]]: those cases' [task] table has <key> set so (a
+# task's training settings compared in one suite, e.g. an ablation); checked by the task like the table.
+TASK_TABLE_PREFIX = "task_table."
+
+
+def _flat_task_keys(table: dict, where: str, section: str) -> dict:
+    """{"task_table": {"share_qk": false}} -> {"task_table.share_qk": false}."""
+    flat = {k: v for k, v in table.items() if k != "task_table"}
+    nested = table.get("task_table")
+    if nested is None:
+        return flat
+    if not isinstance(nested, dict):
+        raise UserError(f"{where}: {section} task_table must be task_table.<key> = values, got task_table={nested!r}")
+    flat.update({f"{TASK_TABLE_PREFIX}{k}": v for k, v in nested.items()})
+    return flat
+
+
+def _untasked(table: dict) -> dict:
+    return {k: v for k, v in table.items() if not k.startswith(TASK_TABLE_PREFIX)}
+
+
+def task_table_of(table: dict, params: dict) -> dict:
+    """The [task] table of one case: the suite's, with the case's task_table.<key> values over it."""
+    overrides = {k[len(TASK_TABLE_PREFIX):]: v for k, v in params.items() if k.startswith(TASK_TABLE_PREFIX)}
+    return {**table, **overrides} if overrides else table
 
 
 def _product(base: dict, sweep: dict):

@@ -28,3 +28,13 @@ def _duplication() -> Task:
 
 
 register_task("duplication", _duplication)
+
+
+def _lm() -> Task:
+    from .lm import TASK
+
+    return TASK
+
+
+register_task("lm", _lm)
+from . import lm_metrics  # noqa: E402,F401 -- the lm task's row metrics, known without loading torch

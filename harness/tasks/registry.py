@@ -7,7 +7,10 @@ table). The harness knows a task only through this protocol:
   shape(config)                  the sequence length and the model's batch, heads, d_head (the case's row)
   train(config, run, ...)        trains a model with the run's attention, checkpointed, resumable
   evaluate(config, run, ...)     the trained weights under the run's attention: its row metrics
-  metrics                        the row metrics evaluate fills (declared in the metric table)
+  metrics                        the row metrics evaluate (and train, in TrainResult.metrics) fills
+                                 (declared in the metric table)
+  available(config)              whether its data are here: (False, the one-line install command) makes
+                                 its cases `unavailable` (default: always available)
   references                     published numbers the task is compared with, by source
   report_sections(frame)         its part of the report: titled sections of tables, charts and text
 
@@ -151,6 +154,11 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, config: dict, run: TaskRun, checkpoint_path: str) -> Evaluation:
         """The weights of checkpoint_path under run's attention, on held-out data."""
+
+    def available(self, config: dict) -> tuple[bool, str]:
+        """(True, "") when the task can run here, else (False, one line saying what is missing and the
+        command that installs it); checked before a case trains or evaluates."""
+        return True, ""
 
     def report_sections(self, frame) -> list[Section]:
         """Its part of the report from the rows of its cases (a pandas DataFrame); none by default."""

@@ -78,13 +78,15 @@ _RESUMABLE_CHANGES = ("steps", "checkpoint_every")
 class TrainResult:
     """curve: (step, loss, accuracy) of the logged steps, from step 1 (a resumed run includes the
     checkpoint's). steps: the last step done. tokens_per_s, wall_s: of the steps this call ran
-    (None when it ran none). resumed_from: the checkpoint's step, or None for a fresh run."""
+    (None when it ran none). resumed_from: the checkpoint's step, or None for a fresh run. metrics: row
+    metrics of the training case a task adds (names among its `metrics`, e.g. a held-out curve)."""
 
     curve: list[tuple[int, float, float]] = field(default_factory=list)
     steps: int = 0
     tokens_per_s: float | None = None
     wall_s: float | None = None
     resumed_from: int | None = None
+    metrics: dict = field(default_factory=dict)
 
 
 def _fingerprint(model: torch.nn.Module, task_fingerprint: dict, cfg: TrainConfig) -> dict:
