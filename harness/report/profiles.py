@@ -38,6 +38,9 @@ PHASE_COLORS = {
 }
 UNLISTED_PHASE_COLORS = ("#17becf", "#bcbd22", "#e377c2", "#7f7f7f", "#393b79", "#637939")
 PEAK_OTHER = "other (outside the top groups)"
+PHASE_BAR_WIDTH = 100  # pixels per bar of a phase chart
+PHASE_CHART_MAX_WIDTH = 1300
+PEAK_BAR_HEIGHT = 38  # pixels per bar of the live-set chart
 
 
 def has_phases(frame: pd.DataFrame) -> bool:
@@ -130,7 +133,8 @@ def phase_figure(title: str, rows: pd.DataFrame, key: str) -> Figure:
                              y=[100 * bar["shares"].get(name, 0.0) for bar in bars],
                              marker={"color": phase_color(name), "line": {"width": 0}},
                              hovertext=hover, hoverinfo="text"))
-    fig.update_layout(barmode="stack", height=420, margin={"l": 60, "r": 20, "t": 20, "b": 70},
+    # A width that follows the bar count, so that one or two bars do not stretch across the page.
+    fig.update_layout(barmode="stack", height=420, width=min(PHASE_CHART_MAX_WIDTH, 440 + PHASE_BAR_WIDTH * len(bars)), margin={"l": 60, "r": 20, "t": 20, "b": 70},
                       yaxis={"title": {"text": "share of the profiled call (%)"}, "range": [0, 100]},
                       xaxis={"title": {"text": "series · sequence length (tokens)"}},
                       legend={"traceorder": "reversed", "title": {"text": "phase"}}, bargap=0.25)
@@ -138,8 +142,7 @@ def phase_figure(title: str, rows: pd.DataFrame, key: str) -> Figure:
     span = (f"from {tokens_label(lengths[0])} to {tokens_label(lengths[-1])} tokens" if len(lengths) > 1
             else f"at {tokens_label(lengths[0])} tokens")
     caption = (f"What share of one profiled call each named phase took, per series {span}; hover for the "
-               f"times. {METRICS['phase_shares'].how.capitalize()}; {METRICS['phase_times'].how}. A backend "
-               "without named phases (dense, the peers) is `other` whole.")
+               f"times. phase_shares: {METRICS['phase_shares'].how}. phase_times: {METRICS['phase_times'].how}.")
     return Figure(key, f"Where the time goes — {title}", caption, to_dict(fig))
 
 
@@ -205,7 +208,7 @@ def peak_live_figure(frame: pd.DataFrame) -> Figure | None:
     fig = go.Figure(go.Bar(orientation="h", x=first["x"], y=first["y"], text=first["text"],
                            textposition="outside", hovertext=first["hovertext"], hoverinfo="text",
                            marker={"color": first["marker.color"][0]}))
-    height = 110 + 46 * max(len(c["bars"]) for c in cases)
+    height = 150 + PEAK_BAR_HEIGHT * max(len(c["bars"]) for c in cases)
     buttons = []
     for case in cases:
         trace = _peak_trace(case, scale)
@@ -223,10 +226,10 @@ def peak_live_figure(frame: pd.DataFrame) -> Figure | None:
         updatemenus=[{"buttons": buttons, "direction": "down", "x": 0, "xanchor": "left", "y": 1.0,
                       "yanchor": "bottom", "pad": {"b": 28}, "showactive": True}] if len(cases) > 1 else [],
     )
-    caption = (f"The tensors alive at the moment of the memory peak, grouped by the op that made them and "
-               f"where (module, backward of an autograd node, phase); choose the case above the chart "
-               f"({len(cases)} case{'s' if len(cases) != 1 else ''}). {METRICS['peak_live_top'].how.capitalize()}; "
-               f"\"{PEAK_OTHER}\" is mem_peak_bytes less those groups. Percentages are of the case's peak.")
+    caption = (f"The tensors alive at the moment of the memory peak, by the op that made them and where; "
+               f"choose the case above the chart ({len(cases)} case{'s' if len(cases) != 1 else ''}). "
+               f"peak_live_top: {METRICS['peak_live_top'].how}. \"{PEAK_OTHER}\" is mem_peak_bytes less "
+               "those groups; percentages are of the case's peak.")
     return Figure("peak-live", "Memory at the peak, by op and where", caption, to_dict(fig))
 
 
