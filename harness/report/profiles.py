@@ -134,7 +134,8 @@ def phase_figure(title: str, rows: pd.DataFrame, key: str) -> Figure:
                              marker={"color": phase_color(name), "line": {"width": 0}},
                              hovertext=hover, hoverinfo="text"))
     # A width that follows the bar count, so that one or two bars do not stretch across the page.
-    fig.update_layout(barmode="stack", height=420, width=min(PHASE_CHART_MAX_WIDTH, 440 + PHASE_BAR_WIDTH * len(bars)), margin={"l": 60, "r": 20, "t": 20, "b": 70},
+    fig.update_layout(barmode="stack", height=420, width=min(PHASE_CHART_MAX_WIDTH, 440 + PHASE_BAR_WIDTH * len(bars)),
+                      margin={"l": 60, "r": 20, "t": 20, "b": 70},
                       yaxis={"title": {"text": "share of the profiled call (%)"}, "range": [0, 100]},
                       xaxis={"title": {"text": "series · sequence length (tokens)"}},
                       legend={"traceorder": "reversed", "title": {"text": "phase"}}, bargap=0.25)
