@@ -220,7 +220,7 @@ def peak_live_figure(frame: pd.DataFrame) -> Figure | None:
                                  {"title.text": f"{text(case['case_id'])}: {peak}"}]})
     fig.update_layout(
         height=height, margin={"l": 20, "r": 60, "t": 90, "b": 50}, showlegend=False,
-        title={"text": buttons[0]["args"][1]["title.text"], "x": 0, "xanchor": "left", "y": 0.97,
+        title={"text": buttons[0]["args"][1]["title.text"], "x": 0.005, "xanchor": "left", "y": 0.97,
                "font": {"size": 12}},
         xaxis={"title": {"text": f"bytes alive at the peak ({scale_unit})"}, "rangemode": "tozero"},
         yaxis={"autorange": "reversed", "automargin": True, "type": "category"},
