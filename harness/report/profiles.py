@@ -110,8 +110,19 @@ def phase_bars(rows: pd.DataFrame) -> list[dict]:
                 times[name] = times.get(name, 0.0) + float(seconds) / len(sub)
         total = sub["phase_total_s"].median() if "phase_total_s" in sub else float("nan")
         bars.append({"series": str(series), "seq_len": int(length), "shares": shares, "times": times,
-                     "total_s": None if pd.isna(total) else float(total), "cases": len(sub)})
+                     "total_s": None if pd.isna(total) else float(total)})
     return bars
+
+
+def _phase_hover(bar: dict, name: str) -> str:
+    """ "<series> at <L> tokens<br><phase>: <share>% (<phase time> ms of <profiled call> ms)"."""
+    share = 100 * bar["shares"].get(name, 0.0)
+    line = f"{text(bar['series'])} at {bar['seq_len']:,} tokens<br>{text(name)}: {share:.1f}%"
+    seconds = bar["times"].get(name)
+    if seconds is None:
+        return line
+    of_total = f" of {bar['total_s'] * 1e3:.3g} ms" if bar["total_s"] else ""
+    return f"{line} ({seconds * 1e3:.3g} ms{of_total})"
 
 
 def phase_figure(title: str, rows: pd.DataFrame, key: str) -> Figure:
@@ -122,13 +133,7 @@ def phase_figure(title: str, rows: pd.DataFrame, key: str) -> Figure:
     inner = [tokens_label(bar["seq_len"]) for bar in bars]
     fig = go.Figure()
     for name in names:
-        hover = []
-        for bar in bars:
-            seconds = bar["times"].get(name)
-            hover.append(f"{text(bar['series'])} at {bar['seq_len']:,} tokens<br>{text(name)}: "
-                         f"{100 * bar['shares'].get(name, 0.0):.1f}%"
-                         + (f" ({seconds * 1e3:.3g} ms" + (f" of {bar['total_s'] * 1e3:.3g} ms" if bar["total_s"]
-                                                          else "") + ")" if seconds is not None else ""))
+        hover = [_phase_hover(bar, name) for bar in bars]
         fig.add_trace(go.Bar(name=text(name), x=[outer, inner],
                              y=[100 * bar["shares"].get(name, 0.0) for bar in bars],
                              marker={"color": phase_color(name), "line": {"width": 0}},
