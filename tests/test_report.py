@@ -7,7 +7,9 @@ the report's output. The browser checks are in test_report_browser.py.
 """
 from __future__ import annotations
 
+import html
 import json
+import math
 import re
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from plotly.offline import get_plotlyjs
 
 from harness.cli import main
 from harness.errors import UserError
+from harness.measure.metrics import METRICS
 from harness.report import render_html, write_report
 from harness.report.analysis import compare, crossover, fit_exponent, headline_findings, scaling_groups
 from harness.report.data import load_frame
@@ -549,3 +552,115 @@ def test_the_page_shows_the_new_panels_and_plotly_can_come_from_the_cdn(tmp_path
     assert "cdn.plot.ly/plotly-" in cdn and len(cdn) < len(page) - 1_000_000
     with pytest.raises(UserError, match="--plotly-js"):
         render_html(sets, frame, plotly_js="somewhere")
+
+
+# --- profiles: phases, the live set at the peak, trace links -------------------------------------------
+
+def html_text(value: str) -> str:
+    """value as the page's autoescaping writes it."""
+    return html.escape(value, quote=True).replace("&#x27;", "&#39;").replace("&quot;", "&#34;")
+
+
+def page_figures(page: str) -> dict:
+    payload = page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0]
+    return {f["id"]: f for f in json.loads(payload)["figures"]}
+
+
+def hash_share(length: int) -> float:
+    """The synthetic eager rows' hashing share: grows with the length (1K: 0.1, 16K: 0.5)."""
+    return 0.1 * (1 + math.log2(length // 1024))
+
+
+def profiled_rows() -> list[dict]:
+    """scaling_rows with phases on every ok row (dense: `other` whole), a live set and profile files on
+    the eager LSH-1 rows."""
+    rows = scaling_rows(hashes=(1,))
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        if r["backend"] == "dense":
+            r["phase_shares"] = {"other": 1.0}
+        else:
+            h = hash_share(r["seq_len"])
+            r["phase_shares"] = {"other": 0.1, "lsh.attend": 0.9 - h - 0.05, "lsh.hash": h, "lsh.sort": 0.05}
+            r["peak_live_top"] = [{"op": "aten::bmm", "where": "(no module) | lsh.attend",
+                                   "bytes": 0.5 * r["mem_peak_bytes"], "count": 2},
+                                  {"op": "(before the call)", "where": "inputs, parameters, optimizer state",
+                                   "bytes": 0.25 * r["mem_peak_bytes"], "count": None}]
+            r["trace_file"] = f"profiles/{r['case_id']}/trace.json"
+            r["op_table_file"] = f"profiles/{r['case_id']}/ops.json"
+        r["phase_total_s"] = 1.25 * r["time_median_s"]
+        r["phase_times"] = {k: v * r["phase_total_s"] for k, v in r["phase_shares"].items()}
+    return rows
+
+
+def test_profiled_rows_get_phase_bars_the_live_set_and_trace_links(tmp_path):
+    rows = profiled_rows()
+    path = write_results_dir(tmp_path / "run", rows)
+    page = write_report([path], tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert 'id="profiles"' in page
+    figures = page_figures(page)
+    phases = figures["fig-phases-0"]
+    # One trace per phase, stacked in call order with `other` on top; each bar a (series, length) pair.
+    assert [t["name"] for t in phases["data"]] == ["lsh.hash", "lsh.sort", "lsh.attend", "other"]
+    assert phases["layout"]["barmode"] == "stack"
+    hashing = phases["data"][0]
+    bars = list(zip(*hashing["x"]))
+    eager = [(series, length) for series, length in bars if series.startswith("eager")]
+    assert eager == [("eager LSH-1", label) for label in ("1K", "2K", "4K", "8K", "16K")]
+    shares = dict(zip(bars, hashing["y"]))
+    for length, label in zip((1024, 2048, 4096, 8192, 16384), ("1K", "2K", "4K", "8K", "16K")):
+        assert shares[("eager LSH-1", label)] == pytest.approx(100 * hash_share(length))
+    # dense (which OOMs at 16K) is `other` whole at the lengths it ran.
+    other = dict(zip(bars, phases["data"][-1]["y"]))
+    assert [other[b] for b in bars if b[0] == "dense"] == [100.0] * 4
+    assert sum(t["y"][bars.index(("eager LSH-1", "4K"))] for t in phases["data"]) == pytest.approx(100)
+
+    live = figures["fig-peak-live"]
+    eager_rows = [r for r in rows if r["backend"] == "eager" and r["status"] == "ok"]
+    buttons = live["layout"]["updatemenus"][0]["buttons"]
+    assert len(buttons) == len(eager_rows)
+    first = live["data"][0]
+    assert first["orientation"] == "h"
+    assert first["y"] == ["aten::bmm<br>lsh.attend", "(before the call)<br>inputs, parameters, optimizer state",
+                          "other (outside the top groups)"]
+    # The top groups and the rest add up to the case's peak: 50%, 25%, 25%.
+    assert first["text"] == ["50.0%", "25.0%", "25.0%"]
+    assert first["x"][0] == pytest.approx(2 * first["x"][1]) and first["x"][1] == pytest.approx(first["x"][2])
+
+    # Links relative to the report's folder; the table lists only cases with files.
+    case = eager_rows[0]["case_id"]
+    assert f'href="../run/profiles/{case}/trace.json"' in page
+    assert f'href="../run/profiles/{case}/ops.json"' in page
+    assert page.count(">trace</a>") == len(eager_rows)
+    # Each figure says how it is obtained: its caption quotes the metric table's `how`, and the table of
+    # how every figure is obtained has the file metrics too.
+    section = page.split('<section id="profiles">')[1].split("<section")[0]
+    for name in ("phase_shares", "phase_times", "peak_live_top"):
+        assert html_text(METRICS[name].how) in section, name
+    for name in ("trace_file", "op_table_file", "peak_live_file"):
+        # (pandas' table, which escapes &, < and > only)
+        assert html.escape(METRICS[name].how, quote=False) in page.split('<section id="figures">')[1], name
+
+
+def test_profile_links_are_file_uris_without_an_output_folder(tmp_path):
+    path = write_results_dir(tmp_path / "run", profiled_rows())
+    page = render_html(*load_frame([path]))
+    case = next(r["case_id"] for r in profiled_rows() if r.get("trace_file"))
+    assert f'href="{(path / "profiles" / case / "trace.json").resolve().as_uri()}"' in page
+
+
+def test_a_single_profiled_length_still_gets_its_phase_bars(tmp_path):
+    rows = [r for r in profiled_rows() if r["seq_len"] == 2048]
+    sets, frame = load_frame([write_results_dir(tmp_path / "run", rows)])
+    assert scaling_groups(frame) == []
+    figures = page_figures(render_html(sets, frame))
+    assert [list(zip(*t["x"])) for t in figures["fig-phases-0"]["data"]][0] == [("dense", "2K"), ("eager LSH-1", "2K")]
+
+
+def test_a_run_without_profiles_has_no_profiles_section(tmp_path):
+    page = render_html(*load_frame([write_results_dir(tmp_path / "run", scaling_rows())]))
+    assert 'id="profiles"' not in page and "Profiles: where" not in page
+    assert not [key for key in page_figures(page) if key.startswith(("fig-phases", "fig-peak-live"))]
+    # Its metrics are still declared in the table of how every figure is obtained.
+    assert "phase_shares" in page and "peak_live_top" in page

@@ -18,7 +18,7 @@ from plotly.offline import get_plotlyjs
 
 from harness.report import write_report
 from tests.browser import HeadlessChromium, find_chromium
-from tests.test_report import grid_rows, paper_speed_rows, scaling_rows, write_results_dir
+from tests.test_report import grid_rows, paper_speed_rows, profiled_rows, scaling_rows, write_results_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     find_chromium() is None,
@@ -168,3 +168,17 @@ def test_the_checker_sees_errors_dialogs_and_blank_pages(browser, tmp_path):
     assert any("boom" in e for e in report.js_errors)
     assert report.dialogs == ["hi"]
     assert report.pixels["background_share"] == 1.0 and report.pixels["colours"] == 1  # nothing drawn
+
+
+def test_the_profiles_section_draws_its_phase_bars_and_live_set(browser, tmp_path):
+    """Phase bars (stacked, a two-level axis) and the live set at the peak (horizontal bars: their values
+    are x) drawn with data, no JavaScript errors."""
+    report_path = write_report([write_results_dir(tmp_path / "run", profiled_rows())], tmp_path / "report.html")
+    script = """(() => ['fig-phases-0', 'fig-peak-live'].map(id => {
+      const div = document.getElementById(id);
+      return [id, !!div, div && div.data ? div.data.length : 0];
+    }))()"""
+    report = browser.inspect_page(report_path, script=script)
+    _assert_reads_well(report, tmp_path / "profiles.png")
+    assert json.loads(report.script_value) == [["fig-phases-0", True, 4], ["fig-peak-live", True, 1]]
+    assert "Where the memory goes: the live set at the peak" in report.body_text

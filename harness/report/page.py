@@ -3,8 +3,9 @@ offline. `write_report` is what `reformer-bench run` calls after a run (harness.
 `reformer-bench report`).
 
 Sections: summary (environment, suites, counts by status, headline findings), each task's own sections
-(harness.tasks: Task.report_sections), scaling plots, grids,
-the paper's reference figures, the comparison with a baseline, failures, every case, FLOP formulas.
+(harness.tasks: Task.report_sections), scaling plots, grids, the paper's reference figures, memory,
+profiles (where rows carry them: harness.report.profiles), the comparison with a baseline, failures,
+every case, FLOP formulas.
 
 This module prepares each section's data (frames, figures, sentences' values); the markup is the Jinja2
 templates of harness/report/templates (page.html.j2, one template per section under sections/, the
@@ -55,6 +56,7 @@ from .figures import (
     template_layout,
     to_dict,
 )
+from .profiles import peak_live_figure, phase_figures, profile_files
 
 TEMPLATES = Path(__file__).with_name("templates")
 MAX_SETTINGS_SHOWN = 4
@@ -110,7 +112,7 @@ def write_report(result_dirs: list[Path], out_path: Path, baseline_dirs: list[Pa
     baseline = load_frame([Path(p) for p in baseline_dirs])[1] if baseline_dirs else None
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(render_html(sets, frame, baseline, plotly_js), encoding="utf-8")
+    out_path.write_text(render_html(sets, frame, baseline, plotly_js, out_dir=out_path.parent), encoding="utf-8")
     return out_path
 
 
@@ -131,9 +133,10 @@ PLOTLY_JS_MODES = ("inline", "cdn")
 
 
 def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFrame | None = None,
-                plotly_js: str = "inline") -> str:
+                plotly_js: str = "inline", out_dir: Path | None = None) -> str:
     """The whole report page as one string. plotly_js: "inline" (the page opens offline) or "cdn" (a
-    script tag for plotly's CDN: a small page that needs the network)."""
+    script tag for plotly's CDN: a small page that needs the network). out_dir: the folder the page is
+    written to (links to profile files are relative to it; absolute file URIs where it is None)."""
     if plotly_js not in PLOTLY_JS_MODES:
         raise UserError(f"--plotly-js must be one of {', '.join(PLOTLY_JS_MODES)}, got {plotly_js!r}")
     groups = scaling_groups(frame)
@@ -157,6 +160,9 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
     if rss:
         figures.append(rss)
 
+    profiles = _profiles_data(sets, frame, groups, out_dir)
+    figures.extend(profiles["phases"] + ([profiles["peak_live"]] if profiles["peak_live"] else []))
+
     compared = compare(baseline, frame) if baseline is not None else None
     comparison_fig = comparison_figure(compared) if compared is not None else None
     if comparison_fig:
@@ -172,6 +178,9 @@ def render_html(sets: list[ResultSet], frame: pd.DataFrame, baseline: pd.DataFra
         PageSection("memory", "Memory as the OS sees it", "sections/memory.html.j2",
                     {"metrics": METRICS, "rss": rss}),
     ]
+    if profiles["phases"] or profiles["peak_live"] or profiles["files"]:
+        sections.append(PageSection("profiles", "Profiles: where the time and the memory go",
+                                    "sections/profiles.html.j2", profiles))
     # A task suite's sections are what its reader came for: first after the summary.
     sections[1:1] = _task_sections(frame, figures, {section.key for section in sections})
     if compared is not None:
@@ -481,6 +490,15 @@ def _speedups_data(table: pd.DataFrame, figures: list[Figure]) -> dict:
         "noisy": table["noisy"].map(lambda v: "yes" if v else ""),
     })
     return {"figures": figures, "table": _table(shown), "lower_bound": bool(table["memory_lower_bound"].any())}
+
+
+def _profiles_data(sets: list[ResultSet], frame: pd.DataFrame, groups, out_dir: Path | None) -> dict:
+    """The profiles section's parts (harness.report.profiles), each empty where no row carries it."""
+    if frame.empty:
+        return {"phases": [], "peak_live": None, "files": []}
+    run_dirs = [s.path for s in sets for _ in s.rows]  # the frame's rows, in load_frame's order
+    return {"phases": phase_figures(frame, groups), "peak_live": peak_live_figure(frame),
+            "files": profile_files(frame, run_dirs, out_dir)}
 
 
 def _metrics_table() -> Markup:

@@ -7,7 +7,7 @@
   function points(trace) {
     var values = trace.type === 'heatmap'
       ? [].concat.apply([], (trace.z || []).map(function (r) { return Array.from(r); }))
-      : Array.from(trace.y || []);
+      : Array.from((trace.orientation === 'h' ? trace.x : trace.y) || []);  // a horizontal bar's values are x
     return values.filter(function (v) { return v !== null && v !== undefined && isFinite(v); }).length;
   }
   var config = {responsive: true, displaylogo: false, modeBarButtonsToRemove: ['select2d', 'lasso2d']};
