@@ -305,7 +305,7 @@ def _environment_frame(sets: list[ResultSet]) -> pd.DataFrame:
     columns = {}
     for result_set in sets:
         values = {"results dir": str(result_set.path), "cases": len(result_set.rows)}
-        tables = {}
+        tables: dict[str, dict] = {}
         for key, value in result_set.run.items():
             if key == "matmul_peak":  # shown on its own above
                 continue
@@ -313,7 +313,7 @@ def _environment_frame(sets: list[ResultSet]) -> pd.DataFrame:
                 tables[key] = value
             else:
                 values[key] = value
-        values.update(tables.pop("environment", None) or tables.pop("env", None) or {})
+        values.update(tables.pop("environment", {}) or tables.pop("env", {}))
         for key, table in tables.items():
             values[key] = ", ".join(f"{k}={_plain(v)}" for k, v in table.items())
         columns[result_set.path.name] = {k: _plain(v) for k, v in values.items()}
@@ -408,8 +408,8 @@ def _comparison_data(compared: pd.DataFrame, figure: Figure | None) -> dict:
     names["present"] = "in"
     # Keys with one value for every case go into a sentence instead of a column of repeats.
     constant = {k: show[k].iloc[0] for k in keys if show[k].nunique(dropna=False) == 1}
-    keys = [k for k in keys if k not in constant]
-    table = show[["verdict"] + keys + list(names)].rename(
+    varying = [k for k in keys if k not in constant]
+    table = show[["verdict"] + varying + list(names)].rename(
         columns=names | {"seq_len": "L (tokens)", "verdict": "regression"})
     regressions = table[show["verdict"] != ""]
     return {

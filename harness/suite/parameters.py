@@ -24,7 +24,7 @@ Its value reaches the worker as case.extra["temperature"], and rows, `show` and 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,7 @@ class Parameter:
     type: str
     how: str
     role: str
-    choices: tuple = ()
+    choices: Collection = ()  # a registry (a dict) where plugins add values
     minimum: float | None = None
     auto: bool = False
     valid: Callable[[Any], bool] | None = None
@@ -100,8 +100,8 @@ class Parameter:
         if self.type == "bool":
             return "true or false"
         if self.type == "int":
-            text = {1: "a positive integer", 0: "an integer >= 0", None: "an integer"}.get(
-                self.minimum, f"an integer >= {self.minimum}")
+            texts: dict[float | None, str] = {1: "a positive integer", 0: "an integer >= 0", None: "an integer"}
+            text = texts.get(self.minimum, f"an integer >= {self.minimum}")
             return text + (" or \"auto\"" if self.auto else "")
         if self.type == "number":
             return "a number" if self.minimum is None else f"a number >= {self.minimum}"
