@@ -62,8 +62,6 @@ REASON_CHARS_IN_CASES = 80
 
 #: Report columns that are not parameters: where a row came from.
 CASE_CONTEXT_EXTRA = (("run", "results dir", None),)
-#: Metrics folded into the sentence above the cases table when every row has the same value.
-FOLDED_METRICS = ("mem_method", "repeats", "interpreted", "peer")
 
 
 def case_parameter_columns() -> list[tuple[str, str, str | None]]:
@@ -95,7 +93,7 @@ def case_columns() -> list[tuple[str, str, object]]:
 def folded_keys() -> tuple[str, ...]:
     """Columns folded into the sentence above the cases table when every row has the same value."""
     return (tuple(key for key, _, _ in case_parameter_columns() + case_context_columns() if key != "case_id")
-            + FOLDED_METRICS)
+            + tuple(m.name for m in metrics(lambda m: m.run_setting)))
 
 
 # --- the public entry points ---------------------------------------------------------------------------
@@ -378,11 +376,14 @@ def _failures_table(frame: pd.DataFrame) -> Markup | None:
     failed = frame[frame["status"] != "ok"]
     if failed.empty:
         return None
-    columns = ["case_id", "suite", "backend", "mode", "seq_len", "batch", "n_buckets", "n_hashes", "status"]
-    table = failed[columns + (["stage"] if "stage" in failed.columns else []) + ["reason"]].copy()
-    for key in ("seq_len", "batch", "n_buckets", "n_hashes"):
-        table[key] = _format_column(table[key], 1, "int")
-    return _table(table.rename(columns={"case_id": "case", "seq_len": "L (tokens)"}), wrap=True)
+    shown = [p for p in parameters(lambda p: p.in_row and p.in_failures) if p.name in failed.columns]
+    # How it failed: the metric table's status, the worker's last stage (where rows have it) and why.
+    how = ["status"] + (["stage"] if "stage" in failed.columns else []) + ["reason"]
+    table = failed[[p.name for p in shown] + how].copy()
+    for p in shown:
+        if p.fmt == "int":
+            table[p.name] = _format_column(table[p.name], 1, "int")
+    return _table(table.rename(columns={p.name: p.title for p in shown if p.title}), wrap=True)
 
 
 def _comparison_data(compared: pd.DataFrame, figure: Figure | None) -> dict:
