@@ -74,6 +74,7 @@ def tables_restored():
     metrics.MEASUREMENTS[:] = saved_measurements
 
 
+@pytest.mark.slow  # runs a suite through the CLI: a worker process per case
 def test_a_parameter_from_a_plugin_module(tmp_path, capsys, tables_restored):
     before = _harness_digest()
     (tmp_path / "param_plugin.py").write_text(PLUGIN)

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "tests" / "suites" / "toy_task.toml"
 
 
+@pytest.mark.slow  # runs a suite: a training and its evaluations, each in a worker process
 def test_a_plugin_task_trains_evaluates_and_gets_its_report_section(tmp_path):
     suite = load_suite(TOY)
     assert [(c.mode, c.train_n_hashes, c.eval_n_hashes) for c in suite.cases] == [
