@@ -400,6 +400,36 @@ def test_a_run_where_everything_failed_still_renders_its_failures(tmp_path):
     assert '"figures":[]' in page.replace(get_plotlyjs(), "")
 
 
+def test_failures_columns_and_the_folded_sentence_come_from_the_parameter_and_metric_tables(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from harness.measure import metrics
+    from harness.suite import parameters
+
+    rows = [row(backend="eager", seq_len=L, n_hashes=2, chunk_len=32, status="oom", reason=f"oom at {L}",
+                rss_note="sampled every tick")
+            for L in (256, 512)]
+
+    def sections(name: str) -> tuple[str, str]:
+        page = write_report([write_results_dir(tmp_path / name, rows)], tmp_path / f"{name}.html").read_text()
+        failures = page.split('<section id="failures">')[1].split("</section>")[0]
+        cases = page.split('<section id="cases">')[1].split("</section>")[0]
+        return failures, cases
+
+    failures, cases = sections("as-declared")
+    assert "<th>L (tokens)</th>" in failures and "<th>n_hashes</th>" in failures
+    assert "<th>chunk_len</th>" not in failures
+    assert "rss_note = sampled every tick" not in cases
+    # A parameter the table marks for the failures table is a column there, under its title; a metric
+    # it marks as a run setting is folded into the sentence above the cases table.
+    monkeypatch.setitem(parameters.PARAMETERS_TABLE, "chunk_len",
+                        replace(parameters.PARAMETERS_TABLE["chunk_len"], in_failures=True, title="chunk"))
+    monkeypatch.setitem(metrics.METRICS, "rss_note", replace(metrics.METRICS["rss_note"], run_setting=True))
+    failures, cases = sections("marked")
+    assert "<th>chunk</th>" in failures and "<td>32</td>" in failures
+    assert "rss_note = sampled every tick" in cases
+
+
 def test_comparison_matches_by_case_id_and_keeps_one_sided_cases(tmp_path):
     baseline_rows = scaling_rows()
     # Two cases whose listed parameters agree but whose ids differ (e.g. a task suite's extra keys).
@@ -506,32 +536,3 @@ def test_the_page_shows_the_new_panels_and_plotly_can_come_from_the_cdn(tmp_path
     with pytest.raises(UserError, match="--plotly-js"):
         render_html(sets, frame, plotly_js="somewhere")
 
-
-def test_failures_columns_and_the_folded_sentence_come_from_the_parameter_and_metric_tables(tmp_path, monkeypatch):
-    from dataclasses import replace
-
-    from harness.measure import metrics
-    from harness.suite import parameters
-
-    rows = [row(backend="eager", seq_len=L, n_hashes=2, chunk_len=32, status="oom", reason=f"oom at {L}",
-                rss_note="sampled every tick")
-            for L in (256, 512)]
-
-    def sections(name: str) -> tuple[str, str]:
-        page = write_report([write_results_dir(tmp_path / name, rows)], tmp_path / f"{name}.html").read_text()
-        failures = page.split('<section id="failures">')[1].split("</section>")[0]
-        cases = page.split('<section id="cases">')[1].split("</section>")[0]
-        return failures, cases
-
-    failures, cases = sections("as-declared")
-    assert "<th>L (tokens)</th>" in failures and "<th>n_hashes</th>" in failures
-    assert "<th>chunk_len</th>" not in failures
-    assert "rss_note = sampled every tick" not in cases
-    # A parameter the table marks for the failures table is a column there, under its title; a metric
-    # it marks as a run setting is folded into the sentence above the cases table.
-    monkeypatch.setitem(parameters.PARAMETERS_TABLE, "chunk_len",
-                        replace(parameters.PARAMETERS_TABLE["chunk_len"], in_failures=True, title="chunk"))
-    monkeypatch.setitem(metrics.METRICS, "rss_note", replace(metrics.METRICS["rss_note"], run_setting=True))
-    failures, cases = sections("marked")
-    assert "<th>chunk</th>" in failures and "<td>32</td>" in failures
-    assert "rss_note = sampled every tick" in cases
