@@ -535,4 +535,3 @@ def test_the_page_shows_the_new_panels_and_plotly_can_come_from_the_cdn(tmp_path
     assert "cdn.plot.ly/plotly-" in cdn and len(cdn) < len(page) - 1_000_000
     with pytest.raises(UserError, match="--plotly-js"):
         render_html(sets, frame, plotly_js="somewhere")
-
