@@ -19,8 +19,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .run.ray import RayExecutor
+    from .run.runner import LocalExecutor
 
 PROG = "reformer-bench"
 DEFAULT_OUT_BASE = Path("reports")
@@ -119,14 +124,14 @@ def cmd_run(args) -> int:
             print(case.case_id)
         print(f"{len(suite.cases)} cases in suite {suite.name} ({args.suite})")
         return 0
-    executor = None
+    ray_executor: RayExecutor | None = None
     if args.launch == "fork" and args.ray is not None:
         raise UserError("--launch fork: a Ray task spawns its worker (--ray runs every case with --launch spawn)")
     if args.ray is not None:
         from .run.ray import RayExecutor
 
-        executor = RayExecutor(args.ray, cpus_per_case=args.ray_cpus_per_case)
-        executor.check_cases(suite.cases)
+        ray_executor = RayExecutor(args.ray, cpus_per_case=args.ray_cpus_per_case)
+        ray_executor.check_cases(suite.cases)
     if args.out is not None:
         run_dir = args.out
     elif args.resume:
@@ -137,11 +142,14 @@ def cmd_run(args) -> int:
     else:
         run_dir = new_run_dir(DEFAULT_OUT_BASE, suite.name)
     prepare_run_dir(run_dir, suite, args.resume)
-    if executor is not None:
-        executor.connect()
+    if ray_executor is not None:
+        ray_executor.connect()
     print(f"{PROG}: suite {suite.name}: {len(suite.cases)} cases -> {run_dir}"
-          f"{f' on {executor.name}' if executor is not None else ''}", file=sys.stderr)
-    if executor is None:
+          f"{f' on {ray_executor.name}' if ray_executor is not None else ''}", file=sys.stderr)
+    executor: RayExecutor | LocalExecutor
+    if ray_executor is not None:
+        executor = ray_executor
+    else:
         from .run.runner import LocalExecutor
 
         executor = LocalExecutor(args.launch)
@@ -151,8 +159,7 @@ def cmd_run(args) -> int:
         print(f"\n{PROG}: {exc}; rerun with --resume --out {exc.run_dir}", file=sys.stderr)
         return 130
     finally:
-        if executor is not None:
-            executor.close()  # also where run_suite failed before it got to close it
+        executor.close()  # also where run_suite failed before it got to close it
     rows = read_results(run_dir).rows
     print(results_table(rows))
     print(status_summary(rows))

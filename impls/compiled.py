@@ -166,6 +166,10 @@ class _CompileStats:
     """Compilations and fallbacks since the last reset (see CompiledBackend.compile_stats)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to none: in place, since every kernel of a backend holds this object."""
         self.compile_ids: set[tuple] = set()
         self.fell_back = False
         self.reason = ""
@@ -177,11 +181,12 @@ class _CompileStats:
 
 def _describe(exc: BaseException) -> str:
     """One line: the exception and the one it was raised from (dynamo wraps the real cause)."""
-    parts = []
-    while exc is not None and len(parts) < 2:
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        parts.append(f"{type(exc).__name__}: {first_line}")
-        exc = exc.__cause__
+    parts: list[str] = []
+    link: BaseException | None = exc
+    while link is not None and len(parts) < 2:
+        first_line = (str(link).strip().splitlines() or [""])[0]
+        parts.append(f"{type(link).__name__}: {first_line}")
+        link = link.__cause__
     return " <- ".join(parts)
 
 
@@ -546,7 +551,7 @@ class CompiledBackend:
                 "reason": self._stats.reason}
 
     def reset_compile_stats(self) -> None:
-        self._stats.__init__()
+        self._stats.reset()
 
     def _bucket_of(self, proj: torch.Tensor) -> torch.Tensor:
         """The compiled bucket choice on (rows, n_buckets / 2) projections: batch, heads and

@@ -50,9 +50,9 @@ def resolve_buckets(seq_len: int, n_buckets: int | None, chunk_len: int | None) 
     of the two means n_buckets = 2 * seq_len / chunk_len, or chunk_len = 2 * seq_len / n_buckets (the
     paper's choice, so that a bucket of average size spans about two chunks). ValueError where the
     values do not tile seq_len."""
-    if n_buckets is None and chunk_len is None:
-        raise ValueError("n_buckets and chunk_len cannot both be automatic (None or \"auto\"): set one of them")
     if n_buckets is None:
+        if chunk_len is None:
+            raise ValueError("n_buckets and chunk_len cannot both be automatic (None or \"auto\"): set one of them")
         if seq_len % chunk_len:
             raise ValueError(f"seq_len={seq_len} is not a multiple of chunk_len={chunk_len}")
         return max(2, 2 * seq_len // chunk_len), chunk_len  # 2 * (seq / chunk_len): even

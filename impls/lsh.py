@@ -239,7 +239,7 @@ def dedup_counts(rank_rows: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tens
     in a window in the current round counts that round, so counts there are >= 1.
     """
     g = rank_rows.shape[0]
-    counts = None
+    counts: torch.Tensor | None = None
     for r in range(rank_rows.shape[1]):
         rank = rank_rows[:, r]
         q_chunk = (rank.gather(1, q_pos.reshape(g, -1)).view(q_pos.shape) // chunk_len).unsqueeze(-1)
@@ -248,6 +248,8 @@ def dedup_counts(rank_rows: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tens
         if n_chunks > 1:
             in_window |= k_chunk == (q_chunk - 1) % n_chunks
         counts = in_window.to(torch.int32) if counts is None else counts + in_window
+    if counts is None:
+        raise ValueError(f"rank_rows must hold at least one round, got shape {tuple(rank_rows.shape)}")
     return counts
 
 

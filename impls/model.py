@@ -15,8 +15,10 @@ what grows with depth is the parameters' gradients and each layer's hash buckets
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -112,8 +114,9 @@ def _init_weights(module: nn.Module) -> None:
     """N(0, 0.02) weights, zero biases (GPT-2 / nanoGPT); LayerNorm keeps its (1, 0)."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
+        bias = getattr(module, "bias", None)  # nn.Embedding has none
+        if isinstance(bias, torch.Tensor):
+            nn.init.zeros_(bias)
 
 
 # --- embeddings ------------------------------------------------------------------------------------
@@ -396,6 +399,11 @@ class _LanguageModel(nn.Module):
 
     norm: nn.LayerNorm
     head: nn.Linear
+    blocks: nn.ModuleList
+
+    def block_list(self) -> Iterable[Block]:
+        """The blocks, typed as Blocks (nn.ModuleList is not generic: its items type as Module)."""
+        return cast("Iterable[Block]", self.blocks)
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -473,7 +481,7 @@ class ReformerLM(_LanguageModel):
             y1, y2 = ReversibleStack.apply(x, list(self.blocks), lsh_cfgs, self.ff_chunks, *params)
         else:
             y1 = y2 = x
-            for block, lsh_cfg in zip(self.blocks, lsh_cfgs):
+            for block, lsh_cfg in zip(self.block_list(), lsh_cfgs):
                 y1 = y1 + block.attn(y2, lsh_cfg)[0]
                 y2 = y2 + block.ff(y1, self.ff_chunks)
         return self.norm(torch.cat([y1, y2], dim=-1))
@@ -499,7 +507,7 @@ class TransformerLM(_LanguageModel):
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
-        for block in self.blocks:
+        for block in self.block_list():
             x = x + block.attn(x, self.attn_cfg)[0]
             x = x + block.ff(x, self.ff_chunks)
         return self.norm(x)
@@ -532,13 +540,14 @@ def chunked_lm_loss(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor
     positions = max(1, block_elements // (batch * head.out_features))
     if positions >= n:
         return _summed_cross_entropy(hidden, targets, head) / targets.numel()
-    total = None
+    total: torch.Tensor | None = None
     for h_piece, t_piece in zip(hidden.split(positions, dim=1), targets.split(positions, dim=1)):
         if torch.is_grad_enabled():
             piece = checkpoint(_summed_cross_entropy, h_piece, t_piece, head, use_reentrant=False)
         else:
             piece = _summed_cross_entropy(h_piece, t_piece, head)
         total = piece if total is None else total + piece
+    assert total is not None  # positions < n: at least one piece
     return total / targets.numel()
 
 

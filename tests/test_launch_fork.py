@@ -16,7 +16,9 @@ from tests.processes import alive
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(launch.DEFAULT_LAUNCH != "fork", reason="the fork launcher is Linux's")
+# slow: every test here starts fork servers and runs cases in their children.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(launch.DEFAULT_LAUNCH != "fork", reason="the fork launcher is Linux's")]
 
 
 @pytest.fixture(autouse=True)

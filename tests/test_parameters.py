@@ -11,7 +11,6 @@ import pytest
 
 from harness import cli
 from harness.errors import UserError
-from harness.measure import metrics
 from harness.suite import load_suite, parameters
 from harness.suite.case import Case
 
@@ -61,19 +60,7 @@ def _harness_digest() -> str:
     return hashlib.sha1(b"".join(p.read_bytes() for p in files)).hexdigest()
 
 
-@pytest.fixture
-def tables_restored():
-    """The plugin's parameter and metric join this process's tables: take them out again afterwards."""
-    saved_parameters = dict(parameters.PARAMETERS_TABLE)
-    saved_metrics, saved_measurements = dict(metrics.METRICS), list(metrics.MEASUREMENTS)
-    yield
-    parameters.PARAMETERS_TABLE.clear()
-    parameters.PARAMETERS_TABLE.update(saved_parameters)
-    metrics.METRICS.clear()
-    metrics.METRICS.update(saved_metrics)
-    metrics.MEASUREMENTS[:] = saved_measurements
-
-
+@pytest.mark.slow  # runs a suite through the CLI: a worker process per case
 def test_a_parameter_from_a_plugin_module(tmp_path, capsys, tables_restored):
     before = _harness_digest()
     (tmp_path / "param_plugin.py").write_text(PLUGIN)

@@ -307,6 +307,36 @@ def test_plotly_js_is_inlined_once_and_the_rest_stays_small(tmp_path):
     assert "http://" not in page.replace(plotly_js, "") and "https://" not in page.replace(plotly_js, "")
 
 
+def test_failures_columns_and_the_folded_sentence_come_from_the_parameter_and_metric_tables(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from harness.measure import metrics
+    from harness.suite import parameters
+
+    rows = [row(backend="eager", seq_len=L, n_hashes=2, chunk_len=32, status="oom", reason=f"oom at {L}",
+                rss_note="sampled every tick")
+            for L in (256, 512)]
+
+    def sections(name: str) -> tuple[str, str]:
+        page = write_report([write_results_dir(tmp_path / name, rows)], tmp_path / f"{name}.html").read_text()
+        failures = page.split('<section id="failures">')[1].split("</section>")[0]
+        cases = page.split('<section id="cases">')[1].split("</section>")[0]
+        return failures, cases
+
+    failures, cases = sections("as-declared")
+    assert "<th>L (tokens)</th>" in failures and "<th>n_hashes</th>" in failures
+    assert "<th>chunk_len</th>" not in failures
+    assert "rss_note = sampled every tick" not in cases
+    # A parameter the table marks for the failures table is a column there, under its title; a metric
+    # it marks as a run setting is folded into the sentence above the cases table.
+    monkeypatch.setitem(parameters.PARAMETERS_TABLE, "chunk_len",
+                        replace(parameters.PARAMETERS_TABLE["chunk_len"], in_failures=True, title="chunk"))
+    monkeypatch.setitem(metrics.METRICS, "rss_note", replace(metrics.METRICS["rss_note"], run_setting=True))
+    failures, cases = sections("marked")
+    assert "<th>chunk</th>" in failures and "<td>32</td>" in failures
+    assert "rss_note = sampled every tick" in cases
+
+
 def test_comparison_flags_slower_failed_and_larger_cases(tmp_path):
     baseline_rows = scaling_rows()
     candidate_rows = scaling_rows(time_scale=1.25)

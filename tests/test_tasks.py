@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "tests" / "suites" / "toy_task.toml"
 
 
-def test_a_plugin_task_trains_evaluates_and_gets_its_report_section(tmp_path):
+@pytest.mark.slow  # runs a suite: a training and its evaluations, each in a worker process
+def test_a_plugin_task_trains_evaluates_and_gets_its_report_section(tmp_path, tables_restored):
     suite = load_suite(TOY)
     assert [(c.mode, c.train_n_hashes, c.eval_n_hashes) for c in suite.cases] == [
         ("train", 2, None), ("evaluate", 2, 0), ("evaluate", 2, 2)]

@@ -10,9 +10,13 @@ a book's distant passages may not be cut mid-block).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from impls.model import ReformerLM, TransformerLM
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -63,7 +67,7 @@ def held_out_windows(held_out: torch.Tensor, seq_len: int, max_windows: int | No
 
 
 @torch.no_grad()
-def held_out_bits(model: torch.nn.Module, windows: torch.Tensor, batch: int) -> float:
+def held_out_bits(model: ReformerLM | TransformerLM, windows: torch.Tensor, batch: int) -> float:
     """Mean next-token cross-entropy of `model` (an impls.model LM: hidden and head) on the windows,
     in bits per token, over all windows x (seq_len - 1) predicted tokens. Runs in eval mode and
     restores the module's mode afterwards."""

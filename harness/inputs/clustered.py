@@ -59,8 +59,8 @@ def clustered_inputs(batch: int, heads: int, seq_len: int, d_head: int, generato
     for name, value, minimum in (("batch", batch, 1), ("heads", heads, 1), ("seq_len", seq_len, 1),
                                  ("d_head", d_head, 1), ("n_centres", n_centres, 1)):
         _require_int(name, value, minimum)
-    for name, value in (("spread", spread), ("norm", norm), ("value_noise", value_noise)):
-        _require_nonnegative(name, value)
+    for name, amount in (("spread", spread), ("norm", norm), ("value_noise", value_noise)):
+        _require_nonnegative(name, amount)
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got generator={type(generator).__name__}")
     rows = (batch, heads)

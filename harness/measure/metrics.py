@@ -46,7 +46,9 @@ class Metric:
     two runs in the report (larger is worse). noise: the metric whose value is the measurement noise of
     this one (a change within it is no regression). quantity: what it measures in a word or two, where
     two runs are compared (the report's comparison columns, ratios and verdicts); default its title.
-    benchmark: part of a pytest-benchmark test's extra_info."""
+    benchmark: part of a pytest-benchmark test's extra_info. run_setting: says how the case ran rather
+    than what it measured; the report folds it into the sentence above its cases table where every row
+    has the same value."""
 
     name: str
     unit: str
@@ -61,6 +63,7 @@ class Metric:
     noise: str | None = None
     quantity: str = ""
     benchmark: bool = False
+    run_setting: bool = False
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -186,7 +189,7 @@ _BUILT_IN = (
     Metric("time_iqr_s", "s", "Q3 - Q1 of the timed calls; 0 for one repeat", title="IQR", shown_unit="ms",
            terminal=True),
     Metric("time_min_s", "s", "fastest timed call", title="min", shown_unit="ms"),
-    Metric("repeats", "1", "timed calls", kind="count"),
+    Metric("repeats", "1", "timed calls", kind="count", run_setting=True),
     Metric("tokens_per_s", "tokens/s", "batch * seq_len / time_median_s (a model: tokens of one step); a training "
            "case: tokens trained per second of the steps it ran",
            title="tokens/s", fmt=",.0f"),
@@ -200,7 +203,7 @@ _BUILT_IN = (
            title="peak mem", shown_unit="MiB", terminal=True, gate="always", tolerance=0.05, quantity="memory",
            benchmark=True),
     Metric("mem_method", "", "how mem_peak_bytes was measured, or why it was not", kind="text", title="memory method",
-           benchmark=True),
+           benchmark=True, run_setting=True),
     Metric("mem_bound", "", "exact, or lower bound: memory the method cannot see was used (an ATen kernel's "
            "workspace outside tensors, a compiled or interpreted kernel's own scratch)", kind="text",
            title="memory is"),
@@ -281,8 +284,8 @@ _BUILT_IN = (
            "tasks/<case id>/curve.json of the run directory)", kind="trace"),
     Metric("checkpoint", "", "training cases: the checkpoint the evaluations load", kind="text"),
     Metric("interpreted", "", "ran under an interpreter (the Triton interpreter on the CPU): its time is not "
-           "the kernel's", kind="flag"),
-    Metric("peer", "", "package and version behind a peer backend", kind="text"),
+           "the kernel's", kind="flag", run_setting=True),
+    Metric("peer", "", "package and version behind a peer backend", kind="text", run_setting=True),
     Metric("stage", "", "the worker's last stage (where a failure happened)", kind="text"),
     Metric("node", "", "the host the case ran on (harness.env.node_facts)", kind="text"),
     Metric("node_gpu", "", "the GPU a CUDA case ran on, by NVML's name (null for a CPU case)", kind="text"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -142,6 +143,7 @@ def scaling_groups(frame: pd.DataFrame) -> list[ScalingGroup]:
     groups = []
     for context, rows in _groups(frame, context_keys()):
         tokens = (rows["batch"] * rows["seq_len"]).dropna().unique()
+        candidates: list[tuple[dict, Any, int | None]]  # (context, its rows, the token budget where fixed)
         if len(tokens) == 1 and rows["batch"].nunique() > 1:
             candidates = [(context, rows, int(tokens[0]))]
         else:

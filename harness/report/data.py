@@ -61,7 +61,7 @@ def series_label(row: dict) -> str:
     """How a plot legend names a row's series: "eager LSH-4", + the labels of its true LSH flags (" dedup",
     " buckets replayed": harness.suite.parameters), the backend alone for dense."""
     n_hashes = row.get("n_hashes")
-    hashes = n_hashes is not None and not (isinstance(n_hashes, float) and math.isnan(n_hashes))
-    if row.get("backend_kind") == "dense" or not hashes:
+    if row.get("backend_kind") == "dense" or n_hashes is None or (isinstance(n_hashes, float)
+                                                                    and math.isnan(n_hashes)):
         return str(row["backend"])
     return " ".join([f"{row['backend']} LSH-{int(n_hashes)}", *flag_labels(row)])

@@ -142,7 +142,8 @@ def series_style(series: Series, backend: str, index: int) -> dict:
         return {"color": palette[place % len(palette)], "dash": "solid" if series.kind == "dense" else "dashdot",
                 "marker": "circle"}
     n_hashes = _hashes_of(series.name)
-    color = HASH_COLORS.get(n_hashes, OTHER_COLORS[index % len(OTHER_COLORS)])
+    other = OTHER_COLORS[index % len(OTHER_COLORS)]
+    color = other if n_hashes is None else HASH_COLORS.get(n_hashes, other)
     return {"color": color, "dash": LSH_DASHES[place % len(LSH_DASHES)],
             "marker": LSH_MARKERS[place % len(LSH_MARKERS)]}
 
@@ -318,7 +319,8 @@ def grid_figures(frame: pd.DataFrame) -> list[Figure]:
             unit, scale = units(ok[column].dropna())
             z, cell_text = [], []
             for n in hashes:
-                z_row, t_row = [], []
+                z_row: list[float | None] = []  # None: no ok run in the cell
+                t_row: list[str] = []
                 for b in buckets:
                     cell = rows[(rows["n_hashes"] == n) & (rows["n_buckets"] == b)]
                     good = cell[cell["status"] == "ok"][column].dropna()

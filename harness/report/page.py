@@ -64,8 +64,6 @@ REASON_CHARS_IN_CASES = 80
 
 #: Report columns that are not parameters: where a row came from.
 CASE_CONTEXT_EXTRA = (("run", "results dir", None),)
-#: Metrics folded into the sentence above the cases table when every row has the same value.
-FOLDED_METRICS = ("mem_method", "repeats", "interpreted", "peer")
 
 
 def case_parameter_columns() -> list[tuple[str, str, str | None]]:
@@ -97,7 +95,7 @@ def case_columns() -> list[tuple[str, str, object]]:
 def folded_keys() -> tuple[str, ...]:
     """Columns folded into the sentence above the cases table when every row has the same value."""
     return (tuple(key for key, _, _ in case_parameter_columns() + case_context_columns() if key != "case_id")
-            + FOLDED_METRICS)
+            + tuple(m.name for m in metrics(lambda m: m.run_setting)))
 
 
 # --- the public entry points ---------------------------------------------------------------------------
@@ -314,7 +312,7 @@ def _environment_frame(sets: list[ResultSet]) -> pd.DataFrame:
     columns = {}
     for result_set in sets:
         values = {"results dir": str(result_set.path), "cases": len(result_set.rows)}
-        tables = {}
+        tables: dict[str, dict] = {}
         for key, value in result_set.run.items():
             if key == "matmul_peak":  # shown on its own above
                 continue
@@ -322,7 +320,7 @@ def _environment_frame(sets: list[ResultSet]) -> pd.DataFrame:
                 tables[key] = value
             else:
                 values[key] = value
-        values.update(tables.pop("environment", None) or tables.pop("env", None) or {})
+        values.update(tables.pop("environment", {}) or tables.pop("env", {}))
         for key, table in tables.items():
             values[key] = ", ".join(f"{k}={_plain(v)}" for k, v in table.items())
         columns[result_set.path.name] = {k: _plain(v) for k, v in values.items()}
@@ -387,11 +385,14 @@ def _failures_table(frame: pd.DataFrame) -> Markup | None:
     failed = frame[frame["status"] != "ok"]
     if failed.empty:
         return None
-    columns = ["case_id", "suite", "backend", "mode", "seq_len", "batch", "n_buckets", "n_hashes", "status"]
-    table = failed[columns + (["stage"] if "stage" in failed.columns else []) + ["reason"]].copy()
-    for key in ("seq_len", "batch", "n_buckets", "n_hashes"):
-        table[key] = _format_column(table[key], 1, "int")
-    return _table(table.rename(columns={"case_id": "case", "seq_len": "L (tokens)"}), wrap=True)
+    shown = [p for p in parameters(lambda p: p.in_row and p.in_failures) if p.name in failed.columns]
+    # How it failed: the metric table's status, the worker's last stage (where rows have it) and why.
+    how = ["status"] + (["stage"] if "stage" in failed.columns else []) + ["reason"]
+    table = failed[[p.name for p in shown] + how].copy()
+    for p in shown:
+        if p.fmt == "int":
+            table[p.name] = _format_column(table[p.name], 1, "int")
+    return _table(table.rename(columns={p.name: p.title for p in shown if p.title}), wrap=True)
 
 
 def _comparison_data(compared: pd.DataFrame, figure: Figure | None) -> dict:
@@ -417,8 +418,8 @@ def _comparison_data(compared: pd.DataFrame, figure: Figure | None) -> dict:
     names["present"] = "in"
     # Keys with one value for every case go into a sentence instead of a column of repeats.
     constant = {k: show[k].iloc[0] for k in keys if show[k].nunique(dropna=False) == 1}
-    keys = [k for k in keys if k not in constant]
-    table = show[["verdict"] + keys + list(names)].rename(
+    varying = [k for k in keys if k not in constant]
+    table = show[["verdict"] + varying + list(names)].rename(
         columns=names | {"seq_len": "L (tokens)", "verdict": "regression"})
     regressions = table[show["verdict"] != ""]
     return {

@@ -54,7 +54,7 @@ def row_checks() -> dict[str, Callable[[object], str | None]]:
     from ..measure.metrics import metrics
     from ..suite.parameters import parameters
 
-    checks = {p.name: p.row_error for p in parameters(lambda p: p.in_row)}
+    checks: dict[str, Callable[[object], str | None]] = {p.name: p.row_error for p in parameters(lambda p: p.in_row)}
     checks.update({m.name: _METRIC_CHECKS[m.kind] for m in metrics() if m.name != "status"})
     return checks
 

@@ -70,6 +70,8 @@ class ForkServer:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "harness.run.forkserver", str(os.getpid())],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both PIPE above
+        self._requests, self._replies = self.proc.stdin, self.proc.stdout
         try:
             self.ready = self._reply(READY_TIMEOUT_S, "its start")
         except BaseException:
@@ -85,8 +87,8 @@ class ForkServer:
         request = {"case_file": str(case_file), "result_file": str(result_file), "log_file": str(log_file),
                    "spawned_at": spawned_at, "env": env}
         try:
-            self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            self.proc.stdin.flush()
+            self._requests.write((json.dumps(request) + "\n").encode())
+            self._requests.flush()
         except (BrokenPipeError, OSError):
             raise ServerDied(self._death("the request")) from None
         pid = self._reply(FORK_TIMEOUT_S, "the fork")["pid"]
@@ -94,12 +96,12 @@ class ForkServer:
 
     def _reply(self, timeout_s: float | None, during: str) -> dict:
         """The server's next line; subprocess.TimeoutExpired after timeout_s, ServerDied at its end."""
-        fd = self.proc.stdout.fileno()
+        fd = self._replies.fileno()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while b"\n" not in self._buffer:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             readable, _, _ = select.select([fd], [], [], remaining)
-            if not readable:
+            if not readable and timeout_s is not None:  # without a timeout, select returns only when readable
                 raise subprocess.TimeoutExpired("fork server", timeout_s)
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -123,12 +125,12 @@ class ForkServer:
         """End the server (its stdin's end ends its loop) and remove its directory."""
         if self.proc.poll() is None:
             try:
-                self.proc.stdin.close()
+                self._requests.close()
                 self.proc.wait(timeout=5.0)
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
+        for stream in (self._requests, self._replies):
             try:
                 stream.close()
             except OSError:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..results.store import new_row
 from ..suite import Case
-from .forkserver import ForkServer, ServerDied
+from .forkserver import ForkedChild, ForkServer, ServerDied
 
 LAUNCH_METHODS = ("fork", "spawn")
 # Fork where a forked child is known safe and dies with its server (Linux: PR_SET_PDEATHSIG).
@@ -55,12 +55,13 @@ def run_case_in_worker(case: Case, run_dir: Path | None = None, on_progress=None
     if launch not in LAUNCH_METHODS:
         raise ValueError(f"launch must be one of {LAUNCH_METHODS}, got launch={launch!r}")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="reformer-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="reformer-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         case_file, result_file, log_file = tmp / "case.json", tmp / "result.json", tmp / "worker.log"
         case_file.write_text(case.to_json())
         env = _worker_env(case, tmp, run_dir)
         with open(log_file, "w") as log:
+            proc: subprocess.Popen | ForkedChild
             try:
                 if launch == "fork":
                     proc = _server_for(case, env).fork(case_file, result_file, log_file, time.time(), env)
@@ -128,7 +129,7 @@ def close_servers() -> None:
 atexit.register(close_servers)
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float, log_file: Path, on_progress) -> int:
+def _wait(proc: subprocess.Popen | ForkedChild, timeout_s: float, log_file: Path, on_progress) -> int:
     """proc.wait(timeout_s), handing the worker's `progress:` lines to on_progress as they come."""
     if on_progress is None:
         return proc.wait(timeout=timeout_s)

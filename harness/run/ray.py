@@ -26,6 +26,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from ..env import describe_node
 from ..errors import UserError
@@ -99,7 +100,7 @@ def _case_task(case: Case, run_dir: str | None = None):
     # A task case keeps its checkpoints in the run directory: on a cluster it must be a shared one.
     # Spawned, not forked: a fork server would live on in the Ray worker process between tasks, with
     # no point at which the run could end it.
-    row = launch.run_case_in_worker(case, run_dir, launch="spawn")
+    row = launch.run_case_in_worker(case, None if run_dir is None else Path(run_dir), launch="spawn")
     row.update(node)
     yield "row", row
 
@@ -164,11 +165,12 @@ class RayExecutor:
         if address == "auto":
             try:  # Ray's own lookup (RAY_ADDRESS, then this machine's latest cluster); private, so guarded
                 from ray._private.services import canonicalize_bootstrap_address
-                address = canonicalize_bootstrap_address("auto")
+                found = canonicalize_bootstrap_address("auto")
             except Exception:  # no cluster found, or the lookup moved: ray.init says
                 return
-            if not address:
+            if not found:
                 return
+            address = found
         host, _, port = address.rpartition(":")
         try:
             socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()

@@ -230,7 +230,7 @@ def _earlier_failures(suite: Suite, rows: list[dict]) -> dict[str, tuple[int, st
     cases = {case.case_id: case for case in suite.cases}
     failures: dict[str, tuple[int, str]] = {}
     for row in rows:
-        case = cases.get(row.get("case_id"))
+        case = cases.get(str(row.get("case_id")))
         if case is not None and _ends_series(row):
             _note_failure(failures, case, row["status"])
     return failures

@@ -26,8 +26,8 @@ def check_parameters(p: dict, where: str) -> None:
 def check_applies(case: dict, where: str) -> None:
     """A parameter set to something else than its default in a case it means nothing for is an error."""
     for parameter in parameters(lambda q: q.applies is not None):
-        value = case[parameter.name]
-        if value != parameter.default and not parameter.applies(case):
+        value, applies = case[parameter.name], parameter.applies
+        if value != parameter.default and applies is not None and not applies(case):
             shown = json.dumps(value, default=str)
             raise UserError(f"{where}: {parameter.name} = {shown} needs {parameter.applies_to}, got "
                             f"backend={case['backend']!r} ({case['backend_kind']}), workload={case['workload']!r}"
@@ -67,7 +67,7 @@ def make_case(params: dict, settings: dict, model: dict, known: list[str], where
     from_seq_len = ["batch"] if settings["fixed_tokens"] is not None else []
     # LSH settings mean nothing for a dense baseline: None there, so that a sweep over n_hashes does
     # not run the same dense case once per value.
-    lsh_only = {q.name: None for q in parameters(lambda q: q.role == "lsh-only")}
+    lsh_only: dict[str, Any] = {q.name: None for q in parameters(lambda q: q.role == "lsh-only")}
     if kind != "dense":
         lsh_only = {key: p[key] for key in lsh_only}
         lsh_only["n_buckets"], lsh_only["chunk_len"] = resolve_buckets(p, where)

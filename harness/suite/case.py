@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import MISSING, asdict, field, make_dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import MISSING, Field, asdict, field, make_dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..tasks.registry import attention_label as attention_label  # how a task's attention is named
 from .parameters import BUILT_IN, parameters, plugin_parameters, row_parameters
@@ -50,6 +50,7 @@ class _CaseRecord:
     """The methods of a Case; its fields are made from the parameter table below."""
 
     if TYPE_CHECKING:  # a type checker sees the table's fields as attributes of any type
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # made a dataclass by make_dataclass below
         case_id: str
         from_seq_len: tuple[str, ...]
         extra: dict

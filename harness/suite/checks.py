@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import UserError
 
@@ -45,7 +45,7 @@ def expect(ok: bool, where: str, key: str, value: Any, wanted: str) -> None:
         raise UserError(f"{where}: {key} must be {wanted}, got {key}={value!r}")
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 from ..errors import UserError
 from .checks import MODEL_PREFIX, check_keys, is_int
@@ -64,7 +65,8 @@ def check_model_config(case_model: dict, p: dict, n_buckets, chunk_len, n_hashes
     """Build the ModelConfig the worker will build, so that a bad value is an error here."""
     from impls.model import ModelConfig
 
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in case_model.items() if k not in MODEL_EXTRA_KEYS}
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in case_model.items()
+                              if k not in MODEL_EXTRA_KEYS}
     fields.setdefault("max_seq_len", p["seq_len"])
     lsh = {} if n_hashes is None else {"n_hashes": n_hashes, "chunk_len": chunk_len, "n_buckets": n_buckets,
                                        "dedup": bool(dedup)}

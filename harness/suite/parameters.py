@@ -24,7 +24,7 @@ Its value reaches the worker as case.extra["temperature"], and rows, `show` and 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,14 +56,15 @@ class Parameter:
     description add where it is true. hashed_default: whether the default value is hashed into the
     case id of a built-in parameter; False for those added after ids were published, so that the cases
     that leave them at their default keep their ids. A plugin's parameter is hashed only when set to
-    something else than its default, whatever this says."""
+    something else than its default, whatever this says. in_failures: a column of the report's failures
+    table, which tells a failed case at a glance."""
 
     name: str
     default: Any
     type: str
     how: str
     role: str
-    choices: tuple = ()
+    choices: Collection = ()  # a registry (a dict) where plugins add values
     minimum: float | None = None
     auto: bool = False
     valid: Callable[[Any], bool] | None = None
@@ -78,6 +79,7 @@ class Parameter:
     fmt: str | None = None
     flag_label: str = ""
     hashed_default: bool = True
+    in_failures: bool = False
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -100,8 +102,8 @@ class Parameter:
         if self.type == "bool":
             return "true or false"
         if self.type == "int":
-            text = {1: "a positive integer", 0: "an integer >= 0", None: "an integer"}.get(
-                self.minimum, f"an integer >= {self.minimum}")
+            texts: dict[float | None, str] = {1: "a positive integer", 0: "an integer >= 0", None: "an integer"}
+            text = texts.get(self.minimum, f"an integer >= {self.minimum}")
             return text + (" or \"auto\"" if self.auto else "")
         if self.type == "number":
             return "a number" if self.minimum is None else f"a number >= {self.minimum}"
@@ -242,27 +244,30 @@ def flag_labels(row: dict) -> list[str]:
 
 _BUILT_IN = (
     Parameter("case_id", None, "text", "the case's stable id (harness.suite.case.case_id)", "identity",
-              in_suite=False, nullable=False, column="context", title="case"),
-    Parameter("suite", None, "text", "the suite's name", "grouping", in_suite=False, column="context"),
+              in_suite=False, nullable=False, column="context", title="case", in_failures=True),
+    Parameter("suite", None, "text", "the suite's name", "grouping", in_suite=False, column="context",
+              in_failures=True),
     Parameter("backend", None, "text", "the attention implementation (impls registry); None: the first LSH backend",
-              "identity", wanted="a backend name", column="parameter"),
+              "identity", wanted="a backend name", column="parameter", in_failures=True),
     Parameter("backend_kind", None, "text", "lsh | dense | peer (impls.backend_info)", "identity", in_suite=False,
               column="context", title="kind"),
     Parameter("workload", "attention", "text", "attention: attend(qk, v); layer: x -> projections -> attention -> "
               "output projection; model: the backend's language model, shaped by the [model] table", "grouping",
               choices=WORKLOADS, column="parameter"),
-    Parameter("mode", "forward", "text", "what one timed call does", "grouping", choices=MODES, column="parameter"),
+    Parameter("mode", "forward", "text", "what one timed call does", "grouping", choices=MODES, column="parameter",
+              in_failures=True),
     Parameter("seq_len", 1024, "int", "tokens per sequence", "series", minimum=1, nullable=False, column="parameter",
-              title="L (tokens)", fmt="int"),
+              title="L (tokens)", fmt="int", in_failures=True),
     Parameter("batch", 1, "int", "sequences per call (batch = fixed_tokens / seq_len under a token budget)",
-              "series", minimum=1, column="parameter", fmt="int"),
+              "series", minimum=1, column="parameter", fmt="int", in_failures=True),
     Parameter("heads", 4, "int", "attention heads", "grouping", minimum=1, column="context", fmt="int"),
     Parameter("d_head", 64, "int", "dimension per head", "grouping", minimum=1, column="context", fmt="int"),
     # "auto": n_buckets = 2 * seq_len / chunk_len, or chunk_len = 2 * seq_len / n_buckets
     # (impls.config.resolve_buckets); at most one of the two may be "auto".
     Parameter("n_buckets", "auto", "int", "buckets per hash round (even)", "lsh-only", minimum=1, auto=True,
-              column="parameter", fmt="int"),
-    Parameter("n_hashes", 4, "int", "hash rounds", "lsh-only", minimum=1, column="parameter", fmt="int"),
+              column="parameter", fmt="int", in_failures=True),
+    Parameter("n_hashes", 4, "int", "hash rounds", "lsh-only", minimum=1, column="parameter", fmt="int",
+              in_failures=True),
     Parameter("chunk_len", 64, "int", "sorted positions per chunk", "lsh-only", minimum=1, auto=True,
               column="parameter", fmt="int"),
     Parameter("causal", False, "bool", "a query never attends to a later position", "grouping", column="parameter"),

@@ -33,7 +33,7 @@ def suite_settings(table: dict, path: Path) -> dict:
     check_keys(table, SETTINGS, where, "[suite]")
     settings = {**SETTINGS, **table}
     settings["name"] = settings["name"] or path.stem
-    expect(isinstance(settings["name"], str) and settings["name"], where, "[suite] name", settings["name"],
+    expect(isinstance(settings["name"], str) and settings["name"] != "", where, "[suite] name", settings["name"],
             "a non-empty string")
     expect(isinstance(settings["description"], str), where, "[suite] description",
             settings["description"], "a string")

@@ -19,7 +19,8 @@ def describe(row: dict, with_backend: bool = False, leave_out=(), model_keys=Non
     """e.g. "layer fwd+bwd, 16,384 tokens, batch 1, 4 rounds, chunk 64"."""
     parts = [row["backend"]] if with_backend else []
     workload = row.get("workload") or "attention"
-    mode = MODE_SHORT.get(row.get("mode"), str(row.get("mode")))
+    mode = str(row.get("mode"))
+    mode = MODE_SHORT.get(mode, mode)
     parts.append(mode if workload == "attention" else f"{workload} {mode}")
     parts.append(f"{row['seq_len']:,} tokens" if isinstance(row.get("seq_len"), int) else "")
     if row.get("batch") not in (None, 1):

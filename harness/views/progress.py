@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from typing import TextIO
+from typing import Any, TextIO
 
 BAR_WIDTH = 24
 
@@ -28,7 +28,7 @@ class Progress:
         self.done = 0
         self.started = time.monotonic()
         self.statuses: Counter = Counter()
-        self._bar = None
+        self._bar: Any = None  # a rich.progress.Progress while a bar shows (rich is imported only then)
         self._task = None
 
     def begin(self, total: int, skipped: int = 0) -> None:

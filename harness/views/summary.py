@@ -35,8 +35,9 @@ def lsh_keys() -> tuple[str, ...]:
 
 def _key(row: dict, keys, drop=()) -> str:
     values = {k: row.get(k) for k in keys}
-    if values.get("model") and drop:
-        values["model"] = {k: v for k, v in values["model"].items() if k not in drop}
+    model = values.get("model")
+    if isinstance(model, dict) and drop:
+        values["model"] = {k: v for k, v in model.items() if k not in drop}
     return json.dumps(values, sort_keys=True, default=str)
 
 
@@ -57,7 +58,7 @@ def comparisons(rows: list[dict], compare_against=()) -> list[dict]:
     setting, lsh = setting_keys(), lsh_keys()
     shape_keys = tuple(k for k in setting if k not in lsh)
     ok = [r for r in rows if r.get("status") == "ok" and r.get("backend")]
-    base_rows = {name: {} for name in against}
+    base_rows: dict[str, dict[str, dict]] = {name: {} for name in against}
     for row in ok:
         if row["backend"] in base_rows:
             keys = shape_keys if row.get("backend_kind") == "dense" else setting

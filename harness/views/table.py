@@ -3,6 +3,7 @@ every metric the table marks `terminal` (harness.measure.metrics), with its unit
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 
 from ..measure.metrics import Metric, metrics
 from ..results.store import STATUSES
@@ -10,19 +11,28 @@ from ..suite.case import attention_label
 from ..suite.parameters import plugin_parameters
 from .describe import MODE_SHORT, varying_model_keys
 
+# How a row shows in a column: its text, None where it has no value ("-").
+Show = Callable[[dict], object]
 
-def _what(row: dict) -> str:
-    mode = MODE_SHORT.get(row.get("mode"), row.get("mode"))
+
+def _what(row: dict) -> str | None:
+    mode = row.get("mode")
+    if isinstance(mode, str):
+        mode = MODE_SHORT.get(mode, mode)
     workload = row.get("workload")
     return mode if workload in (None, "attention") else f"{workload} {mode}"
 
 
-def _int(key: str):
+def _text(key: str) -> Show:
+    return lambda row: None if row.get(key) is None else str(row[key])
+
+
+def _int(key: str) -> Show:
     return lambda row: None if row.get(key) is None else f"{row[key]:d}" if isinstance(row[key], int) else str(row[key])
 
 
 # (header, value of a row): what the case is, then how it ended.
-CASE_COLUMNS = (
+CASE_COLUMNS: tuple[tuple[str, Show], ...] = (
     # An interpreted backend's times are the interpreter's, not the kernels': said next to its name.
     ("backend", lambda r: None if r.get("backend") is None else r["backend"] + (" (interpreted)" if r.get("interpreted")
                                                                                  else "")),
@@ -46,16 +56,16 @@ def _task_setting(row: dict) -> str | None:
     return f"{row['task']} {trained} evaluated with {attention_label(row['eval_n_hashes'])}"
 
 
-def _metric_column(metric: Metric):
+def _metric_column(metric: Metric) -> tuple[str, Show]:
     return metric.column, lambda row: metric.format(row.get(metric.name))
 
 
-def columns(rows: list[dict] = ()) -> list[tuple[str, object]]:
+def columns(rows: Sequence[dict] = ()) -> list[tuple[str, Show]]:
     """The case columns (with a "model" column of the model keys that differ, where rows differ in
     them), then the terminal metrics."""
     cols = list(CASE_COLUMNS)
     # A plugin's parameters (harness.suite.parameters), before the status, where some row sets one.
-    cols[-1:-1] = [(p.title or p.name, lambda r, key=p.name: None if r.get(key) is None else str(r[key]))
+    cols[-1:-1] = [(p.title or p.name, _text(p.name))
                    for p in plugin_parameters() if p.in_row and any(r.get(p.name) is not None for r in rows)]
     if any(r.get("task") for r in rows):
         cols.insert(2, ("task", _task_setting))
