@@ -202,7 +202,7 @@ class SelfAttention(nn.Module):
             if hashes:
                 raise ValueError("share_qk=False needs full attention (a dense backend): LSH hashes the shared "
                                  "query-keys")
-            self.to_k = nn.Linear(cfg.d_model, cfg.d_model, bias=False)  # to_qk then holds the queries
+            self.to_k: nn.Linear | None = nn.Linear(cfg.d_model, cfg.d_model, bias=False)  # to_qk: queries
         else:
             self.to_k = None
 

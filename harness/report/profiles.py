@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -215,7 +216,7 @@ def peak_live_figure(frame: pd.DataFrame) -> Figure | None:
                            textposition="outside", hovertext=first["hovertext"], hoverinfo="text",
                            marker={"color": first["marker.color"][0]}))
     height = 150 + PEAK_BAR_HEIGHT * max(len(c["bars"]) for c in cases)
-    buttons = []
+    buttons: list[dict[str, Any]] = []
     for case in cases:
         trace = _peak_trace(case, scale)
         peak = f"{case['peak'] / scale:,.3g} {scale_unit} at the peak" if case["peak"] else "peak unknown"
