@@ -37,4 +37,3 @@ def _lm() -> Task:
 
 
 register_task("lm", _lm)
-from . import lm_metrics  # noqa: E402,F401 -- the lm task's row metrics, known without loading torch
