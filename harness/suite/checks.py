@@ -51,3 +51,16 @@ def is_int(value: Any) -> TypeGuard[int]:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def flat_dotted_keys(table: dict, key: str, where: str, section: str) -> tuple[dict, dict | None]:
+    """{key: {"a": 1}} (TOML `key.a = 1`) -> ({"key.a": 1}, {"a": 1}): the table with key's sub-table
+    flattened into dotted keys, and the sub-table (None where there is none) for its own checks."""
+    flat = {k: v for k, v in table.items() if k != key}
+    nested = table.get(key)
+    if nested is None:
+        return flat, None
+    if not isinstance(nested, dict):
+        raise UserError(f"{where}: {section} {key} must be {key}.<key> = values, got {key}={nested!r}")
+    flat.update({f"{key}.{k}": v for k, v in nested.items()})
+    return flat, nested

@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..plugins import register_plugins
 from .build import _task_cases, make_case
 from .case import Case
-from .checks import array_of_tables, check_keys, did_you_mean, is_number, section_table
+from .checks import array_of_tables, check_keys, did_you_mean, flat_dotted_keys, is_number, section_table
 from .model_table import MODEL_HINT, check_model_keys, flat_model_keys, model_keys
 from .parameters import defaults as parameter_defaults
 from .parameters import names
@@ -126,19 +126,12 @@ def expand_suite(data: dict, path: Path, backends: list[str] | None = None,
 
 # `task_table.<key> = values` in [sweep] or [[include]]: those cases' [task] table has <key> set so (a
 # task's training settings compared in one suite, e.g. an ablation); checked by the task like the table.
-TASK_TABLE_PREFIX = "task_table."
+TASK_TABLE_PREFIX = "task_table."  # flat_dotted_keys writes the same prefix
 
 
 def _flat_task_keys(table: dict, where: str, section: str) -> dict:
     """{"task_table": {"share_qk": false}} -> {"task_table.share_qk": false}."""
-    flat = {k: v for k, v in table.items() if k != "task_table"}
-    nested = table.get("task_table")
-    if nested is None:
-        return flat
-    if not isinstance(nested, dict):
-        raise UserError(f"{where}: {section} task_table must be task_table.<key> = values, got task_table={nested!r}")
-    flat.update({f"{TASK_TABLE_PREFIX}{k}": v for k, v in nested.items()})
-    return flat
+    return flat_dotted_keys(table, "task_table", where, section)[0]
 
 
 def _untasked(table: dict) -> dict:

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from ..errors import UserError
-from .checks import MODEL_PREFIX, check_keys, is_int
+from .checks import MODEL_PREFIX, check_keys, flat_dotted_keys, is_int
 
 # [model] keys that the case sets: LSH settings and causality are case axes, swept like any other.
 MODEL_KEYS_FROM_CASE = ("n_hashes", "chunk_len", "n_buckets", "causal", "dedup")
@@ -35,14 +35,9 @@ def check_model_keys(table: dict, where: str, section: str) -> None:
 
 def flat_model_keys(table: dict, where: str, section: str) -> dict:
     """{"model": {"layers": [2, 4]}} (TOML `model.layers = [2, 4]`) -> {"model.layers": [2, 4]}."""
-    flat = {k: v for k, v in table.items() if k != "model"}
-    nested = table.get("model")
-    if nested is None:
-        return flat
-    if not isinstance(nested, dict):
-        raise UserError(f"{where}: {section} model must be model.<key> = values, got model={nested!r}")
-    check_model_keys(nested, where, f"{section} model.")
-    flat.update({f"{MODEL_PREFIX}{k}": v for k, v in nested.items()})
+    flat, nested = flat_dotted_keys(table, "model", where, section)
+    if nested is not None:
+        check_model_keys(nested, where, f"{section} model.")
     return flat
 
 
