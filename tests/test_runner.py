@@ -186,7 +186,10 @@ def test_ctrl_c_keeps_finished_rows(tmp_path):
 @pytest.mark.slow
 def test_results_survive_a_killed_sweep_and_resume_completes_it(tmp_path):
     suite_file = SUITES / "three_cases.toml"
-    cmd = [sys.executable, "-m", "harness.cli", "run", str(suite_file), "--out", str(tmp_path), "--no-report"]
+    # Spawned workers: forked ones end these three unavailable cases within one poll of the file, so the
+    # kill would land after the last row (the test is of resume, not of a launcher).
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(suite_file), "--out", str(tmp_path), "--no-report",
+           "--launch", "spawn"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = tmp_path / RESULTS_FILE
     deadline = time.monotonic() + 60
@@ -226,9 +229,14 @@ def test_killed_runner_takes_its_worker_with_it(tmp_path, launch):
     pids = [worker_pid]
     if launch == "fork":  # the runner's child is the fork server; the case's worker is its child
         # The server forks the case once its imports are done: on a loaded machine that takes a while.
+        # The runner's first child may be a short-lived one (git, asked for the run's commit): ask again
+        # which child the runner has until that child has a child of its own, the case's worker.
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and len(pids) == 1:
-            pids += [pid for pid in [_child_pid(worker_pid)] if pid is not None]
+            server = _child_pid(proc.pid) or worker_pid
+            case_worker = _child_pid(server)
+            if case_worker is not None:
+                pids = [server, case_worker]
             time.sleep(0.1)
         assert len(pids) == 2
     proc.send_signal(signal.SIGKILL)
