@@ -52,8 +52,10 @@ def _register_builtin_backends() -> None:
                      cpu_interpreter_env={"TRITON_INTERPRET": "1"}, requires=("triton",),
                      description="fused Triton kernels (on the CPU only under the Triton interpreter)")
     register_backend("dense", dense, kind="dense", reference=True,
+                     conventions={"unit_keys": True, "masks_self": True, "scaled": False},
                      description="exact shared-QK attention, seq x seq scores: the reference LSH approximates")
     register_backend("sdpa", sdpa, kind="dense",
+                     conventions={"unit_keys": False, "masks_self": False, "scaled": True},
                      description="torch scaled_dot_product_attention (flash / memory-efficient kernels)")
 
     from .peers import register_peers  # public implementations; their packages load only when asked

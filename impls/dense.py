@@ -28,9 +28,6 @@ class DenseBackend:
     """The reference: exact shared-QK attention, O(seq^2) memory."""
 
     name = "dense"
-    # The shared-QK conventions it computes (what a task's report says of its full attention): keys
-    # normalised to unit length, a position's own key masked, scores q.k unscaled.
-    unit_keys, masks_self, scaled = True, True, False
 
     def available(self) -> tuple[bool, str]:
         return True, ""
@@ -46,8 +43,6 @@ class SdpaBackend:
     key normalisation and no self-mask, so it computes a different function from `dense`."""
 
     name = "sdpa"
-    # As DenseBackend's: raw keys (the queries), own key visible, scores q.q / sqrt(d).
-    unit_keys, masks_self, scaled = False, False, True
 
     def available(self) -> tuple[bool, str]:
         return True, ""

@@ -65,6 +65,8 @@ class BackendInfo:
         standard AttentionLayer around attend().
     model: builds this backend's language model (impls.model); None: ReformerLM for "lsh" kinds,
         TransformerLM for "dense".
+    conventions: for a full attention, which function it computes: unit_keys (keys normalised to unit
+        length), masks_self (a position's own key masked), scaled (scores / sqrt(d)).
     """
 
     name: str
@@ -80,6 +82,7 @@ class BackendInfo:
     layer: Callable | None = None
     model: Callable | None = None
     description: str = ""
+    conventions: Mapping[str, bool] = field(default_factory=dict)
 
     def runs_on(self, device: str) -> bool:
         return str(device).split(":")[0] in self.devices
@@ -101,7 +104,8 @@ def register_backend(name: str, factory: Callable[[], AttentionBackend], *, kind
                      compiles: bool = False, capabilities: Iterable[str] = (), flops_via: str | None = None,
                      reference: bool = False,
                      package: str | None = None, requires: tuple[str, ...] = (), layer: Callable | None = None,
-                     model: Callable | None = None, description: str = "") -> BackendInfo:
+                     model: Callable | None = None, description: str = "",
+                     conventions: Mapping[str, bool] | None = None) -> BackendInfo:
     """Register `factory` (called once, on first use) under `name` with its metadata (BackendInfo).
 
     A second registration of a name replaces the first (a suite plugin may override a backend)."""
@@ -121,7 +125,7 @@ def register_backend(name: str, factory: Callable[[], AttentionBackend], *, kind
                        compiles=compiles, capabilities=declared,
                        flops_via=flops_via, reference=reference, package=package,
                        requires=tuple(requires) or ((package,) if package else ()), layer=layer, model=model,
-                       description=description)
+                       description=description, conventions=MappingProxyType(dict(conventions or {})))
     _INFO[name] = info
     _FACTORIES[name] = factory
     _INSTANCES.pop(name, None)

@@ -5,7 +5,7 @@ harness.tasks.duplication), the chance level, the training curves and accuracy a
 A row's full attention is its `full_attention`; an LSH-trained model evaluated with LSH uses none (null):
 that cell is the same model and the same evaluation in every table. Rows from before the key existed
 that use full attention ran it through the registry's reference backend. Which convention a full
-attention follows is read from what its backend declares it computes (unit_keys, masks_self, scaled).
+attention follows is read from what its backend's registration declares (BackendInfo.conventions).
 """
 from __future__ import annotations
 
@@ -60,16 +60,18 @@ def report_sections(frame: pd.DataFrame, paper: dict, fastai: dict | None = None
 
 
 def convention(full: str) -> tuple[str, str]:
-    """(a short label, where it comes from) of a full attention backend, from the conventions it declares
-    (unit_keys, masks_self, scaled: impls.dense); its registry description where it declares none."""
+    """(a short label, where it comes from) of a full attention backend, from the conventions its
+    registration declares (unit_keys, masks_self, scaled: impls.BackendInfo.conventions); its registry
+    description where it declares none."""
     import impls
 
     try:
-        backend, description = impls.get_backend(full), impls.backend_info(full).description
+        info = impls.backend_info(full)
     except (ValueError, ImportError):
         return "a dense backend", f"Full attention through the {full} backend."
-    declared = [getattr(backend, key, None) for key in ("unit_keys", "masks_self", "scaled")]
+    declared = [info.conventions.get(key) for key in ("unit_keys", "masks_self", "scaled")]
     if None in declared:
+        description = info.description
         return description or "a dense backend", f"Full attention through the {full} backend: {description}."
     unit_keys, masks_self, scaled = declared
     short = ", ".join(["scores / sqrt(d)" if scaled else "scores unscaled",
