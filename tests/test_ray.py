@@ -349,3 +349,76 @@ def test_node_names_the_host_and_a_cuda_case_s_gpu():
     assert node_facts("cpu") == {"node": socket.gethostname(), "node_gpu": None}
     # node_gpu: the GPU's name where NVML finds it, else None; node: the host either way
     assert node_facts("cuda")["node"] == socket.gethostname()
+
+
+# A task whose trainings each wait, before training, until every training of the suite has started: run
+# one after another, the first would wait in vain and end in error. Built on the toy task's plugin.
+TOGETHER_PLUGIN = '''
+import time
+from pathlib import Path
+
+from harness.tasks import get_task, register_task
+
+import toy_task
+
+HERE = Path(__file__).parent
+TRAININGS = 2
+
+
+class TrainsTogether(type(get_task("copy_with_offset"))):
+    def train(self, config, run, checkpoint_path, on_step=None):
+        (HERE / f"training-{run.n_hashes}").write_text("")
+        deadline = time.monotonic() + 60
+        while len(list(HERE.glob("training-*"))) < TRAININGS:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the other training did not start while this one waited")
+            time.sleep(0.05)
+        return super().train(config, run, checkpoint_path, on_step)
+
+
+register_task("copy_together", TrainsTogether())
+'''
+
+
+@needs_ray
+def test_a_task_suite_s_trainings_run_at_once_on_ray_each_evaluation_after_its_own(ray_head, tmp_path):
+    (tmp_path / "toy_task.py").write_text((SUITES / "toy_task.py").read_text())
+    (tmp_path / "together.py").write_text(TOGETHER_PLUGIN)
+    suite = tmp_path / "together.toml"
+    suite.write_text('''
+[suite]
+name = "together"
+plugins = ["together"]
+threads = 1               # one CPU a case: the test head's two CPUs run both trainings
+measure_peak = false
+
+[defaults]
+task = "copy_together"
+backend = "eager"
+chunk_len = 8
+timeout_s = 300
+
+[sweep]
+train_n_hashes = [1, 2]
+eval_n_hashes = [0, 1]
+
+[task]
+steps = 20
+''')
+    done = _run(suite, tmp_path / "out", "--ray", ray_head, timeout=240)
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 6 and all(row["status"] == "ok" for row in rows), [(r["case_id"], r["reason"]) for r in rows]
+    from datetime import datetime
+
+    def span(row):
+        start = datetime.fromisoformat(row["started_at"]).timestamp()
+        return start, start + row["wall_s"]
+
+    trainings = {row["case_id"]: span(row) for row in rows if row["eval_n_hashes"] is None}
+    (a_start, a_end), (b_start, b_end) = trainings.values()
+    assert a_start < b_end and b_start < a_end  # they overlapped
+    cases = {case.case_id: case for case in load_suite(suite).cases}
+    for row in rows:
+        if row["eval_n_hashes"] is not None:
+            assert span(row)[0] >= trainings[cases[row["case_id"]].depends_on][1]

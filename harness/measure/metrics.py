@@ -256,6 +256,9 @@ _BUILT_IN = (
            kind="text", title="op table"),
     Metric("worker_setup_s", "s", "worker process start to inputs built (before the first call)",
            title="worker setup", shown_unit="s"),
+    Metric("started_at", "", "when the case's worker was started (UTC, ISO 8601, the launching node's clock): with "
+           "wall_s, when the case ran, e.g. which cases of a Ray run ran at the same time", kind="text",
+           title="started"),
     Metric("wall_s", "s", "the whole case as the runner saw it: start-up, every pass, exit", title="wall",
            shown_unit="s"),
     Metric("work_s", "s", "the measured work inside the worker: the timing pass (first, warm-up and timed calls), "

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..results.store import new_row
@@ -54,7 +55,7 @@ def run_case_in_worker(case: Case, run_dir: Path | None = None, on_progress=None
     launch = launch or DEFAULT_LAUNCH
     if launch not in LAUNCH_METHODS:
         raise ValueError(f"launch must be one of {LAUNCH_METHODS}, got launch={launch!r}")
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     with tempfile.TemporaryDirectory(prefix="reformer-bench-") as tmp_name:
         tmp = Path(tmp_name)
         case_file, result_file, log_file = tmp / "case.json", tmp / "result.json", tmp / "worker.log"
@@ -74,7 +75,7 @@ def run_case_in_worker(case: Case, run_dir: Path | None = None, on_progress=None
                     )
             except (OSError, ServerDied, subprocess.TimeoutExpired) as exc:
                 # no executable, no memory or process slots left, a server that died starting: a row, not the end
-                return _with_wall_time(_start_failure_row(case, exc), time.monotonic() - started)
+                return _with_wall_time(_start_failure_row(case, exc), started_at, time.monotonic() - started)
             server_death = None
             try:
                 returncode = _wait(proc, case.timeout_s, log_file, on_progress)
@@ -88,11 +89,12 @@ def run_case_in_worker(case: Case, run_dir: Path | None = None, on_progress=None
                 _kill_group(proc)
                 raise
         row = _worker_row(case, result_file, log_file, returncode, server_death)
-    return _with_wall_time(row, time.monotonic() - started)
+    return _with_wall_time(row, started_at, time.monotonic() - started)
 
 
-def _with_wall_time(row: dict, wall_s: float) -> dict:
-    """The row with wall_s and overhead_s (wall_s less the worker's work_s) set."""
+def _with_wall_time(row: dict, started_at: float, wall_s: float) -> dict:
+    """The row with started_at, wall_s and overhead_s (wall_s less the worker's work_s) set."""
+    row["started_at"] = datetime.fromtimestamp(started_at, timezone.utc).isoformat(timespec="milliseconds")
     row["wall_s"] = wall_s
     row["overhead_s"] = wall_s - (row.get("work_s") or 0.0)
     return row

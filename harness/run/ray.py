@@ -183,22 +183,58 @@ class RayExecutor:
         """The resources of every alive node."""
         return [n.get("Resources", {}) for n in self._ray.nodes() if n.get("Alive")]
 
-    def run(self, cases: Iterable[Case], started: Callable[[Case], None]) -> Iterator[tuple[Case, dict]]:
+    # The runner hands over a case with the case it depends on (a task's training and its evaluations)
+    # and calls run with dependency_row: every training of a suite runs at once, each evaluation after
+    # its own training.
+    runs_dependents = True
+
+    def run(self, cases: Iterable[Case], started: Callable[[Case], None],
+            dependency_row: Callable[[Case], dict | None] | None = None) -> Iterator[tuple[Case, dict]]:
+        """Submit every case at once, except those whose dependency is among these cases and has not
+        ended: each is submitted when that one's row has been yielded (and recorded by the runner),
+        or yields dependency_row(case) instead when that says it may not run."""
         ray = self._ray
         self.connect()
         task = ray.remote(num_returns="streaming", max_retries=0, retry_exceptions=False)(_case_task)
         nodes = self._nodes()
         largest_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
         pending = self._pending
-        for case in cases:
+        cases = list(cases)
+        unended = {case.case_id for case in cases}
+        held: list[Case] = []  # waiting for the case they depend on
+
+        def submit(case: Case) -> dict | None:
+            """Submit the case; its row instead where it cannot run."""
             resources = task_resources(case, self.cpus_per_case, largest_cpus)
             reason = unplaceable(resources, nodes)
             if reason is not None:  # a device the cluster lacks, as a local run without CUDA
-                started(case)
-                yield case, _unavailable_row(case, reason)
-                continue
+                return _unavailable_row(case, reason)
             run_dir = str(self.run_dir.resolve()) if self.run_dir else None
             pending[task.options(name=case.case_id, **resources).remote(case, run_dir)] = case
+            return None
+
+        def release(ended: str) -> Iterator[tuple[Case, dict]]:
+            """The cases that waited for `ended`: submitted, or their rows where they cannot run."""
+            unended.discard(ended)
+            for case in [c for c in held if c.depends_on == ended]:
+                held.remove(case)
+                row = dependency_row(case) if dependency_row is not None else None
+                if row is None:
+                    row = submit(case)
+                if row is not None:
+                    started(case)
+                    yield case, row
+                    yield from release(case.case_id)
+
+        for case in cases:
+            if case.depends_on in unended:
+                held.append(case)
+                continue
+            row = submit(case)
+            if row is not None:
+                started(case)
+                yield case, row
+                yield from release(case.case_id)
         where: dict = {}  # generator -> (node facts, monotonic time its case started)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -218,6 +254,7 @@ class RayExecutor:
                 if kind == "failed":
                     value = _failure_row(case, value, *where.get(gen, (None, None)))
                 yield case, value
+                yield from release(case.case_id)
 
     def close(self) -> None:
         """Cancel what is still outstanding and leave the cluster (stopping a local instance)."""

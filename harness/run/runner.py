@@ -9,7 +9,10 @@ directory that already holds rows is refused: appending a second run would give 
 
 Where the workers run is the executor's business: LocalExecutor runs them one after another on this
 machine; harness.run.ray.RayExecutor fans them out over a Ray cluster. An executor takes a batch of
-cases and yields (case, row) as each ends. With skip_larger_after_failure the sweep is handed over one
+cases and yields (case, row) as each ends. A case that depends on another (a task's evaluation on its
+training) runs after that one ended ok: LocalExecutor gets batches cut so that the dependency's row is
+known first; RayExecutor (runs_dependents) gets them whole and holds such a case until then, so that a
+suite's trainings run at once. With skip_larger_after_failure the sweep is handed over one
 sequence length at a time, shortest first, so that a failure can still skip the longer cases of its series.
 """
 from __future__ import annotations
@@ -146,21 +149,34 @@ def run_suite(suite: Suite, run_dir: Path, resume: bool = False, progress=None,
 
     batches = ([list(group) for _, group in itertools.groupby(cases, key=lambda c: c.seq_len)]
                if skip_larger else [cases])
-    batches = [part for batch in batches for part in _after_dependencies(batch)]
+    # An executor that runs cases at once and holds a dependent case until its dependency has ended
+    # (RayExecutor) gets the batch whole; another gets it cut so that a dependency has ended first.
+    runs_dependents = getattr(executor, "runs_dependents", False)
+    if not runs_dependents:
+        batches = [part for batch in batches for part in _after_dependencies(batch)]
+
+    def dependency_row(case: Case) -> dict | None:
+        return _dependency_row(case, ended.get(case.depends_on), unavailable.get(case.depends_on))
+
     with ResultsWriter(run_dir / RESULTS_FILE) as writer:
         try:
             for batch in batches:
                 to_run = []
+                queued: set[str] = set()  # the executor holds a case whose dependency it is given
                 for case in batch:
                     row = _skip_row(case, failed_series) if failed_series else None
-                    if row is None and case.depends_on is not None:
-                        row = _dependency_row(case, ended.get(case.depends_on), unavailable.get(case.depends_on))
+                    if (row is None and case.depends_on is not None
+                            and not (runs_dependents and case.depends_on in queued)):
+                        row = dependency_row(case)
                     if row is None:
                         to_run.append(case)
+                        queued.add(case.case_id)
                     else:
                         started(case)
                         record(writer, case, row)
-                for case, row in executor.run(to_run, started):
+                ran = (executor.run(to_run, started, dependency_row=dependency_row) if runs_dependents
+                       else executor.run(to_run, started))
+                for case, row in ran:
                     record(writer, case, row)
         except KeyboardInterrupt:
             raise SweepInterrupted(len(result.rows), run_dir) from None
