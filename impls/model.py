@@ -334,14 +334,20 @@ class ReversibleStack(torch.autograd.Function):
             record.ff_rng = RngState(x.device) if training else None
             x2 = x2 + block.ff(x1, ff_chunks)
             records.append(record)
-        ctx.save_for_backward(x1, x2)
+        # Kept as detached aliases, not save_for_backward: the backward drops them once it has read
+        # them (saved tensors would stay alive, two residual streams, until the whole backward ends).
+        # Detached, so that no reference cycle runs through the outputs' grad_fn.
+        ctx.outputs = (x1.detach(), x2.detach())
         ctx.blocks, ctx.lsh_cfgs, ctx.ff_chunks, ctx.records = blocks, lsh_cfgs, ff_chunks, records
         ctx.param_index = {id(p): i for i, p in enumerate(params)}
         return x1, x2
 
     @staticmethod
     def backward(ctx, dy1, dy2):
-        y1, y2 = ctx.saved_tensors
+        if ctx.outputs is None:
+            raise RuntimeError("ReversibleStack's backward frees the outputs it reconstructs from: it runs "
+                               "once per forward (retain_graph=True is not supported)")
+        (y1, y2), ctx.outputs = ctx.outputs, None
         dy1 = torch.zeros_like(y1) if dy1 is None else dy1
         dy2 = torch.zeros_like(y2) if dy2 is None else dy2
         param_grads: list[torch.Tensor | None] = [None] * len(ctx.param_index)
@@ -373,9 +379,14 @@ class ReversibleStack(torch.autograd.Function):
                     grad_piece.copy_(grads[0])
                     accumulate(ff_params, grads[1:])
                     del ff_piece, grads
+            # Each tensor is dropped as soon as it is spent (the chunk views too: a view keeps its
+            # whole buffer alive), and sums go into buffers of our own: the attention's recompute
+            # and backward below then run beside y1, x2, dx1 and dy2 alone.
+            del y1_piece, dy2_piece, out_piece, grad_piece
             x2 = y2 - ff_out
-            dx1 = dy1 + dy1_ff
-            del ff_out, dy1_ff
+            del y2, ff_out
+            dx1 = dy1_ff.add_(dy1)  # dy1 + dy2 dFF/dy1
+            del dy1, dy1_ff
 
             # y1 = x1 + Attn(x2): recompute with the forward's buckets and RNG state.
             attn_params = [p for p in block.attn.parameters() if id(p) in ctx.param_index]
@@ -384,10 +395,12 @@ class ReversibleStack(torch.autograd.Function):
                 attn_out, _ = block.attn(x2, lsh_cfg, buckets=record.buckets)
             grads = torch.autograd.grad(attn_out, [x2, *attn_params], dx1, allow_unused=True)
             x1 = y1 - attn_out.detach()
-            dx2 = dy2 + grads[0]
+            del y1, attn_out
+            dx2 = grads[0].add_(dy2)  # a fresh tensor of autograd's: ours to add into
             accumulate(attn_params, grads[1:])
-            del attn_out, grads
-            y1, y2, dy1, dy2 = x1, x2.detach(), dx1, dx2
+            del grads, dy2
+            # ruff takes these for unused: the next layer's iteration reads them (its dels confuse it).
+            y1, y2, dy1, dy2 = x1, x2.detach(), dx1, dx2  # noqa: F841
         # Both streams started as x.
         return (dy1 + dy2, None, None, None, *param_grads)
 

@@ -168,6 +168,33 @@ def test_the_live_set_names_the_modules_of_a_model(tmp_path):
     assert any(g["where"].split(" | ")[0] not in ("(no module)",) for g in groups if g["count"])
 
 
+def test_the_reversible_backward_s_peak_holds_no_stream_of_the_forward(tmp_path):
+    """At the peak of a reversible model's loss and gradients (inside its stack's backward) the forward's
+    own tensors are gone but for the inputs: the outputs the backward reconstructs from are dropped
+    once read (they were held to its end as saved tensors, two residual streams)."""
+    seq_len, d_model = 2048, 64
+    suite = _suite(tmp_path, f'workload = "model"\nmode = "forward_backward"\nseq_len = {seq_len}\ncausal = true',
+                   extra=f"[model]\nvocab = 32\nd_model = {d_model}\nheads = 2\nlayers = 2\nreversible = true",
+                   peak_live="true")
+    row = _run_in_process(suite.cases[0], tmp_path)
+    groups = json.loads((tmp_path / row["peak_live_file"]).read_text())["groups"]
+    assert any("backward of ReversibleStackBackward" in g["where"] for g in groups)
+    made_by_forward = sum(g["bytes"] for g in groups
+                          if "backward of" not in g["where"] and g["op"] != live_set.BEFORE_CALL_OP)
+    assert made_by_forward < seq_len * d_model * 4  # less than one residual stream
+
+
+def test_the_reversible_backward_runs_once_per_forward():
+    from impls.model import ModelConfig, ReformerLM
+
+    model = ReformerLM(ModelConfig(vocab=16, d_model=32, heads=2, d_ff=32, layers=2, max_seq_len=64, causal=True,
+                                   chunk_len=16, n_hashes=1, dropout=0.0, seed=0), reversible=True)
+    loss = model.hidden(torch.randint(0, 16, (1, 64))).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once per forward"):
+        loss.backward()
+
+
 # --- traces --------------------------------------------------------------------------------------
 
 def test_a_trace_opens_as_json_with_the_named_phases(tmp_path):
@@ -246,6 +273,34 @@ def test_profiling_on_runs_after_the_timed_calls(tmp_path, capsys):
     assert all(row[key] is not None for key in PROFILE_METRICS)
     assert row["phase_shares"]["lsh.attend"] > 0
     assert not phases._active
+
+
+@pytest.mark.parametrize("profiles", [False, True])
+def test_the_timed_calls_run_the_same_code_whether_profiles_are_asked_for_or_not(tmp_path, monkeypatch, profiles):
+    """Profiling off changes no timed figure: every timed call, of a case that asks for every profile too,
+    runs with the phases off, no profiler and no dispatch mode (the memory tracker's) active. That the
+    medians agree within noise is a measurement, not a unit test: README, "Profiles"."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    from harness.measure import timing
+
+    states = []
+    time_call = timing.time_call
+
+    def watched_time_call(fn, *args, **kwargs):
+        def call():
+            states.append((phases._active, torch.autograd.profiler._is_profiler_enabled,
+                           len(_get_current_dispatch_mode_stack())))
+            return fn()
+        return time_call(call, *args, **kwargs)
+
+    monkeypatch.setattr(timing, "time_call", watched_time_call)
+    on = {"phases": "true", "profile": "true", "peak_live": "true"} if profiles else {}
+    row = _run_in_process(_suite(tmp_path, **on).cases[0], tmp_path)
+    assert row["status"] == "ok" and row["time_median_s"] > 0
+    assert (row["phase_shares"] is not None) == profiles
+    assert len(states) == 1 + row["repeats"]  # the first call and the timed calls (warmup = 0)
+    assert set(states) == {(False, False, 0)}
 
 
 @pytest.mark.parametrize("method", launch.LAUNCH_METHODS)
