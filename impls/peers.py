@@ -32,11 +32,41 @@ the harness records status "unavailable". They are cost-matched to our backends,
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from .config import LSHConfig
 from .lsh import check_inputs
+from .phases import phase
+
+# A peer's own methods that are one of our named phases (impls.phases), wrapped in it on each of its
+# modules. Forward only: a peer's backward is autograd's, with no range of its own (its time is the
+# phases pass's "other"). transformers' unsort (ReverseSort) and round combination are inline: "other".
+HF_PHASES = {"_hash_vectors": "lsh.hash", "_get_sorted_bucket_idx_and_undo_sorted_bucket_idx": "lsh.sort",
+             "_gather_by_expansion": "lsh.gather", "_attend": "lsh.attend"}
+# reformer-pytorch sorts, gathers and attends inline in LSHAttention.forward: hashing alone is a method.
+REFORMER_PYTORCH_PHASES = {"hash_vectors": "lsh.hash"}
+
+
+def with_phases(module: nn.Module, phases_of: dict[str, str]) -> nn.Module:
+    """module, with each method named in phases_of, on it and its submodules, run inside its phase
+    (an instance attribute over the class's method; a no-op range unless the phases pass is on)."""
+    for sub in module.modules():
+        for method, name in phases_of.items():
+            original = getattr(sub, method, None)
+            if callable(original) and not isinstance(original, nn.Module):
+                object.__setattr__(sub, method, _in_phase(original, name))
+    return module
+
+
+def _in_phase(method, name: str):
+    @functools.wraps(method)
+    def ranged(*args, **kwargs):
+        with phase(name):
+            return method(*args, **kwargs)
+    return ranged
 
 
 class _Slice(nn.Module):
@@ -85,7 +115,7 @@ class HFLSHBackend:
             module.query_key = _Slice(0, width)
             module.value = _Slice(width, 2 * width)
             module.eval()  # no dropout; hashing is the same in train and eval mode
-            self._modules[key] = module.to(device=device, dtype=dtype)
+            self._modules[key] = with_phases(module.to(device=device, dtype=dtype), HF_PHASES)
         return self._modules[key]
 
     def attend(self, qk: torch.Tensor, v: torch.Tensor, cfg: LSHConfig) -> torch.Tensor:
@@ -135,7 +165,9 @@ class ReformerPytorchBackend:
         if key not in self._modules:
             from reformer_pytorch.reformer_pytorch import LSHAttention
 
-            self._modules[key] = LSHAttention(bucket_size=chunk_len, n_hashes=cfg.n_hashes, causal=cfg.causal).eval()
+            self._modules[key] = with_phases(
+                LSHAttention(bucket_size=chunk_len, n_hashes=cfg.n_hashes, causal=cfg.causal).eval(),
+                REFORMER_PYTORCH_PHASES)
         # Rotations come from torch's global generator in reformer-pytorch: seed it for repeatability.
         torch.manual_seed(cfg.seed)
         out, _, _ = self._modules[key](qk.reshape(batch * heads, seq_len, d_head),
@@ -172,8 +204,8 @@ def hf_lsh_layer(heads: int, d_head: int, cfg: LSHConfig, seq_len: int) -> nn.Mo
     from transformers.models.reformer.modeling_reformer import LSHSelfAttention
 
     chunk_len = cfg.resolve_chunk_len(seq_len)
-    return _HiddenStates(LSHSelfAttention(_hf_attention_config(heads, d_head, cfg, chunk_len, seq_len,
-                                                               attn_layers=["lsh"])))
+    return _HiddenStates(with_phases(LSHSelfAttention(_hf_attention_config(heads, d_head, cfg, chunk_len, seq_len,
+                                                                           attn_layers=["lsh"])), HF_PHASES))
 
 
 class _Seeded(nn.Module):
@@ -194,8 +226,9 @@ def reformer_pytorch_layer(heads: int, d_head: int, cfg: LSHConfig, seq_len: int
     from reformer_pytorch import LSHSelfAttention
 
     chunk_len = cfg.resolve_chunk_len(seq_len)
-    return _Seeded(LSHSelfAttention(dim=heads * d_head, heads=heads, dim_head=d_head, bucket_size=chunk_len,
-                                    n_hashes=cfg.n_hashes, causal=cfg.causal), cfg.seed)
+    return _Seeded(with_phases(LSHSelfAttention(dim=heads * d_head, heads=heads, dim_head=d_head,
+                                                bucket_size=chunk_len, n_hashes=cfg.n_hashes, causal=cfg.causal),
+                               REFORMER_PYTORCH_PHASES), cfg.seed)
 
 
 def _axial_shape(cfg) -> tuple[int, int]:
@@ -247,7 +280,8 @@ def hf_lsh_model(cfg, reversible: bool | None = None) -> nn.Module:
         hidden_dropout_prob=cfg.dropout, lsh_attention_probs_dropout_prob=cfg.dropout, hash_seed=cfg.seed,
         pad_token_id=0, eos_token_id=1,
         chunk_size_feed_forward=0 if cfg.ff_chunks == 1 else cfg.max_seq_len // cfg.ff_chunks)
-    return _PeerLM(ReformerModelWithLMHead(config), lambda m, tokens: m(input_ids=tokens).logits,
+    return _PeerLM(with_phases(ReformerModelWithLMHead(config), HF_PHASES),
+                   lambda m, tokens: m(input_ids=tokens).logits,
                    lambda m, tokens: m(input_ids=tokens, labels=tokens).loss)
 
 
@@ -268,7 +302,7 @@ def reformer_pytorch_model(cfg, reversible: bool | None = None) -> nn.Module:
         logits = m(tokens)
         return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, cfg.vocab), tokens[:, 1:].reshape(-1))
 
-    return _PeerLM(model, lambda m, tokens: m(tokens), loss)
+    return _PeerLM(with_phases(model, REFORMER_PYTORCH_PHASES), lambda m, tokens: m(tokens), loss)
 
 
 def register_peers(register_backend) -> None:

@@ -114,6 +114,20 @@ def test_phases_are_in_every_lsh_backend_on_the_cpu():
     assert not stats["fell_back"], stats["reason"]
 
 
+@pytest.mark.parametrize("backend, expected", [("hf_lsh", {"lsh.hash", "lsh.sort", "lsh.gather", "lsh.attend"}),
+                                               ("reformer_pytorch", {"lsh.hash"})])
+def test_a_peer_s_forward_phases_are_ranged_where_its_code_has_a_method_for_them(backend, expected):
+    info = impls.backend_info(backend)
+    ok, why = impls.get_backend(backend).available()
+    if not ok:
+        pytest.skip(why)
+    profile = phase_profile(_attention_call(backend, seq_len=256), "cpu")
+    assert set(profile.times_s) == expected | {OTHER}  # its backward, autograd's, is "other"
+    assert all(profile.times_s[name] > 0 for name in expected)
+    assert sum(profile.times_s.values()) == pytest.approx(profile.total_s, rel=1e-9)
+    assert info.kind == "peer"
+
+
 # --- the live set at the peak ------------------------------------------------------------------------
 
 def test_the_live_set_at_the_peak_is_what_lived_then():
