@@ -336,8 +336,10 @@ class ReversibleStack(torch.autograd.Function):
             records.append(record)
         # Kept as detached aliases, not save_for_backward: the backward drops them once it has read
         # them (saved tensors would stay alive, two residual streams, until the whole backward ends).
-        # Detached, so that no reference cycle runs through the outputs' grad_fn.
+        # Detached, so that no reference cycle runs through the outputs' grad_fn; their versions are
+        # checked in the backward, as autograd checks saved tensors (an alias shares the counter).
         ctx.outputs = (x1.detach(), x2.detach())
+        ctx.output_versions = (x1._version, x2._version)
         ctx.blocks, ctx.lsh_cfgs, ctx.ff_chunks, ctx.records = blocks, lsh_cfgs, ff_chunks, records
         ctx.param_index = {id(p): i for i, p in enumerate(params)}
         return x1, x2
@@ -348,6 +350,9 @@ class ReversibleStack(torch.autograd.Function):
             raise RuntimeError("ReversibleStack's backward frees the outputs it reconstructs from: it runs "
                                "once per forward (retain_graph=True is not supported)")
         (y1, y2), ctx.outputs = ctx.outputs, None
+        if (y1._version, y2._version) != ctx.output_versions:
+            raise RuntimeError("ReversibleStack's outputs were modified by an inplace operation after its "
+                               "forward: its backward reconstructs the activations from them")
         dy1 = torch.zeros_like(y1) if dy1 is None else dy1
         dy2 = torch.zeros_like(y2) if dy2 is None else dy2
         param_grads: list[torch.Tensor | None] = [None] * len(ctx.param_index)
@@ -381,7 +386,8 @@ class ReversibleStack(torch.autograd.Function):
                     del ff_piece, grads
             # Each tensor is dropped as soon as it is spent (the chunk views too: a view keeps its
             # whole buffer alive), and sums go into buffers of our own: the attention's recompute
-            # and backward below then run beside y1, x2, dx1 and dy2 alone.
+            # and backward below run beside y1, x2, dx1 and dy2 alone (and, all through, the incoming
+            # gradients of the last layer, which autograd holds until this backward returns).
             del y1_piece, dy2_piece, out_piece, grad_piece
             x2 = y2 - ff_out
             del y2, ff_out

@@ -33,6 +33,7 @@ the harness records status "unavailable". They are cost-matched to our backends,
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 from torch import nn
@@ -41,9 +42,11 @@ from .config import LSHConfig
 from .lsh import check_inputs
 from .phases import phase
 
-# A peer's own methods that are one of our named phases (impls.phases), wrapped in it on each of its
-# modules. Forward only: a peer's backward is autograd's, with no range of its own (its time is the
-# phases pass's "other"). transformers' unsort (ReverseSort) and round combination are inline: "other".
+# A peer's own methods that are one of our named phases (impls.phases), wrapped in it on the peer's
+# classes. A peer's backward is autograd's, with no range of its own (its time is the phases pass's
+# "other"), except where a reversible peer model re-runs these methods in its backward (transformers'
+# layers re-attend, reformer-pytorch re-hashes): those count in their phase. transformers' unsort
+# (ReverseSort) and round combination are inline: "other".
 HF_PHASES = {"_hash_vectors": "lsh.hash", "_get_sorted_bucket_idx_and_undo_sorted_bucket_idx": "lsh.sort",
              "_gather_by_expansion": "lsh.gather", "_attend": "lsh.attend"}
 # reformer-pytorch sorts, gathers and attends inline in LSHAttention.forward: hashing alone is a method.
@@ -51,13 +54,16 @@ REFORMER_PYTORCH_PHASES = {"hash_vectors": "lsh.hash"}
 
 
 def with_phases(module: nn.Module, phases_of: dict[str, str]) -> nn.Module:
-    """module, with each method named in phases_of, on it and its submodules, run inside its phase
-    (an instance attribute over the class's method; a no-op range unless the phases pass is on)."""
+    """module, with each method named in phases_of, of its class and its submodules' classes, run inside
+    its phase. On the class, once (a marked wrapper is not wrapped again), so that copies and pickles of
+    the module are plain; the range is the shared no-op unless the phases pass is on."""
     for sub in module.modules():
         for method, name in phases_of.items():
-            original = getattr(sub, method, None)
-            if callable(original) and not isinstance(original, nn.Module):
-                object.__setattr__(sub, method, _in_phase(original, name))
+            owner = next((c for c in type(sub).__mro__ if method in c.__dict__), None)
+            original = owner.__dict__[method] if owner is not None else None
+            # Plain functions only (a staticmethod wrapped as one would be bound); a marked one is ours.
+            if inspect.isfunction(original) and not getattr(original, "_reformer_bench_phase", None):
+                setattr(owner, method, _in_phase(original, name))
     return module
 
 
@@ -66,6 +72,7 @@ def _in_phase(method, name: str):
     def ranged(*args, **kwargs):
         with phase(name):
             return method(*args, **kwargs)
+    ranged._reformer_bench_phase = name  # type: ignore[attr-defined]
     return ranged
 
 

@@ -198,8 +198,8 @@ def test_the_reversible_backward_s_peak_holds_no_stream_of_the_forward(tmp_path)
     assert made_by_forward < seq_len * d_model * 4  # less than one residual stream
 
 
-def test_the_reversible_backward_runs_once_per_forward():
-    from impls.model import ModelConfig, ReformerLM
+def test_the_reversible_backward_runs_once_per_forward_on_its_unmodified_outputs():
+    from impls.model import ModelConfig, ReformerLM, ReversibleStack
 
     model = ReformerLM(ModelConfig(vocab=16, d_model=32, heads=2, d_ff=32, layers=2, max_seq_len=64, causal=True,
                                    chunk_len=16, n_hashes=1, dropout=0.0, seed=0), reversible=True)
@@ -207,6 +207,12 @@ def test_the_reversible_backward_runs_once_per_forward():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="runs once per forward"):
         loss.backward()
+    # Its outputs are not saved tensors, so it checks their versions itself, as autograd would.
+    y1, y2 = ReversibleStack.apply(model.embed(torch.randint(0, 16, (1, 64))), list(model.blocks),
+                                   model.lsh_configs(64), model.ff_chunks, *model.blocks.parameters())
+    y1.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (y1.sum() + y2.sum()).backward()
 
 
 # --- traces --------------------------------------------------------------------------------------

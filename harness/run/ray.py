@@ -188,11 +188,12 @@ class RayExecutor:
     # its own training.
     runs_dependents = True
 
-    def run(self, cases: Iterable[Case], started: Callable[[Case], None],
-            dependency_row: Callable[[Case], dict | None] | None = None) -> Iterator[tuple[Case, dict]]:
-        """Submit every case at once, except those whose dependency is among these cases and has not
-        ended: each is submitted when that one's row has been yielded (and recorded by the runner),
-        or yields dependency_row(case) instead when that says it may not run."""
+    def run(self, cases: Iterable[Case], started: Callable[[Case], None], *,
+            dependency_row: Callable[[Case], dict | None]) -> Iterator[tuple[Case, dict]]:
+        """Submit every case at once, except those whose dependency is among these cases: each waits
+        until that one's row has been yielded, then dependency_row(case) says whether it runs (None)
+        or gives its row. The consumer must record each row before it asks for the next (the runner
+        does): dependency_row reads the ended cases' statuses from that record."""
         ray = self._ray
         self.connect()
         task = ray.remote(num_returns="streaming", max_retries=0, retry_exceptions=False)(_case_task)
@@ -200,7 +201,8 @@ class RayExecutor:
         largest_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
         pending = self._pending
         cases = list(cases)
-        unended = {case.case_id for case in cases}
+        given = {case.case_id for case in cases}
+        unended = set(given)
         held: list[Case] = []  # waiting for the case they depend on
 
         def submit(case: Case) -> dict | None:
@@ -218,23 +220,23 @@ class RayExecutor:
             unended.discard(ended)
             for case in [c for c in held if c.depends_on == ended]:
                 held.remove(case)
-                row = dependency_row(case) if dependency_row is not None else None
-                if row is None:
-                    row = submit(case)
-                if row is not None:
-                    started(case)
-                    yield case, row
-                    yield from release(case.case_id)
+                yield from dispatch(case)
 
-        for case in cases:
-            if case.depends_on in unended:
-                held.append(case)
-                continue
-            row = submit(case)
+        def dispatch(case: Case) -> Iterator[tuple[Case, dict]]:
+            """Submit a case whose dependency (if among these cases) has ended; its row where it cannot run."""
+            row = dependency_row(case) if case.depends_on in given else None
+            if row is None:
+                row = submit(case)
             if row is not None:
                 started(case)
                 yield case, row
                 yield from release(case.case_id)
+
+        for case in cases:
+            if case.depends_on in unended:
+                held.append(case)
+            else:
+                yield from dispatch(case)
         where: dict = {}  # generator -> (node facts, monotonic time its case started)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
