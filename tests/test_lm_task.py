@@ -194,3 +194,18 @@ def test_the_report_states_the_ordering_and_gaps_in_seed_spreads():
     ablation = ablation_table(frame, spread).set_index(["setting", "seed"])
     assert ablation.loc[("separate Q and K, two streams", 0), "gap"] == "+0.100 (+2.0 seed spreads)"
     assert seed_spread(frame[frame["seed"] == 0]) is None
+
+
+def test_the_cost_table_shows_counts_as_integers_even_when_pandas_read_them_as_floats():
+    import pandas as pd
+
+    from harness.tasks.lm_report import BASELINE, cost_table
+
+    trained = pd.DataFrame([{"train_n_hashes": 0, "lm_setting": BASELINE, "seed": 1.0, "train_steps": 150.0,
+                             "train_s": 264.2, "tokens_per_s": 4651.0, "heldout_curve": [[150, 3.3, 260.0]]},
+                            {"train_n_hashes": 8, "lm_setting": BASELINE, "seed": float("nan"),
+                             "train_steps": None, "train_s": None, "tokens_per_s": None, "heldout_curve": None}])
+    shown = cost_table(trained).to_dict("records")
+    assert shown[0]["seed"] == 1 and type(shown[0]["seed"]) is int and shown[0]["steps"] == 150
+    assert shown[0]["final held-out bits (training attention)"] == "3.300"
+    assert shown[1]["seed"] is None and shown[1]["steps"] is None

@@ -93,7 +93,7 @@ def corpus_parts(rows: pd.DataFrame, key: str) -> list:
                            note=f"{tokens} held-out tokens per cell; lower is better."))
         parts.append(Text(ordering_text(table, spread)))
     if spread is not None:
-        parts.append(Text(f"Seed spread: full attention trained with seeds {sorted(baseline['seed'].unique())} "
+        parts.append(Text(f"Seed spread: full attention trained with seeds {sorted(int(s) for s in baseline['seed'].unique())} "
                           f"differs by {spread:.4f} bits per dim; gaps below are also stated in units of it."))
     ablation = ablation_table(evaluated, spread)
     if ablation is not None:
@@ -146,11 +146,16 @@ def cost_table(trained: pd.DataFrame) -> pd.DataFrame | None:
     for row in trained.sort_values(["lm_setting", "seed", "train_n_hashes"]).to_dict("records"):
         curve = row.get("heldout_curve") or []
         out.append({"trained with": attention_label(row["train_n_hashes"]), "setting": row.get("lm_setting"),
-                    "seed": row.get("seed"), "steps": row.get("train_steps"),
+                    "seed": _whole(row.get("seed")), "steps": _whole(row.get("train_steps")),
                     "training s": None if row.get("train_s") is None else f"{row['train_s']:.0f}",
                     "tokens/s": None if row.get("tokens_per_s") is None else f"{row['tokens_per_s']:.0f}",
                     "final held-out bits (training attention)": f"{curve[-1][1]:.3f}" if curve else None})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, dtype=object)  # a column of counts with a null stays counts
+
+
+def _whole(value):
+    """A count read back as a float (a column with nulls in pandas) shown as the integer it is."""
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def curve_chart(trained: pd.DataFrame, x: str, unigram: float | None, key: str) -> Chart | None:
