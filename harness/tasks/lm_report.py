@@ -93,7 +93,8 @@ def corpus_parts(rows: pd.DataFrame, key: str) -> list:
                            note=f"{tokens} held-out tokens per cell; lower is better."))
         parts.append(Text(ordering_text(table, spread)))
     if spread is not None:
-        parts.append(Text(f"Seed spread: full attention trained with seeds {sorted(int(s) for s in baseline['seed'].unique())} "
+        seeds = sorted(int(seed) for seed in baseline["seed"].unique())
+        parts.append(Text(f"Seed spread: full attention trained with seeds {seeds} "
                           f"differs by {spread:.4f} bits per dim; gaps below are also stated in units of it."))
     ablation = ablation_table(evaluated, spread)
     if ablation is not None:
