@@ -146,10 +146,11 @@ def test_a_suite_runs_and_an_uninstalled_corpus_is_unavailable_with_its_command(
     from harness.report.page import write_report
 
     page = write_report([tmp_path / "run"], tmp_path / "r.html").read_text()
-    section = page.split('<section id="lm-lm_tiny-pattern">')[1].split("</section>")[0]
+    section = page.split('<section id="lm-pattern-n32-b8-h2-d16-s30">')[1].split("</section>")[0]
     assert "trained x evaluated" in section and f"{evaluated[2]:.3f}" in section
     assert "unigram entropy 3.000" in section and ok[0]["corpus_sha256"] in section
-    assert all(f'id="fig-lm-lm_tiny-pattern-curve-{x}"' in section for x in ("step", "seconds"))
+    assert all(f'id="fig-lm-pattern-n32-b8-h2-d16-s30-curve-{x}"' in section for x in ("step", "seconds"))
+    assert "Language modelling on pattern, 32 tokens, batch 8, 30 steps (lm_tiny)" in section
 
 
 def test_impls_model_separate_query_and_key_projections():
@@ -209,3 +210,25 @@ def test_the_cost_table_shows_counts_as_integers_even_when_pandas_read_them_as_f
     assert shown[0]["seed"] == 1 and type(shown[0]["seed"]) is int and shown[0]["steps"] == 150
     assert shown[0]["final held-out bits (training attention)"] == "3.300"
     assert shown[1]["seed"] is None and shown[1]["steps"] is None
+
+
+def test_report_sections_join_runs_of_one_recipe_and_keep_recipes_apart():
+    """A second seed run by another suite gives its spread to the suite it repeats; a shorter training of
+    the same corpus (an ablation suite's) is a section of its own."""
+    import pandas as pd
+
+    from harness.tasks.lm_report import BASELINE, report_sections
+
+    def row(suite, steps, seed, bits, train=3, evaluate=3):
+        return {"suite": suite, "status": "ok", "mode": "evaluate", "corpus": "kjv", "seq_len": 1024.0, "batch": 8,
+                "heads": 4, "d_head": 32, "train_steps": float(steps), "seed": float(seed), "lm_setting": BASELINE,
+                "train_n_hashes": 0, "eval_n_hashes": 0, "bits_per_dim": bits, "eval_tokens": 100}
+
+    frame = pd.DataFrame([row("lm_text", 300, 0, 3.20), row("lm_seeds", 300, 1, 3.25), row("lm_abl", 150, 0, 3.30),
+                          row("lm_abl", 150, 1, 3.31)])
+    sections = {section.title: section for section in report_sections(frame)}
+    assert set(sections) == {"Language modelling on kjv, 1024 tokens, batch 8, 300 steps (lm_seeds, lm_text): bits per dim",
+                             "Language modelling on kjv, 1024 tokens, batch 8, 150 steps (lm_abl): bits per dim"}
+    texts = [" ".join(getattr(part, "text", "") for part in section.parts) for section in sections.values()]
+    assert any("differs by 0.0500 bits per dim" in text for text in texts)
+    assert any("differs by 0.0100 bits per dim" in text for text in texts)

@@ -25,19 +25,32 @@ def report_sections(frame: pd.DataFrame) -> list[Section]:
     if "bits_per_dim" not in frame.columns and "heldout_curve" not in frame.columns:
         return []
     sections = []
-    # One section per suite and corpus: suites train for different lengths, so their cells do not mix.
-    keys = [frame[c].fillna("?") if c in frame.columns else pd.Series("?", index=frame.index)
-            for c in ("suite", "corpus")]
-    for (suite, corpus), rows in frame.groupby(keys):
-        parts = corpus_parts(rows, f"{suite}-{corpus}")
+    # One section per training recipe the rows can tell apart (corpus, length, batch, heads, steps):
+    # cells of models trained differently do not mix, and runs of one recipe join (a suite's second seed
+    # run apart, suites/lm_seeds.toml, gives its spread to the suite it repeats).
+    recipe = ("corpus", "seq_len", "batch", "heads", "d_head", "train_steps")
+    keys = [frame[c].map(_key) if c in frame.columns else pd.Series("?", index=frame.index) for c in recipe]
+    for (corpus, seq_len, batch, heads, d_head, steps), rows in frame.groupby(keys):
+        slug = f"{corpus}-n{seq_len}-b{batch}-h{heads}-d{d_head}-s{steps}"
+        parts = corpus_parts(rows, slug)
         if parts:
-            sections.append(Section(f"lm-{suite}-{corpus}", f"Language modelling on {corpus} ({suite}): bits per dim",
-                                    parts))
+            suites = ", ".join(sorted(rows["suite"].dropna().astype(str).unique())) if "suite" in rows else "?"
+            sections.append(Section(f"lm-{slug}", f"Language modelling on {corpus}, {seq_len} tokens, batch {batch}, "
+                                    f"{steps} steps ({suites}): bits per dim", parts))
     failed = frame[(frame["status"] != "ok")] if "status" in frame.columns else frame.iloc[:0]
     if not sections and not failed.empty:
         reasons = sorted({str(r) for r in failed["reason"].dropna()})
         sections.append(Section("lm", "Language modelling", [Text("No case ran: " + "; ".join(reasons))]))
     return sections
+
+
+def _key(value) -> str:
+    """A recipe value as a section key: counts read back as floats shown whole, unknown as '?'."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "?"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def seed_spread(evaluated: pd.DataFrame) -> float | None:
