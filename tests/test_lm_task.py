@@ -219,7 +219,7 @@ def test_report_sections_join_runs_of_one_recipe_and_keep_recipes_apart():
 
     from harness.tasks.lm_report import BASELINE, report_sections
 
-    def row(suite, steps, seed, bits, train=3, evaluate=3):
+    def row(suite, steps, seed, bits):
         return {"suite": suite, "status": "ok", "mode": "evaluate", "corpus": "kjv", "seq_len": 1024.0, "batch": 8,
                 "heads": 4, "d_head": 32, "train_steps": float(steps), "seed": float(seed), "lm_setting": BASELINE,
                 "train_n_hashes": 0, "eval_n_hashes": 0, "bits_per_dim": bits, "eval_tokens": 100}
@@ -227,8 +227,8 @@ def test_report_sections_join_runs_of_one_recipe_and_keep_recipes_apart():
     frame = pd.DataFrame([row("lm_text", 300, 0, 3.20), row("lm_seeds", 300, 1, 3.25), row("lm_abl", 150, 0, 3.30),
                           row("lm_abl", 150, 1, 3.31)])
     sections = {section.title: section for section in report_sections(frame)}
-    assert set(sections) == {"Language modelling on kjv, 1024 tokens, batch 8, 300 steps (lm_seeds, lm_text): bits per dim",
-                             "Language modelling on kjv, 1024 tokens, batch 8, 150 steps (lm_abl): bits per dim"}
+    title = "Language modelling on kjv, 1024 tokens, batch 8, {} steps ({}): bits per dim"
+    assert set(sections) == {title.format(300, "lm_seeds, lm_text"), title.format(150, "lm_abl")}
     texts = [" ".join(getattr(part, "text", "") for part in section.parts) for section in sections.values()]
     assert any("differs by 0.0500 bits per dim" in text for text in texts)
     assert any("differs by 0.0100 bits per dim" in text for text in texts)
